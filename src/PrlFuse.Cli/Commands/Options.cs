@@ -1,0 +1,89 @@
+using CommandLine;
+
+namespace PrlFuse.Cli.Commands;
+
+internal abstract class CommonOptions
+{
+    [Option("debug", HelpText = "Show stack traces and FUSE debug output.")]
+    public bool Debug { get; set; }
+}
+
+internal abstract class DiskOptions : CommonOptions
+{
+    [Value(0, MetaName = "disk", Required = true, HelpText = "The disk: a bundle folder (NAME.hdd), its DiskDescriptor.xml, or a bare .hds image.")]
+    public string Disk { get; set; } = "";
+
+    [Option("cache-size", Default = "64M", HelpText = "Block cache size shared by all snapshot files (bytes, or with K/M/G; 0 turns it off).")]
+    public string CacheSize { get; set; } = "64M";
+}
+
+[Verb("info", HelpText = "Show a disk's geometry, storages, images, snapshot tree and warnings.")]
+internal sealed class InfoOptions : DiskOptions
+{
+    [Option("json", HelpText = "Print the same information as JSON.")]
+    public bool Json { get; set; }
+}
+
+[Verb("export", HelpText = "Write one snapshot of a disk as a raw file (sparse where unallocated).")]
+internal sealed class ExportOptions : DiskOptions
+{
+    [Option('s', "snapshot", HelpText = "Snapshot GUID, with or without braces, any case (default: the top, i.e. the current state).")]
+    public string? Snapshot { get; set; }
+
+    [Option('o', "output", Required = true, HelpText = "The raw file to write (replaced if it exists).")]
+    public string Output { get; set; } = "";
+}
+
+[Verb("check", HelpText = "Check every image of a disk like 'qemu-img check'; exit 0 clean, 2 corrupt, 3 leaks only, 1 error.")]
+internal sealed class CheckOptions : DiskOptions
+{
+    [Option('r', "repair", HelpText = "Repair what is found: copy duplicated clusters, clear entries outside the file, trim leaks, mark clean.")]
+    public bool Repair { get; set; }
+}
+
+[Verb("mount", HelpText = "Mount a disk: MOUNTPOINT/current.raw is the top snapshot, MOUNTPOINT/snapshots/{GUID}.raw every other one.")]
+internal sealed class MountOptions : DiskOptions
+{
+    [Value(1, MetaName = "mountpoint", Required = true, HelpText = "An existing empty folder.")]
+    public string MountPoint { get; set; } = "";
+
+    [Option('f', "foreground", HelpText = "Stay in the foreground (for systemd or debugging) instead of returning once mounted.")]
+    public bool Foreground { get; set; }
+
+    [Option("read-only", HelpText = "Serve current.raw read-only too; no image file is opened for writing.")]
+    public bool ReadOnly { get; set; }
+
+    [Option("page-cache", HelpText = "Let the kernel page cache hold file data (default: direct I/O, best for loop devices).")]
+    public bool PageCache { get; set; }
+
+    [Option('o', "options", Separator = ',', HelpText = "FUSE mount options, comma-separated (allow_other, default_permissions, ...).")]
+    public IEnumerable<string> FuseOptions { get; set; } = [];
+
+    [Option("threads", Default = 0, HelpText = "FUSE worker threads (0: automatic).")]
+    public int Threads { get; set; }
+
+    [Option("ready-fd", Hidden = true)]
+    public int ReadyFd { get; set; } = -1;
+}
+
+[Verb("unmount", aliases: ["umount"], HelpText = "Unmount a prlfuse mount; refused while a loop device still uses one of its files.")]
+internal sealed class UnmountOptions : CommonOptions
+{
+    [Value(0, MetaName = "mountpoint", Required = true, HelpText = "The folder the disk is mounted on.")]
+    public string MountPoint { get; set; } = "";
+}
+
+internal static class HelpFooter
+{
+    public static readonly string[] Lines =
+    [
+        "",
+        "Examples:",
+        "  prlfuse info disk.hdd",
+        "  prlfuse export disk.hdd --snapshot {986476cf-d62e-45d1-b355-86feca91376e} -o old.raw",
+        "  prlfuse mount disk.hdd /mnt/x && mount -o loop,ro /mnt/x/snapshots/{GUID}.raw /mnt/old",
+        "  prlfuse unmount /mnt/x",
+        "Image paths in DiskDescriptor.xml are relative to it, or absolute; an absolute path that no longer",
+        "exists is looked for by its file name in the bundle folder.",
+    ];
+}

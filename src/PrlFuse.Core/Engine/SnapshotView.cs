@@ -1,0 +1,133 @@
+namespace PrlFuse.Core.Engine;
+
+/// <summary>
+/// The guest disk as it is in one snapshot: the storages of the disk joined end to end, each read through this
+/// snapshot's chain of layers. Thread-safe; reads take no lock.
+/// </summary>
+public sealed class SnapshotView
+{
+    private readonly StorageChain[] _storages;
+
+    internal SnapshotView(Guid id, bool isTop, bool isWritable, long size, StorageChain[] storages)
+    {
+        Id = id;
+        IsTop = isTop;
+        IsWritable = isWritable;
+        Size = size;
+        _storages = storages;
+    }
+
+    public Guid Id { get; }
+
+    public bool IsTop { get; }
+
+    /// <summary>True only for the top snapshot of a disk opened read-write.</summary>
+    public bool IsWritable { get; }
+
+    /// <summary>Guest size in bytes.</summary>
+    public long Size { get; }
+
+    public IReadOnlyList<StorageChain> Storages => _storages;
+
+    /// <summary>Reads guest bytes at any offset and length; returns how many (fewer only at the end of the disk).</summary>
+    public int Read(Span<byte> destination, long offset)
+    {
+        if (offset < 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(offset));
+        }
+
+        if (offset >= Size)
+        {
+            return 0;
+        }
+
+        int total = (int)Math.Min(destination.Length, Size - offset);
+        int done = 0;
+        int s = FindStorage(offset);
+        while (done < total)
+        {
+            var storage = _storages[s];
+            long within = offset + done - storage.StartBytes;
+            int n = (int)Math.Min(total - done, storage.LengthBytes - within);
+            storage.Read(destination.Slice(done, n), within);
+            done += n;
+            s++;
+        }
+
+        return total;
+    }
+
+    /// <summary>
+    /// Whether <paramref name="offset"/> is allocated in any layer of this snapshot, and for how many bytes (at most
+    /// <paramref name="maxLength"/>) that stays so.
+    /// </summary>
+    public long GetAllocationStatus(long offset, long maxLength, out bool allocated)
+    {
+        maxLength = Math.Min(maxLength, Size - offset);
+        allocated = false;
+        long done = 0;
+        int s = FindStorage(offset);
+        while (done < maxLength && s < _storages.Length)
+        {
+            var storage = _storages[s];
+            long within = offset + done - storage.StartBytes;
+            long limit = Math.Min(maxLength - done, storage.LengthBytes - within);
+            bool hit = storage.Resolve(within, limit, out _, out long run) >= 0;
+            if (done == 0)
+            {
+                allocated = hit;
+            }
+            else if (hit != allocated)
+            {
+                break;
+            }
+
+            done += run;
+            if (within + run >= storage.LengthBytes)
+            {
+                s++;
+            }
+        }
+
+        return done;
+    }
+
+    /// <summary>Bytes allocated anywhere in this snapshot's chains (what st_blocks reports).</summary>
+    public long CountAllocatedBytes()
+    {
+        long total = 0;
+        for (long offset = 0; offset < Size;)
+        {
+            long n = GetAllocationStatus(offset, Size - offset, out bool allocated);
+            if (allocated)
+            {
+                total += n;
+            }
+
+            offset += n;
+        }
+
+        return total;
+    }
+
+    private int FindStorage(long offset)
+    {
+        int lo = 0;
+        int hi = _storages.Length - 1;
+        while (lo < hi)
+        {
+            int mid = (lo + hi + 1) / 2;
+            if (_storages[mid].StartBytes <= offset)
+            {
+                lo = mid;
+            }
+            else
+            {
+                hi = mid - 1;
+            }
+        }
+
+        return lo;
+    }
+}

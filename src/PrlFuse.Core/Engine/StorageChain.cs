@@ -1,0 +1,140 @@
+using System.Buffers;
+using PrlFuse.Core.Images;
+
+namespace PrlFuse.Core.Engine;
+
+/// <summary>
+/// One storage of one snapshot: its chain of layers, top first, root last. A guest byte comes from the first
+/// layer that has its cluster allocated, else it is zero. Layers may have different cluster sizes, so a run of
+/// the same answer ends at the nearest cluster boundary of any layer asked.
+/// </summary>
+public sealed class StorageChain
+{
+    private readonly ImageLayer[] _layers;
+    private readonly BlockCache? _cache;
+
+    internal StorageChain(int storageIndex, long startBytes, long lengthBytes, ImageLayer[] layers, BlockCache? cache)
+    {
+        StorageIndex = storageIndex;
+        StartBytes = startBytes;
+        LengthBytes = lengthBytes;
+        _layers = layers;
+        _cache = cache;
+    }
+
+    public int StorageIndex { get; }
+
+    /// <summary>Where this storage starts on the guest disk.</summary>
+    public long StartBytes { get; }
+
+    public long LengthBytes { get; }
+
+    /// <summary>The layers, top first.</summary>
+    public IReadOnlyList<ImageLayer> Layers => _layers;
+
+    public ImageLayer TopLayer => _layers[0];
+
+    /// <summary>
+    /// Finds who holds <paramref name="offset"/>: the index of the layer (or -1 for none) and its host offset,
+    /// with the number of bytes (at most <paramref name="limit"/>) that keep the same answer.
+    /// </summary>
+    public int Resolve(long offset, long limit, out long hostOffset, out long run)
+    {
+        for (int i = 0; i < _layers.Length; i++)
+        {
+            bool hit = _layers[i].TryMap(offset, out hostOffset, out long layerRun);
+            limit = Math.Min(limit, layerRun);
+            if (hit)
+            {
+                run = limit;
+                return i;
+            }
+        }
+
+        hostOffset = 0;
+        run = limit;
+        return -1;
+    }
+
+    /// <summary>Reads guest bytes [offset, offset + destination.Length) of this storage (offset relative to it).</summary>
+    public void Read(Span<byte> destination, long offset)
+    {
+        // Adjacent pieces from the same layer and contiguous in its file are read with one call.
+        int pendingLayer = -1;
+        long pendingHost = 0;
+        int pendingStart = 0;
+        int pendingLength = 0;
+        int pos = 0;
+        while (pos < destination.Length)
+        {
+            int layer = Resolve(offset + pos, destination.Length - pos, out long host, out long run);
+            int n = (int)run;
+            if (layer >= 0 && layer == pendingLayer && host == pendingHost + pendingLength)
+            {
+                pendingLength += n;
+            }
+            else
+            {
+                if (pendingLayer >= 0)
+                {
+                    ReadHost(_layers[pendingLayer], destination.Slice(pendingStart, pendingLength), pendingHost);
+                }
+
+                pendingLayer = layer;
+                pendingHost = host;
+                pendingStart = pos;
+                pendingLength = n;
+                if (layer < 0)
+                {
+                    destination.Slice(pos, n).Clear();
+                }
+            }
+
+            pos += n;
+        }
+
+        if (pendingLayer >= 0)
+        {
+            ReadHost(_layers[pendingLayer], destination.Slice(pendingStart, pendingLength), pendingHost);
+        }
+    }
+
+    /// <summary>Large reads go straight to the file (the page cache streams them); small ones through the block cache.</summary>
+    private void ReadHost(ImageLayer layer, Span<byte> destination, long host)
+    {
+        var cache = _cache;
+        if (cache is null || destination.Length >= cache.BlockSize)
+        {
+            layer.File.ReadZeroFilled(destination, host);
+            return;
+        }
+
+        int blockSize = cache.BlockSize;
+        while (!destination.IsEmpty)
+        {
+            long block = host / blockSize;
+            int within = (int)(host - (block * blockSize));
+            int n = Math.Min(destination.Length, blockSize - within);
+            long key = BlockCache.MakeKey(layer.CacheId, block);
+            if (!cache.TryRead(key, within, destination[..n]))
+            {
+                int generation = cache.GenerationOf(key);
+                byte[] buffer = ArrayPool<byte>.Shared.Rent(blockSize);
+                try
+                {
+                    var span = buffer.AsSpan(0, blockSize);
+                    layer.File.ReadZeroFilled(span, block * blockSize);
+                    cache.Insert(key, span, generation);
+                    span.Slice(within, n).CopyTo(destination);
+                }
+                finally
+                {
+                    ArrayPool<byte>.Shared.Return(buffer);
+                }
+            }
+
+            destination = destination[n..];
+            host += n;
+        }
+    }
+}

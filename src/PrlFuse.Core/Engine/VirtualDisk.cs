@@ -1,0 +1,337 @@
+using System.Collections.Immutable;
+using PrlFuse.Core.Descriptor;
+using PrlFuse.Core.Formats;
+using PrlFuse.Core.Images;
+using PrlFuse.Core.IO;
+
+namespace PrlFuse.Core.Engine;
+
+/// <summary>How to open a disk.</summary>
+public sealed record DiskOpenOptions
+{
+    public const long DefaultCacheBytes = 64L << 20;
+
+    /// <summary>When false, the top snapshot's images are opened for writing (if clean and a leaf).</summary>
+    public bool ReadOnly { get; init; } = true;
+
+    /// <summary>Bytes of block cache shared by all views; 0 disables it.</summary>
+    public long CacheBytes { get; init; } = DefaultCacheBytes;
+
+    /// <summary>Opens image files; tests substitute one that injects faults.</summary>
+    public Func<string, bool, ImageFile> OpenFile { get; init; } = PositionalImageFile.Open;
+}
+
+/// <summary>One storage of an opened disk: its descriptor and its images by GUID.</summary>
+public sealed record OpenStorage(int Index, StorageDescriptor Descriptor, IReadOnlyDictionary<Guid, ImageLayer> Images);
+
+/// <summary>
+/// An opened Parallels disk: the validated descriptor, every image file, one block cache, and a
+/// <see cref="SnapshotView"/> per snapshot. Owns and disposes every image it opened.
+/// </summary>
+public sealed class VirtualDisk : IDisposable
+{
+    private readonly List<ImageLayer> _opened;
+    private readonly Dictionary<Guid, SnapshotView> _views;
+
+    private VirtualDisk(string sourcePath, bool isBareImage, DiskDescriptor descriptor, SnapshotTree tree, List<ImageLayer> opened, IReadOnlyList<OpenStorage> storages, Dictionary<Guid, SnapshotView> views, BlockCache? cache, ImmutableArray<string> warnings)
+    {
+        SourcePath = sourcePath;
+        IsBareImage = isBareImage;
+        Descriptor = descriptor;
+        Tree = tree;
+        _opened = opened;
+        Storages = storages;
+        _views = views;
+        Cache = cache;
+        Warnings = warnings;
+    }
+
+    /// <summary>The descriptor file, or the image file for a bare image.</summary>
+    public string SourcePath { get; }
+
+    public bool IsBareImage { get; }
+
+    public DiskDescriptor Descriptor { get; }
+
+    public SnapshotTree Tree { get; }
+
+    public IReadOnlyList<OpenStorage> Storages { get; }
+
+    public BlockCache? Cache { get; }
+
+    /// <summary>Everything odd but usable, from the descriptor and each image.</summary>
+    public ImmutableArray<string> Warnings { get; }
+
+    public long Size => Descriptor.DiskSizeBytes;
+
+    public IReadOnlyDictionary<Guid, SnapshotView> Views => _views;
+
+    public SnapshotView Top => _views[Tree.Top];
+
+    /// <summary>Finds a view by GUID text, with or without braces, in any case.</summary>
+    public SnapshotView GetView(string guidText)
+    {
+        string t = guidText.Trim();
+        if (!Guid.TryParseExact(t, "B", out var guid) && !Guid.TryParseExact(t, "D", out guid) && !Guid.TryParseExact(t, "N", out guid))
+        {
+            throw new PrlFuseException(null, $"\"{guidText}\" is not a snapshot GUID");
+        }
+
+        return _views.TryGetValue(guid, out var view)
+            ? view
+            : throw new PrlFuseException(SourcePath, $"no snapshot {DiskDescriptor.FormatGuid(guid)}; 'prlfuse info' lists them");
+    }
+
+    /// <summary>Opens a bundle folder, the path of its DiskDescriptor.xml, or a bare .hds image.</summary>
+    public static VirtualDisk Open(string path, DiskOpenOptions? options = null)
+    {
+        options ??= new DiskOpenOptions();
+        string full = Path.GetFullPath(path);
+        if (Directory.Exists(full))
+        {
+            string xml = Path.Combine(full, "DiskDescriptor.xml");
+            if (!File.Exists(xml))
+            {
+                throw new PrlFuseException(full, "folder has no DiskDescriptor.xml; give a Parallels disk bundle (NAME.hdd) or an .hds image");
+            }
+
+            full = xml;
+        }
+        else if (!File.Exists(full))
+        {
+            throw new PrlFuseException(full, "no such file or folder");
+        }
+
+        bool bare = !LooksLikeXml(full);
+        DiskDescriptor descriptor = bare ? DescribeBareImage(full, options) : DescriptorParser.ParseFile(full);
+        var tree = SnapshotTree.Build(descriptor, full);
+        return OpenImages(full, bare, descriptor, tree, options);
+    }
+
+    private static bool LooksLikeXml(string path)
+    {
+        if (path.EndsWith(".xml", StringComparison.OrdinalIgnoreCase))
+        {
+            return true;
+        }
+
+        Span<byte> head = stackalloc byte[64];
+        using var handle = File.OpenHandle(path);
+        int n = RandomAccess.Read(handle, head, 0);
+        if (ParallelsHeader.HasMagic(head[..n]))
+        {
+            return false;
+        }
+
+        var text = head[..n].TrimStart((byte)0xEF).TrimStart((byte)0xBB).TrimStart((byte)0xBF).TrimStart(" \t\r\n"u8);
+        return text.StartsWith("<?xml"u8) || text.StartsWith("<Parallels_disk_image"u8) || text.StartsWith("<Virtuozzo_disk_image"u8);
+    }
+
+    /// <summary>A bare image is a one-image disk with no snapshots: the predefined top GUID, one storage.</summary>
+    private static DiskDescriptor DescribeBareImage(string path, DiskOpenOptions options)
+    {
+        using var file = options.OpenFile(path, false);
+        Span<byte> head = stackalloc byte[ParallelsHeader.Size];
+        int n = file.Read(head, 0);
+        long sectors;
+        ImageType type;
+        long blocksize = 2048;
+        if (ParallelsHeader.HasMagic(head[..n]))
+        {
+            if (!ParallelsHeader.TryRead(head[..n], out var header, out string error))
+            {
+                throw new ImageFormatException(path, error);
+            }
+
+            sectors = (long)Math.Min(header.SectorCount, long.MaxValue / 1024);
+            blocksize = header.ClusterSectors;
+            type = ImageType.Compressed;
+        }
+        else
+        {
+            sectors = file.Length / 512;
+            type = ImageType.Plain;
+        }
+
+        if (sectors <= 0)
+        {
+            throw new ImageFormatException(path, "image describes a disk of 0 sectors");
+        }
+
+        var guid = DiskDescriptor.PredefinedTopGuid;
+        var image = new ImageDescriptor(guid, type, path, []);
+        return new DiskDescriptor(
+            DescriptorParser.RootName,
+            "1.0",
+            new DiskParameters(sectors, sectors, 1, 1, 0, []),
+            [new StorageDescriptor(0, sectors, blocksize, [image], [])],
+            new SnapshotsDescriptor(null, [new ShotDescriptor(guid, Guid.Empty, [])], []),
+            [],
+            []);
+    }
+
+    private static VirtualDisk OpenImages(string source, bool bare, DiskDescriptor descriptor, SnapshotTree tree, DiskOpenOptions options)
+    {
+        var warnings = ImmutableArray.CreateBuilder<string>();
+        warnings.AddRange(tree.Warnings);
+        var opened = new List<ImageLayer>();
+        BlockCache? cache = null;
+        try
+        {
+            string bundle = Path.GetDirectoryName(source)!;
+            bool topWritable = !options.ReadOnly && tree.ChildrenOf(tree.Top).Count == 0;
+            var storages = new List<OpenStorage>();
+            for (int s = 0; s < descriptor.Storages.Length; s++)
+            {
+                var sd = descriptor.Storages[s];
+                var images = new Dictionary<Guid, ImageLayer>();
+                foreach (var guid in tree.Snapshots)
+                {
+                    var id = sd.FindImage(guid)!;
+                    string file = ResolveImagePath(bundle, id.File, source, warnings);
+                    var layer = OpenLayer(file, id, sd, s, topWritable && guid == tree.Top, options, warnings);
+                    opened.Add(layer);
+                    layer.CacheId = opened.Count;
+                    images[guid] = layer;
+                    warnings.AddRange(layer.Warnings);
+                }
+
+                storages.Add(new OpenStorage(s, sd, images));
+            }
+
+            if (options.CacheBytes > 0)
+            {
+                cache = new BlockCache(options.CacheBytes);
+            }
+
+            var views = new Dictionary<Guid, SnapshotView>();
+            foreach (var guid in tree.Snapshots)
+            {
+                var chainGuids = tree.ChainOf(guid);
+                var chains = new StorageChain[storages.Count];
+                bool writable = guid == tree.Top;
+                for (int s = 0; s < storages.Count; s++)
+                {
+                    var layers = chainGuids.Select(g => storages[s].Images[g]).ToArray();
+                    writable &= !layers[0].IsImmutable;
+                    var sd = storages[s].Descriptor;
+                    chains[s] = new StorageChain(s, sd.StartSector * 512, sd.LengthBytes, layers, cache);
+                }
+
+                views[guid] = new SnapshotView(guid, guid == tree.Top, writable, descriptor.DiskSizeBytes, chains);
+            }
+
+            return new VirtualDisk(source, bare, descriptor, tree, opened, storages, views, cache, warnings.ToImmutable());
+        }
+        catch
+        {
+            foreach (var layer in opened)
+            {
+                layer.Dispose();
+            }
+
+            cache?.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Relative paths are relative to the descriptor. An absolute path that no longer exists falls back to the
+    /// same file name in the bundle folder, because bundles are moved between machines.
+    /// </summary>
+    private static string ResolveImagePath(string bundle, string file, string descriptorPath, ImmutableArray<string>.Builder warnings)
+    {
+        if (!Path.IsPathRooted(file))
+        {
+            return Path.GetFullPath(Path.Combine(bundle, file));
+        }
+
+        if (File.Exists(file))
+        {
+            return file;
+        }
+
+        string local = Path.Combine(bundle, Path.GetFileName(file));
+        if (File.Exists(local))
+        {
+            warnings.Add($"{Path.GetFileName(descriptorPath)}: image path {file} does not exist; using {Path.GetFileName(file)} in the bundle folder");
+            return local;
+        }
+
+        throw new PrlFuseException(descriptorPath, $"image {file} does not exist, nor does {local}");
+    }
+
+    private static ImageLayer OpenLayer(string path, ImageDescriptor id, StorageDescriptor sd, int storageIndex, bool writable, DiskOpenOptions options, ImmutableArray<string>.Builder warnings)
+    {
+        if (!File.Exists(path))
+        {
+            throw new PrlFuseException(path, $"image {DiskDescriptor.FormatGuid(id.Guid)} of storage {storageIndex} does not exist");
+        }
+
+        ImageFile file = OpenFile(path, writable, options);
+        try
+        {
+            if (id.Type == ImageType.Plain)
+            {
+                if (file.Length < sd.LengthBytes)
+                {
+                    throw new ImageFormatException(path, $"raw image is {file.Length} bytes, smaller than its storage ({sd.LengthBytes} bytes)");
+                }
+
+                return new PlainImage(file, sd.LengthBytes);
+            }
+
+            var image = ExpandableImage.Open(file);
+            if (writable && image.WasUnclean)
+            {
+                // Never write over an image whose last writer died: repair first.
+                image.Dispose();
+                file = OpenFile(path, false, options);
+                image = ExpandableImage.Open(file);
+            }
+
+            if (image.Header.ClusterSectors != sd.BlockSizeSectors)
+            {
+                warnings.Add($"{Path.GetFileName(path)}: cluster size {image.Header.ClusterSectors} sectors differs from the storage's Blocksize {sd.BlockSizeSectors}; the image's own header is used");
+            }
+
+            if (image.VirtualSize < sd.LengthBytes)
+            {
+                warnings.Add($"{Path.GetFileName(path)}: image holds {image.VirtualSize} bytes, less than its storage ({sd.LengthBytes} bytes); the rest reads as unallocated");
+            }
+
+            return image;
+        }
+        catch
+        {
+            file.Dispose();
+            throw;
+        }
+    }
+
+    private static ImageFile OpenFile(string path, bool writable, DiskOpenOptions options)
+    {
+        try
+        {
+            return options.OpenFile(path, writable);
+        }
+        catch (UnauthorizedAccessException e)
+        {
+            throw new PrlFuseException(path, writable ? "permission denied opening for writing (use --read-only to look without writing)" : "permission denied", e);
+        }
+        catch (IOException e)
+        {
+            throw new PrlFuseException(path, $"cannot open: {e.Message}", e);
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var layer in _opened)
+        {
+            layer.Dispose();
+        }
+
+        Cache?.Dispose();
+    }
+}

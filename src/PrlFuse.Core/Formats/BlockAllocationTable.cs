@@ -1,0 +1,169 @@
+using System.Buffers.Binary;
+
+namespace PrlFuse.Core.Formats;
+
+/// <summary>What is wrong with one BAT entry.</summary>
+public enum BatProblemKind
+{
+    /// <summary>The entry points into the header or BAT, before the data area.</summary>
+    BeforeDataArea,
+
+    /// <summary>(offset - data offset) is not a multiple of the cluster size.</summary>
+    Misaligned,
+
+    /// <summary>The cluster does not lie wholly inside the file.</summary>
+    OutsideFile,
+
+    /// <summary>Another entry points at the same cluster.</summary>
+    Duplicate,
+}
+
+/// <summary>One problem found in a BAT. <see cref="OtherIndex"/> is the first entry of a duplicate pair.</summary>
+public readonly record struct BatProblem(BatProblemKind Kind, long Index, long HostOffset, long OtherIndex = -1)
+{
+    public string Describe(long clusterBytes) => Kind switch
+    {
+        BatProblemKind.BeforeDataArea => $"BAT entry {Index} points at offset {HostOffset}, before the data area",
+        BatProblemKind.Misaligned => $"BAT entry {Index} points at offset {HostOffset}, not aligned to the {clusterBytes}-byte clusters",
+        BatProblemKind.OutsideFile => $"BAT entry {Index}: cluster at offset {HostOffset} lies outside the file",
+        _ => $"BAT entry {Index} points at offset {HostOffset}, which entry {OtherIndex} uses too",
+    };
+}
+
+/// <summary>
+/// The in-memory block allocation table of one expandable image: entry i maps guest cluster i to a host offset.
+/// Entries are read with acquire semantics and set with release semantics, so readers need no lock while the
+/// image's writer allocates (the writer serialises itself; see ExpandableImage).
+/// </summary>
+public sealed class BlockAllocationTable
+{
+    private readonly uint[] _entries;
+
+    public BlockAllocationTable(uint[] entries, long unitBytes, long clusterBytes)
+    {
+        _entries = entries;
+        UnitBytes = unitBytes;
+        ClusterBytes = clusterBytes;
+    }
+
+    /// <summary>Number of entries (clusters the image can address).</summary>
+    public int Count => _entries.Length;
+
+    /// <summary>Bytes one entry unit stands for (512 or the cluster size).</summary>
+    public long UnitBytes { get; }
+
+    public long ClusterBytes { get; }
+
+    /// <summary>Parses <paramref name="count"/> little-endian entries. The caller has checked the span against the file size.</summary>
+    public static BlockAllocationTable Parse(ReadOnlySpan<byte> raw, int count, long unitBytes, long clusterBytes)
+    {
+        var entries = GC.AllocateUninitializedArray<uint>(count);
+        for (int i = 0; i < count; i++)
+        {
+            entries[i] = BinaryPrimitives.ReadUInt32LittleEndian(raw[(i * 4)..]);
+        }
+
+        return new BlockAllocationTable(entries, unitBytes, clusterBytes);
+    }
+
+    public uint GetEntry(long index) => Volatile.Read(ref _entries[index]);
+
+    /// <summary>Host byte offset of <paramref name="cluster"/>, or 0 when it is unallocated or beyond the table.</summary>
+    public long GetHostOffset(long cluster) =>
+        (ulong)cluster < (ulong)_entries.Length ? Volatile.Read(ref _entries[cluster]) * UnitBytes : 0;
+
+    /// <summary>Publishes an entry. The data it points at must already be in the file.</summary>
+    public void SetEntry(long index, uint value) => Volatile.Write(ref _entries[index], value);
+
+    public uint EntryForHostOffset(long hostOffset) => checked((uint)(hostOffset / UnitBytes));
+
+    public int CountAllocated()
+    {
+        int n = 0;
+        foreach (uint e in _entries)
+        {
+            if (e != 0)
+            {
+                n++;
+            }
+        }
+
+        return n;
+    }
+
+    /// <summary>Highest end offset of any allocated cluster (0 when none).</summary>
+    public long UsedEnd()
+    {
+        uint max = 0;
+        foreach (uint e in _entries)
+        {
+            max = Math.Max(max, e);
+        }
+
+        return max == 0 ? 0 : (max * UnitBytes) + ClusterBytes;
+    }
+
+    /// <summary>Writes entries [first, first + count) in on-disk form.</summary>
+    public void WriteEntries(Span<byte> destination, int first, int count)
+    {
+        for (int i = 0; i < count; i++)
+        {
+            BinaryPrimitives.WriteUInt32LittleEndian(destination[(i * 4)..], GetEntry(first + i));
+        }
+    }
+
+    /// <summary>
+    /// Every problem in the table, in entry order (duplicates after the others): the spec's rules for cluster
+    /// offsets. Reading refuses on the first; the checker reports and repairs them all.
+    /// </summary>
+    public List<BatProblem> FindProblems(long dataOffsetBytes, long fileLength, int max = int.MaxValue)
+    {
+        var problems = new List<BatProblem>();
+        int valid = 0;
+        var sorted = new ulong[CountAllocated()];
+        for (int i = 0; i < _entries.Length && problems.Count < max; i++)
+        {
+            uint e = _entries[i];
+            if (e == 0)
+            {
+                continue;
+            }
+
+            long host = e * UnitBytes;
+            if (host < dataOffsetBytes)
+            {
+                problems.Add(new BatProblem(BatProblemKind.BeforeDataArea, i, host));
+            }
+            else if ((host - dataOffsetBytes) % ClusterBytes != 0)
+            {
+                problems.Add(new BatProblem(BatProblemKind.Misaligned, i, host));
+            }
+            else if (host + ClusterBytes > fileLength)
+            {
+                problems.Add(new BatProblem(BatProblemKind.OutsideFile, i, host));
+            }
+            else
+            {
+                sorted[valid++] = ((ulong)e << 32) | (uint)i;
+            }
+        }
+
+        // Sorting (entry, index) pairs finds duplicates in O(n log n) with memory bounded by the BAT itself,
+        // whatever cluster size a hostile header claims.
+        Array.Sort(sorted, 0, valid);
+        long runFirst = valid > 0 ? (uint)sorted[0] : -1;
+        for (int k = 1; k < valid && problems.Count < max; k++)
+        {
+            if (sorted[k] >> 32 == sorted[k - 1] >> 32)
+            {
+                problems.Add(new BatProblem(BatProblemKind.Duplicate, (uint)sorted[k], (long)(sorted[k] >> 32) * UnitBytes, runFirst));
+            }
+            else
+            {
+                runFirst = (uint)sorted[k];
+            }
+        }
+
+        return problems;
+    }
+}

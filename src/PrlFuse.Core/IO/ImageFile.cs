@@ -1,0 +1,145 @@
+using Microsoft.Win32.SafeHandles;
+
+namespace PrlFuse.Core.IO;
+
+/// <summary>
+/// Positional access to one image file. There is no stream position, so any number of threads may read
+/// and write at once without a lock. Tests substitute a fault-injecting subclass.
+/// </summary>
+public abstract class ImageFile : IDisposable
+{
+    protected ImageFile(string path, bool writable)
+    {
+        Path = path;
+        Writable = writable;
+    }
+
+    public string Path { get; }
+
+    public bool Writable { get; }
+
+    public abstract long Length { get; }
+
+    /// <summary>Reads up to <paramref name="buffer"/>.Length bytes at <paramref name="offset"/>; fewer only at the end of the file.</summary>
+    public abstract int Read(Span<byte> buffer, long offset);
+
+    public abstract void Write(ReadOnlySpan<byte> buffer, long offset);
+
+    public abstract void SetLength(long length);
+
+    /// <summary>Makes written data durable: fdatasync when <paramref name="dataOnly"/>, else fsync.</summary>
+    public abstract void Flush(bool dataOnly);
+
+    /// <summary>Fills <paramref name="buffer"/> from <paramref name="offset"/>; bytes past the end of the file read as zeros.</summary>
+    public void ReadZeroFilled(Span<byte> buffer, long offset)
+    {
+        int done = 0;
+        while (done < buffer.Length)
+        {
+            int n = Read(buffer[done..], offset + done);
+            if (n <= 0)
+            {
+                buffer[done..].Clear();
+                return;
+            }
+
+            done += n;
+        }
+    }
+
+    public void Dispose()
+    {
+        Dispose(true);
+        GC.SuppressFinalize(this);
+    }
+
+    protected virtual void Dispose(bool disposing)
+    {
+    }
+}
+
+/// <summary>An <see cref="ImageFile"/> over one shared <see cref="SafeFileHandle"/> with <see cref="RandomAccess"/>.</summary>
+public sealed class PositionalImageFile : ImageFile
+{
+    private readonly SafeFileHandle _handle;
+    private long _length;
+
+    private PositionalImageFile(string path, SafeFileHandle handle, bool writable)
+        : base(path, writable)
+    {
+        _handle = handle;
+        _length = RandomAccess.GetLength(handle);
+    }
+
+    public static PositionalImageFile Open(string path, bool writable)
+    {
+        var handle = File.OpenHandle(
+            path,
+            FileMode.Open,
+            writable ? FileAccess.ReadWrite : FileAccess.Read,
+            writable ? FileShare.Read : FileShare.ReadWrite | FileShare.Delete,
+            FileOptions.None);
+        return new PositionalImageFile(path, handle, writable);
+    }
+
+    public override long Length => Volatile.Read(ref _length);
+
+    public override int Read(Span<byte> buffer, long offset)
+    {
+        int done = 0;
+        while (done < buffer.Length)
+        {
+            int n = RandomAccess.Read(_handle, buffer[done..], offset + done);
+            if (n == 0)
+            {
+                break;
+            }
+
+            done += n;
+        }
+
+        return done;
+    }
+
+    public override void Write(ReadOnlySpan<byte> buffer, long offset)
+    {
+        RandomAccess.Write(_handle, buffer, offset);
+        long end = offset + buffer.Length;
+        long current;
+        while (end > (current = Volatile.Read(ref _length)))
+        {
+            if (Interlocked.CompareExchange(ref _length, end, current) == current)
+            {
+                break;
+            }
+        }
+    }
+
+    public override void SetLength(long length)
+    {
+        RandomAccess.SetLength(_handle, length);
+        Volatile.Write(ref _length, length);
+    }
+
+    public override void Flush(bool dataOnly)
+    {
+        if (!Writable)
+        {
+            return;
+        }
+
+        int rc = dataOnly ? PosixSync.FDataSync(_handle) : PosixSync.FSync(_handle);
+        if (rc != 0)
+        {
+            throw new IOException($"{Path}: {(dataOnly ? "fdatasync" : "fsync")} failed (errno {rc})", rc);
+        }
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            _handle.Dispose();
+        }
+    }
+}

@@ -1,0 +1,71 @@
+using PrlFuse.Core.IO;
+
+namespace PrlFuse.Core.Images;
+
+public enum ImageKind
+{
+    /// <summary>A raw file ("Plain" in the descriptor).</summary>
+    Plain,
+
+    /// <summary>A Parallels expandable image ("Compressed" in the descriptor).</summary>
+    Expandable,
+}
+
+/// <summary>
+/// One image file of a snapshot chain, seen as a guest address space in which some ranges are allocated.
+/// A layer knows nothing of the layers below it: the engine asks each layer in turn (see StorageChain).
+/// The layer owns its <see cref="ImageFile"/>.
+/// </summary>
+public abstract class ImageLayer : IDisposable
+{
+    private readonly List<string> _warnings = [];
+
+    protected ImageLayer(ImageFile file)
+    {
+        File = file;
+    }
+
+    public ImageFile File { get; }
+
+    public string Path => File.Path;
+
+    public abstract ImageKind Kind { get; }
+
+    /// <summary>Guest bytes this image describes.</summary>
+    public abstract long VirtualSize { get; }
+
+    /// <summary>Allocation granularity: the header's cluster size, or 1 MiB for reporting a raw file.</summary>
+    public abstract long ClusterBytes { get; }
+
+    /// <summary>Slot of this image in the disk's block cache keys; set once by the disk that opens it.</summary>
+    public int CacheId { get; internal set; }
+
+    /// <summary>True when no write can change this image's content, so cached blocks never go stale.</summary>
+    public virtual bool IsImmutable => !File.Writable;
+
+    public IReadOnlyList<string> Warnings => _warnings;
+
+    /// <summary>
+    /// Maps a guest offset. Returns true with the host offset when this layer holds the data; either way
+    /// <paramref name="run"/> is how many bytes from <paramref name="offset"/> keep the same answer (at least 1).
+    /// </summary>
+    public abstract bool TryMap(long offset, out long hostOffset, out long run);
+
+    public abstract long CountAllocatedClusters();
+
+    protected void AddWarning(string warning) => _warnings.Add($"{System.IO.Path.GetFileName(Path)}: {warning}");
+
+    public void Dispose()
+    {
+        Dispose(true);
+        GC.SuppressFinalize(this);
+    }
+
+    protected virtual void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            File.Dispose();
+        }
+    }
+}
