@@ -25,28 +25,20 @@ internal static class InfoCommand
         console.MarkupLine($"  geometry  {p.Cylinders} cylinders, {p.Heads} heads, {p.Sectors} sectors/track");
         console.MarkupLine($"  storages  {disk.Storages.Count}{(disk.Storages.Count > 1 ? " (split disk)" : "")}, snapshots {disk.Views.Count}");
 
-        var table = new Table().Border(TableBorder.Rounded)
-            .AddColumns("storage", "sectors", "snapshot", "file", "type", "cluster", "allocated", "file size", "state", "extension");
         foreach (var storage in disk.Storages)
         {
-            foreach (var (guid, layer) in storage.Images)
+            var sd = storage.Descriptor;
+            console.MarkupLine($"[bold]Storage {storage.Index}[/]  sectors {sd.StartSector}-{sd.EndSector}, Blocksize {sd.BlockSizeSectors}");
+            foreach (var (guid, layer) in storage.Images.OrderBy(x => disk.Tree.ChainOf(x.Key).Length))
             {
                 var i = Describe(layer);
-                table.AddRow(
-                    storage.Index.ToString(System.Globalization.CultureInfo.InvariantCulture),
-                    $"{storage.Descriptor.StartSector}-{storage.Descriptor.EndSector}",
-                    Markup.Escape(DiskDescriptor.FormatGuid(guid)),
-                    Markup.Escape(Path.GetFileName(layer.Path)),
-                    i.Type,
-                    Sizes.Human(layer.ClusterBytes),
-                    $"{layer.CountAllocatedClusters()} of {(layer.VirtualSize + layer.ClusterBytes - 1) / layer.ClusterBytes}",
-                    Sizes.Human(layer.File.Length),
-                    i.Clean ? "clean" : "[red]unclean[/]",
-                    Markup.Escape(i.Extension));
+                long clusters = (layer.VirtualSize + layer.ClusterBytes - 1) / layer.ClusterBytes;
+                console.MarkupLine($"  {Markup.Escape(DiskDescriptor.FormatGuid(guid))}  {Markup.Escape(Path.GetFileName(layer.Path))}");
+                console.MarkupLine($"      {Markup.Escape(i.Type)}, cluster {Sizes.Human(layer.ClusterBytes)}, {layer.CountAllocatedClusters()} of {clusters} clusters allocated, file {Sizes.Human(layer.File.Length)}");
+                console.MarkupLine($"      {(i.Clean ? "clean" : "[red]not closed cleanly[/]")}{Markup.Escape(i.InUse)}, extension: {Markup.Escape(i.Extension)}");
             }
         }
 
-        console.Write(table);
         console.MarkupLine("[bold]Snapshots[/] (* = top, the current state)");
         console.Write(BuildTree(disk));
         if (disk.Warnings.Length > 0)
@@ -61,13 +53,13 @@ internal static class InfoCommand
         return Program.ExitOk;
     }
 
-    private sealed record ImageFacts(string Type, bool Clean, string Extension);
+    private sealed record ImageFacts(string Type, bool Clean, string Extension, string InUse);
 
     private static ImageFacts Describe(ImageLayer layer)
     {
         if (layer is not ExpandableImage e)
         {
-            return new ImageFacts("plain (raw)", true, "-");
+            return new ImageFacts("plain (raw)", true, "-", "");
         }
 
         string ext = "-";
@@ -85,7 +77,7 @@ internal static class InfoCommand
             }
         }
 
-        return new ImageFacts($"expandable {e.Header.Magic}", !e.Header.IsUnclean, ext);
+        return new ImageFacts($"expandable {e.Header.Magic}", !e.Header.IsUnclean, ext, $" (in_use {e.Header.InUseText})");
     }
 
     private static Tree BuildTree(VirtualDisk disk)
