@@ -18,7 +18,7 @@ internal static class InfoCommand
             return Program.ExitOk;
         }
 
-        var console = AnsiConsole.Console;
+        var console = Output.Terminal.Stdout;
         var p = disk.Descriptor.Parameters;
         console.MarkupLine($"[bold]Disk[/] {Markup.Escape(disk.SourcePath)}");
         console.MarkupLine($"  size      {disk.Size} bytes ({Sizes.Human(disk.Size)}), {p.DiskSizeSectors} sectors");

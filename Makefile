@@ -1,0 +1,31 @@
+# PrlFuse: `make demo` sets up and runs the main job on a generated demo bundle; `make test` runs every test.
+CONFIG ?= Release
+PREFIX ?= /usr/local
+DOTNET ?= dotnet
+
+.PHONY: all setup build test demo install bench clean
+
+all: build
+
+setup:
+	bash scripts/setup.sh
+
+build:
+	$(DOTNET) build PrlFuse.sln -c $(CONFIG) -nologo -v quiet
+
+test: setup
+	bash scripts/test.sh
+
+demo: setup
+	bash scripts/demo.sh
+
+install: setup
+	$(DOTNET) publish src/PrlFuse.Cli -c Release -r linux-x64 --self-contained -p:PublishSingleFile=true -p:PublishReadyToRun=true -o artifacts/publish -nologo -v quiet
+	install -m 0755 artifacts/publish/prlfuse $(PREFIX)/bin/prlfuse
+	@echo "installed $(PREFIX)/bin/prlfuse"
+
+bench: setup
+	bash scripts/bench.sh
+
+clean:
+	rm -rf artifacts .demo src/*/bin src/*/obj tests/*/bin tests/*/obj bench/*/bin bench/*/obj

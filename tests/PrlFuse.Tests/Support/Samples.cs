@@ -1,0 +1,54 @@
+using System.IO.Compression;
+
+namespace PrlFuse.Tests.Support;
+
+/// <summary>The real Parallels Desktop bundles in ../shared/samples, decompressed into a temporary folder.</summary>
+public static class Samples
+{
+    public static string Root
+    {
+        get
+        {
+            for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+            {
+                string candidate = Path.Combine(dir.FullName, "shared", "samples", "parallels-desktop");
+                if (Directory.Exists(candidate))
+                {
+                    return candidate;
+                }
+
+                candidate = Path.Combine(dir.FullName, "..", "shared", "samples", "parallels-desktop");
+                if (Directory.Exists(candidate) && File.Exists(Path.Combine(dir.FullName, "PrlFuse.sln")))
+                {
+                    return Path.GetFullPath(candidate);
+                }
+            }
+
+            throw new DirectoryNotFoundException("../shared/samples/parallels-desktop not found beside the repository");
+        }
+    }
+
+    /// <summary>Copies bundle NAME.hdd into <paramref name="into"/>, gunzipping its images; returns the bundle folder.</summary>
+    public static string Extract(string name, string into)
+    {
+        string source = Path.Combine(Root, name + ".hdd");
+        string target = Path.Combine(into, name + ".hdd");
+        Directory.CreateDirectory(target);
+        foreach (var file in Directory.GetFiles(source))
+        {
+            string fileName = Path.GetFileName(file);
+            if (fileName.EndsWith(".gz", StringComparison.Ordinal))
+            {
+                using var input = new GZipStream(File.OpenRead(file), CompressionMode.Decompress);
+                using var output = File.Create(Path.Combine(target, fileName[..^3]));
+                input.CopyTo(output);
+            }
+            else
+            {
+                File.Copy(file, Path.Combine(target, fileName));
+            }
+        }
+
+        return target;
+    }
+}
