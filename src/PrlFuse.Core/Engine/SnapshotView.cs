@@ -59,6 +59,49 @@ public sealed class SnapshotView
     }
 
     /// <summary>
+    /// Writes guest bytes at any offset and length (the top snapshot of a read-write disk only). Not durable until
+    /// <see cref="Flush"/>. Writes past the end of the disk are refused.
+    /// </summary>
+    public void Write(ReadOnlySpan<byte> source, long offset)
+    {
+        if (!IsWritable)
+        {
+            throw new InvalidOperationException($"snapshot {Id:B} is read-only");
+        }
+
+        if (offset < 0 || offset > Size || source.Length > Size - offset)
+        {
+            throw new ArgumentOutOfRangeException(nameof(offset), "write beyond the end of the disk");
+        }
+
+        int done = 0;
+        int s = FindStorage(offset);
+        while (done < source.Length)
+        {
+            var storage = _storages[s];
+            long within = offset + done - storage.StartBytes;
+            int n = (int)Math.Min(source.Length - done, storage.LengthBytes - within);
+            storage.Write(source.Slice(done, n), within);
+            done += n;
+            s++;
+        }
+    }
+
+    /// <summary>Makes every completed write durable: data first, then the BAT entries pointing at it.</summary>
+    public void Flush()
+    {
+        if (!IsWritable)
+        {
+            return;
+        }
+
+        foreach (var storage in _storages)
+        {
+            storage.Flush();
+        }
+    }
+
+    /// <summary>
     /// Whether <paramref name="offset"/> is allocated in any layer of this snapshot, and for how many bytes (at most
     /// <paramref name="maxLength"/>) that stays so.
     /// </summary>

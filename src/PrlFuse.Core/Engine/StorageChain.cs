@@ -38,9 +38,11 @@ public sealed class StorageChain
     /// Finds who holds <paramref name="offset"/>: the index of the layer (or -1 for none) and its host offset,
     /// with the number of bytes (at most <paramref name="limit"/>) that keep the same answer.
     /// </summary>
-    public int Resolve(long offset, long limit, out long hostOffset, out long run)
+    public int Resolve(long offset, long limit, out long hostOffset, out long run) => Resolve(0, offset, limit, out hostOffset, out run);
+
+    private int Resolve(int firstLayer, long offset, long limit, out long hostOffset, out long run)
     {
-        for (int i = 0; i < _layers.Length; i++)
+        for (int i = firstLayer; i < _layers.Length; i++)
         {
             bool hit = _layers[i].TryMap(offset, out hostOffset, out long layerRun);
             limit = Math.Min(limit, layerRun);
@@ -57,7 +59,9 @@ public sealed class StorageChain
     }
 
     /// <summary>Reads guest bytes [offset, offset + destination.Length) of this storage (offset relative to it).</summary>
-    public void Read(Span<byte> destination, long offset)
+    public void Read(Span<byte> destination, long offset) => Read(0, destination, offset);
+
+    private void Read(int firstLayer, Span<byte> destination, long offset)
     {
         // Adjacent pieces from the same layer and contiguous in its file are read with one call.
         int pendingLayer = -1;
@@ -67,7 +71,7 @@ public sealed class StorageChain
         int pos = 0;
         while (pos < destination.Length)
         {
-            int layer = Resolve(offset + pos, destination.Length - pos, out long host, out long run);
+            int layer = Resolve(firstLayer, offset + pos, destination.Length - pos, out long host, out long run);
             int n = (int)run;
             if (layer >= 0 && layer == pendingLayer && host == pendingHost + pendingLength)
             {
@@ -96,6 +100,71 @@ public sealed class StorageChain
         if (pendingLayer >= 0)
         {
             ReadHost(_layers[pendingLayer], destination.Slice(pendingStart, pendingLength), pendingHost);
+        }
+    }
+
+    /// <summary>
+    /// Writes guest bytes into the top layer (offset relative to this storage). A raw top is written in place; an
+    /// expandable top allocates clusters as needed, filled from the layers below. See ExpandableImage.WriteCluster.
+    /// </summary>
+    public void Write(ReadOnlySpan<byte> source, long offset)
+    {
+        var top = _layers[0];
+        if (top is PlainImage)
+        {
+            top.File.Write(source, offset);
+            Invalidate(top, offset, source.Length);
+            return;
+        }
+
+        var image = (ExpandableImage)top;
+        long clusterBytes = image.ClusterBytes;
+        int pos = 0;
+        while (pos < source.Length)
+        {
+            long guest = offset + pos;
+            long cluster = guest / clusterBytes;
+            int within = (int)(guest - (cluster * clusterBytes));
+            int n = (int)Math.Min(source.Length - pos, clusterBytes - within);
+            var (host, length) = image.WriteCluster(cluster, within, source.Slice(pos, n), ReadBelowTop, this);
+            Invalidate(image, host, length);
+            pos += n;
+        }
+    }
+
+    /// <summary>Makes the top layer's completed writes durable.</summary>
+    public void Flush()
+    {
+        var top = _layers[0];
+        if (top is ExpandableImage image)
+        {
+            image.Flush();
+        }
+        else
+        {
+            top.File.Flush(dataOnly: true);
+        }
+    }
+
+    private static readonly ExpandableImage.ReadBelow ReadBelowTop = static (destination, guestOffset, state) =>
+    {
+        var chain = (StorageChain)state!;
+        long available = Math.Max(0, Math.Min(destination.Length, chain.LengthBytes - guestOffset));
+        chain.Read(1, destination[..(int)available], guestOffset);
+        destination[(int)available..].Clear();
+    };
+
+    private void Invalidate(ImageLayer layer, long host, long length)
+    {
+        var cache = _cache;
+        if (cache is null || length <= 0)
+        {
+            return;
+        }
+
+        for (long block = host / cache.BlockSize; block <= (host + length - 1) / cache.BlockSize; block++)
+        {
+            cache.Invalidate(BlockCache.MakeKey(layer.CacheId, block));
         }
     }
 

@@ -325,13 +325,38 @@ public sealed class VirtualDisk : IDisposable
         }
     }
 
+    /// <summary>Flushes every writable top image, so completed writes are durable.</summary>
+    public void Flush()
+    {
+        foreach (var view in _views.Values)
+        {
+            view.Flush();
+        }
+    }
+
+    /// <summary>
+    /// Closes every image; a written top image is flushed, trimmed and marked clean. Every image is closed even if
+    /// one fails; the first failure is rethrown so a failed close is never silent.
+    /// </summary>
     public void Dispose()
     {
+        Exception? first = null;
         foreach (var layer in _opened)
         {
-            layer.Dispose();
+            try
+            {
+                layer.Dispose();
+            }
+            catch (IOException e)
+            {
+                first ??= e;
+            }
         }
 
         Cache?.Dispose();
+        if (first is not null)
+        {
+            throw new PrlFuseException(null, $"closing the disk failed: {first.Message}", first);
+        }
     }
 }

@@ -115,6 +115,7 @@ public sealed partial class ExpandableImage : ImageLayer
         }
 
         image.LoadExtension(fileLength);
+        image.CheckWritable();
         return image;
     }
 
@@ -172,4 +173,20 @@ public sealed partial class ExpandableImage : ImageLayer
     }
 
     public override long CountAllocatedClusters() => Header.IsEmpty ? 0 : Bat.CountAllocated();
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            try
+            {
+                CloseForWrite();
+            }
+            finally
+            {
+                OnDispose();
+                base.Dispose(disposing);
+            }
+        }
+    }
 }

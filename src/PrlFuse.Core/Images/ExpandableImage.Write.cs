@@ -1,0 +1,362 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Security.Cryptography;
+using PrlFuse.Core.Formats;
+
+namespace PrlFuse.Core.Images;
+
+/// <summary>
+/// The write path of the top image.
+/// <para>
+/// Locking. Readers never lock: a BAT entry is published (release) only after the data it points at is in the
+/// file. Writers to an allocated cluster write in place with no lock. Allocating a cluster takes the cluster's
+/// stripe lock (so racing writers on one cluster allocate it once and neither write is lost), reserves space at the
+/// data end, fills the cluster (old content from the chain below plus the new bytes), writes it, then publishes the
+/// entry. <see cref="_flushLock"/> is the one lock for the BAT's on-disk state and file growth: allocators hold it
+/// shared from the data write to the publication, and <see cref="Flush"/> holds it exclusively, so every BAT entry
+/// that reaches the disk points at data that was made durable (fdatasync) before it. A crash at any moment leaves at
+/// worst leaked clusters.
+/// </para>
+/// </summary>
+public sealed partial class ExpandableImage
+{
+    /// <summary>File growth step: one ftruncate per this many bytes of allocation, not one per cluster.</summary>
+    public const long GrowthChunkBytes = 64L << 20;
+
+    private const int StripeCount = 64;
+    private const int BatPageBytes = 4096;
+
+    private readonly object[] _stripes = CreateStripes();
+    private readonly ReaderWriterLockSlim _flushLock = new(LockRecursionPolicy.NoRecursion);
+    private readonly object _growLock = new();
+    private readonly object _openLock = new();
+    private byte[]? _dirtyBatPages;
+    private long _nextFree;
+    private long _fileEnd;
+    private bool _openedForWrite;
+    private bool _closed;
+    private uint _closedInUse;
+
+    /// <summary>Why this image cannot be written even though its file is writable, or null.</summary>
+    public string? WriteBlockedReason { get; private set; }
+
+    /// <summary>True once the first change was made (in_use is "Ynot" on disk until a clean close).</summary>
+    public bool IsOpenForWrite => Volatile.Read(ref _openedForWrite);
+
+    public override bool IsImmutable => !File.Writable || WriteBlockedReason is not null;
+
+    private static object[] CreateStripes()
+    {
+        var stripes = new object[StripeCount];
+        for (int i = 0; i < stripes.Length; i++)
+        {
+            stripes[i] = new object();
+        }
+
+        return stripes;
+    }
+
+    /// <summary>Decides at open whether writes are allowed (the spec's NECESSARY rule for unknown extensions).</summary>
+    private void CheckWritable()
+    {
+        if (!File.Writable)
+        {
+            return;
+        }
+
+        if (Header.IsUnclean)
+        {
+            WriteBlockedReason = "image was not closed cleanly; run 'prlfuse check --repair'";
+        }
+        else if (Extension is { } ext && ext.Features.Any(f => !f.IsDirtyBitmap && (f.Flags & ExtensionFeature.FlagNecessary) != 0))
+        {
+            WriteBlockedReason = "image has a format extension feature marked NECESSARY that PrlFuse does not know; it is served read-only";
+            AddWarning(WriteBlockedReason);
+        }
+    }
+
+    /// <summary>
+    /// Writes <paramref name="data"/> at <paramref name="within"/> of guest cluster <paramref name="cluster"/>.
+    /// When the cluster is not allocated yet, <paramref name="readBelow"/> supplies the old content of the whole
+    /// cluster (the chain below, or zeros). Returns the host range written, for cache invalidation.
+    /// </summary>
+    public (long Host, long Length) WriteCluster(long cluster, int within, ReadOnlySpan<byte> data, ReadBelow readBelow, object? state)
+    {
+        if (WriteBlockedReason is not null || !File.Writable)
+        {
+            throw new IOException($"{Path}: image is read-only: {WriteBlockedReason ?? "opened read-only"}");
+        }
+
+        if (cluster >= Bat.Count)
+        {
+            throw new IOException($"{Path}: write beyond the image's {Bat.Count} clusters");
+        }
+
+        EnsureOpenForWrite();
+        long host = Bat.GetHostOffset(cluster);
+        if (host != 0)
+        {
+            File.Write(data, host + within);
+            return (host + within, data.Length);
+        }
+
+        lock (_stripes[cluster % StripeCount])
+        {
+            host = Bat.GetHostOffset(cluster);
+            if (host != 0)
+            {
+                File.Write(data, host + within);
+                return (host + within, data.Length);
+            }
+
+            int clusterBytes = (int)ClusterBytes;
+            byte[]? rented = null;
+            _flushLock.EnterReadLock();
+            try
+            {
+                host = Reserve();
+                ReadOnlySpan<byte> payload = data;
+                if (data.Length != clusterBytes)
+                {
+                    rented = ArrayPool<byte>.Shared.Rent(clusterBytes);
+                    var full = rented.AsSpan(0, clusterBytes);
+                    readBelow(full, cluster * ClusterBytes, state);
+                    data.CopyTo(full[within..]);
+                    payload = full;
+                }
+
+                File.Write(payload, host);
+                Bat.SetEntry(cluster, Bat.EntryForHostOffset(host));
+                Volatile.Write(ref _dirtyBatPages![(ParallelsHeader.Size + (cluster * 4)) / BatPageBytes], 1);
+            }
+            finally
+            {
+                _flushLock.ExitReadLock();
+                if (rented is not null)
+                {
+                    ArrayPool<byte>.Shared.Return(rented);
+                }
+            }
+
+            return (host, clusterBytes);
+        }
+    }
+
+    /// <summary>Supplies the old content of a guest range from below the top image.</summary>
+    public delegate void ReadBelow(Span<byte> destination, long guestOffset, object? state);
+
+    /// <summary>Reserves one cluster at the data end, growing the file in chunks.</summary>
+    private long Reserve()
+    {
+        long clusterBytes = ClusterBytes;
+        long host = Interlocked.Add(ref _nextFree, clusterBytes) - clusterBytes;
+        if (host / Bat.UnitBytes > uint.MaxValue)
+        {
+            throw new IOException($"{Path}: image is full: its BAT cannot address offset {host}", 27 /* EFBIG */);
+        }
+
+        if (host + clusterBytes > Volatile.Read(ref _fileEnd))
+        {
+            lock (_growLock)
+            {
+                if (host + clusterBytes > _fileEnd)
+                {
+                    long target = Math.Max(host + clusterBytes, _fileEnd + GrowthChunkBytes);
+                    File.SetLength(target);
+                    Volatile.Write(ref _fileEnd, target);
+                }
+            }
+        }
+
+        return host;
+    }
+
+    /// <summary>Before the first change: mark the image open ("Ynot"), drop what a write would make untrue, make it durable.</summary>
+    private void EnsureOpenForWrite()
+    {
+        if (Volatile.Read(ref _openedForWrite))
+        {
+            return;
+        }
+
+        lock (_openLock)
+        {
+            if (_openedForWrite)
+            {
+                return;
+            }
+
+            _closedInUse = Header.InUse;
+            ulong extOffset = RewriteExtensionForWrite();
+            long clusterBytes = ClusterBytes;
+            long usedEnd = Math.Max(Bat.UsedEnd(), DataOffsetBytes);
+            if (extOffset != 0)
+            {
+                usedEnd = Math.Max(usedEnd, ((long)extOffset * 512) + clusterBytes);
+            }
+
+            foreach (long end in BitmapClusterEnds())
+            {
+                usedEnd = Math.Max(usedEnd, end);
+            }
+
+            // Clusters sit at data_off + k * cluster; the next free one is the first such slot past everything used.
+            long slots = (usedEnd - DataOffsetBytes + clusterBytes - 1) / clusterBytes;
+            _nextFree = DataOffsetBytes + (slots * clusterBytes);
+            _fileEnd = File.Length;
+            long batBytes = ParallelsHeader.Size + (4L * Bat.Count);
+            _dirtyBatPages = new byte[(batBytes + BatPageBytes - 1) / BatPageBytes];
+
+            Header = Header with { InUse = ParallelsHeader.InUseOpen, ExtensionOffsetSectors = extOffset };
+            WriteHeader();
+            File.Flush(dataOnly: true);
+            Volatile.Write(ref _openedForWrite, true);
+        }
+    }
+
+    private IEnumerable<long> BitmapClusterEnds()
+    {
+        if (Extension?.DirtyBitmap is { } bitmap)
+        {
+            foreach (ulong e in bitmap.L1Table)
+            {
+                if (e > 1)
+                {
+                    yield return ((long)e * 512) + ClusterBytes;
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// A write makes a dirty bitmap untrue, so it goes (as QEMU does in read-write mode). Unknown features marked
+    /// TRANSIT stay, with the MD5 recomputed; anything else is dropped. Returns the new ext_off.
+    /// </summary>
+    private ulong RewriteExtensionForWrite()
+    {
+        if (Header.ExtensionOffsetSectors == 0)
+        {
+            return 0;
+        }
+
+        var ext = Extension;
+        if (ext is null || !ext.ChecksumValid)
+        {
+            return 0;
+        }
+
+        var keep = ext.Features.Where(f => !f.IsDirtyBitmap && (f.Flags & ExtensionFeature.FlagTransit) != 0).ToList();
+        if (keep.Count == 0)
+        {
+            return 0;
+        }
+
+        int clusterBytes = (int)ClusterBytes;
+        long offset = (long)Header.ExtensionOffsetSectors * 512;
+        byte[] old = new byte[clusterBytes];
+        File.ReadZeroFilled(old, offset);
+        byte[] fresh = new byte[clusterBytes];
+        BinaryPrimitives.WriteUInt64LittleEndian(fresh, FormatExtension.Magic);
+        int pos = FormatExtension.HeaderSize;
+        foreach (var f in keep)
+        {
+            int total = FormatExtension.FeatureHeaderSize + (int)((f.DataSize + 7) & ~7u);
+            old.AsSpan((int)f.DataOffset - FormatExtension.FeatureHeaderSize, total).CopyTo(fresh.AsSpan(pos));
+            pos += total;
+        }
+
+        MD5.HashData(fresh.AsSpan(FormatExtension.HeaderSize), fresh.AsSpan(8, 16));
+        File.Write(fresh, offset);
+        return Header.ExtensionOffsetSectors;
+    }
+
+    private void WriteHeader()
+    {
+        Span<byte> bytes = stackalloc byte[ParallelsHeader.Size];
+        Header.WriteTo(bytes);
+        File.Write(bytes, 0);
+    }
+
+    /// <summary>Makes every completed write durable: the data first, then the BAT entries that point at it.</summary>
+    public void Flush()
+    {
+        if (!Volatile.Read(ref _openedForWrite))
+        {
+            return;
+        }
+
+        _flushLock.EnterWriteLock();
+        try
+        {
+            File.Flush(dataOnly: true);
+            if (WriteDirtyBatPages())
+            {
+                File.Flush(dataOnly: true);
+            }
+        }
+        finally
+        {
+            _flushLock.ExitWriteLock();
+        }
+    }
+
+    private bool WriteDirtyBatPages()
+    {
+        var dirty = _dirtyBatPages!;
+        long batEnd = ParallelsHeader.Size + (4L * Bat.Count);
+        byte[]? buffer = null;
+        bool wrote = false;
+        for (int page = 0; page < dirty.Length; page++)
+        {
+            if (dirty[page] == 0)
+            {
+                continue;
+            }
+
+            dirty[page] = 0;
+            long start = Math.Max(ParallelsHeader.Size, (long)page * BatPageBytes);
+            long end = Math.Min(batEnd, (long)(page + 1) * BatPageBytes);
+            int first = (int)((start - ParallelsHeader.Size) / 4);
+            int count = (int)((end - start) / 4);
+            buffer ??= new byte[BatPageBytes];
+            Bat.WriteEntries(buffer, first, count);
+            File.Write(buffer.AsSpan(0, count * 4), start);
+            wrote = true;
+        }
+
+        return wrote;
+    }
+
+    /// <summary>
+    /// Clean close: flush, trim the file to its used end, restore in_use, make it durable. After this the image
+    /// passes 'qemu-img check' with no leaks.
+    /// </summary>
+    public void CloseForWrite()
+    {
+        if (!Volatile.Read(ref _openedForWrite) || _closed)
+        {
+            return;
+        }
+
+        _closed = true;
+        Flush();
+        long usedEnd = Math.Max(Bat.UsedEnd(), DataOffsetBytes);
+        if (Header.ExtensionOffsetSectors != 0)
+        {
+            usedEnd = Math.Max(usedEnd, ((long)Header.ExtensionOffsetSectors * 512) + ClusterBytes);
+        }
+
+        if (usedEnd < File.Length)
+        {
+            File.SetLength(usedEnd);
+        }
+
+        Header = Header with { InUse = _closedInUse };
+        WriteHeader();
+        File.Flush(dataOnly: false);
+    }
+
+    partial void OnDispose();
+
+    partial void OnDispose() => _flushLock.Dispose();
+}
