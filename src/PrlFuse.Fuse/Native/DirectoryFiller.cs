@@ -30,7 +30,7 @@ public readonly unsafe ref struct DirectoryFiller
         }
     }
 
-    /// <summary>Adds a name with just a file type, e.g. <see cref="UnixFileMode.Directory"/>.</summary>
+    /// <summary>Adds a name with just a file type, e.g. <see cref="StatMode.Directory"/>.</summary>
     public bool Add(ReadOnlySpan<byte> utf8Name, uint fileType)
     {
         Stat stat = default;

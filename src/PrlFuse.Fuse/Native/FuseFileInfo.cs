@@ -17,10 +17,10 @@ public readonly unsafe ref struct FuseFileInfo
     /// <summary>open(2) flags (O_ACCMODE bits, O_APPEND, O_DIRECT ...).</summary>
     public int Flags => Native->Flags;
 
-    /// <summary>Flags &amp; O_ACCMODE: <see cref="UnixFileMode.OpenReadOnly"/>, WriteOnly or ReadWrite.</summary>
-    public int AccessMode => Native->Flags & UnixFileMode.OpenAccessModeMask;
+    /// <summary>Flags &amp; O_ACCMODE: <see cref="OpenFlags.ReadOnly"/>, WriteOnly or ReadWrite.</summary>
+    public int AccessMode => Native->Flags & OpenFlags.AccessModeMask;
 
-    public bool WantsWrite => AccessMode != UnixFileMode.OpenReadOnly;
+    public bool WantsWrite => AccessMode != OpenFlags.ReadOnly;
 
     /// <summary>fh: any value the filesystem chooses in Open.</summary>
     public ulong Handle

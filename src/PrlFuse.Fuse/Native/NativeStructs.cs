@@ -38,7 +38,7 @@ public struct Stat
     [FieldOffset(0)] public ulong Device;
     [FieldOffset(8)] public ulong Inode;
     [FieldOffset(16)] public ulong LinkCount;
-    /// <summary>File type and permission bits, see <see cref="UnixFileMode"/>.</summary>
+    /// <summary>File type and permission bits, see <see cref="StatMode"/>.</summary>
     [FieldOffset(24)] public uint Mode;
     [FieldOffset(28)] public uint Uid;
     [FieldOffset(32)] public uint Gid;
@@ -72,18 +72,22 @@ public struct StatVfs
     [FieldOffset(80)] public ulong NameMax;
 }
 
-/// <summary>File type bits and open flags (Linux values).</summary>
-public static class UnixFileMode
+/// <summary>File type bits of <see cref="Stat.Mode"/> (S_IF*); OR them with the permission bits.</summary>
+public static class StatMode
 {
     public const uint TypeMask = 0xF000;     // S_IFMT
     public const uint Directory = 0x4000;    // S_IFDIR
     public const uint RegularFile = 0x8000;  // S_IFREG
     public const uint SymbolicLink = 0xA000; // S_IFLNK
+}
 
-    public const int OpenAccessModeMask = 3; // O_ACCMODE
-    public const int OpenReadOnly = 0;
-    public const int OpenWriteOnly = 1;
-    public const int OpenReadWrite = 2;
+/// <summary>open(2) access modes as found in <see cref="FuseFileInfo.Flags"/> (Linux values).</summary>
+public static class OpenFlags
+{
+    public const int AccessModeMask = 3; // O_ACCMODE
+    public const int ReadOnly = 0;
+    public const int WriteOnly = 1;
+    public const int ReadWrite = 2;
 }
 
 /// <summary>The stable head of struct fuse_file_info. Never allocated by us, only reached through libfuse's pointer.</summary>
