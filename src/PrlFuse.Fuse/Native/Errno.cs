@@ -25,4 +25,5 @@ public static class Errno
     public const int ENODATA = 61;
     public const int EOPNOTSUPP = 95;
     public const int ENOTCONN = 107;
+    public const int ETIMEDOUT = 110;
 }

@@ -22,7 +22,7 @@ public sealed class FuseKernelTests
         using var m = MountedFileSystem.Start();
 
         string[] names = Directory.GetFiles(m.Directory).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToArray()!;
-        Assert.Equal(new[] { "boom.bin", "direct.bin", "ro.bin", "rw.bin" }, names);
+        Assert.Equal(new[] { "boom.bin", "direct.bin", "pair.bin", "ro.bin", "rw.bin" }, names);
         Assert.True(m.Fs.InitCalled);
         Assert.Equal(MemoryFileSystem.ReadOnlySize, new FileInfo(m.PathOf("ro.bin")).Length);
         Assert.Equal(m.Fs.ReadOnlyData, File.ReadAllBytes(m.PathOf("ro.bin")));
@@ -172,6 +172,23 @@ public sealed class FuseKernelTests
         Assert.True(buffer.AsSpan().SequenceEqual(m.Fs.ReadOnlyData.AsSpan(5, 1000)));
         // With the page cache the kernel would ask for whole pages once; with direct_io each read comes through as is.
         Assert.Equal(new[] { (5L, 1000), (5L, 1000) }, m.Fs.DirectReads.ToArray());
+    }
+
+    [Fact]
+    public async Task RequestsAreServedConcurrently()
+    {
+        using var m = MountedFileSystem.Start();
+        // Each Read of pair.bin blocks until a second one is inside the filesystem too:
+        // a single-threaded loop would make both time out.
+        Task<int>[] readers = Enumerable.Range(0, 2).Select(i => Task.Run(() =>
+        {
+            using var handle = File.OpenHandle(m.PathOf("pair.bin"));
+            return RandomAccess.Read(handle, new byte[100], i * 4096L);
+        })).ToArray();
+        int[] counts = await Task.WhenAll(readers).WaitAsync(MountedFileSystem.Patience * 2);
+        Assert.Equal(new[] { 100, 100 }, counts);
+        Assert.Equal(0u, m.Fs.LastOpenCaller.Uid); // fuse_get_context: the tests run as root
+        Assert.True(m.Fs.LastOpenCaller.Pid > 0);
     }
 
     [Fact]

@@ -7,7 +7,8 @@ namespace PrlFuse.Tests.Fuse;
 /// A tiny in-memory filesystem for the kernel tests. It records what reached it (fsync datasync
 /// values, read requests, handles, truncates) so tests can check the binding end to end.
 /// Files: /ro.bin (0444, fixed pseudo-random content), /rw.bin (0644, writable),
-/// /direct.bin (opened with direct_io), /boom.bin (Read throws).
+/// /direct.bin (opened with direct_io), /boom.bin (Read throws), /pair.bin (direct_io; each Read
+/// waits until a second Read is in progress at the same time, proving the loop is multithreaded).
 /// </summary>
 internal sealed class MemoryFileSystem : IFuseFileSystem
 {
@@ -35,6 +36,8 @@ internal sealed class MemoryFileSystem : IFuseFileSystem
     public ConcurrentDictionary<ulong, string> OpenHandles { get; } = new();
     public ConcurrentQueue<Exception> Exceptions { get; } = new();
     public long ModifyTimeSeconds { get; private set; }
+    public FuseRequestContext LastOpenCaller { get; private set; }
+    public Barrier PairBarrier { get; } = new(2);
     public int HandleMismatches;
 
     public byte[] RwSnapshot()
@@ -56,7 +59,7 @@ internal sealed class MemoryFileSystem : IFuseFileSystem
 
     public void Destroy() => DestroyCalled = true;
 
-    private enum Node { None, Root, ReadOnly, ReadWrite, Direct, Boom }
+    private enum Node { None, Root, ReadOnly, ReadWrite, Direct, Boom, Pair }
 
     private static Node Find(ReadOnlySpan<byte> path) =>
         path.SequenceEqual("/"u8) ? Node.Root
@@ -64,6 +67,7 @@ internal sealed class MemoryFileSystem : IFuseFileSystem
         : path.SequenceEqual("/rw.bin"u8) ? Node.ReadWrite
         : path.SequenceEqual("/direct.bin"u8) ? Node.Direct
         : path.SequenceEqual("/boom.bin"u8) ? Node.Boom
+        : path.SequenceEqual("/pair.bin"u8) ? Node.Pair
         : Node.None;
 
     public int GetAttr(ReadOnlySpan<byte> path, ref Stat stat, FuseFileInfo fileInfo)
@@ -77,6 +81,7 @@ internal sealed class MemoryFileSystem : IFuseFileSystem
             case Node.ReadOnly:
             case Node.Direct:
             case Node.Boom:
+            case Node.Pair:
                 stat.Mode = StatMode.RegularFile | 0b100_100_100;
                 stat.Size = ReadOnlySize;
                 break;
@@ -106,6 +111,7 @@ internal sealed class MemoryFileSystem : IFuseFileSystem
         filler.Add("rw.bin"u8, StatMode.RegularFile);
         filler.Add("direct.bin"u8);
         filler.Add("boom.bin"u8);
+        filler.Add("pair.bin"u8);
         return 0;
     }
 
@@ -121,7 +127,8 @@ internal sealed class MemoryFileSystem : IFuseFileSystem
         {
             return -Errno.EACCES;
         }
-        fileInfo.DirectIo = node == Node.Direct;
+        fileInfo.DirectIo = node is Node.Direct or Node.Pair;
+        LastOpenCaller = FuseRequestContext.Current;
         ulong handle = (ulong)Interlocked.Increment(ref _nextHandle);
         fileInfo.Handle = handle;
         OpenHandles[handle] = System.Text.Encoding.UTF8.GetString(path);
@@ -143,6 +150,10 @@ internal sealed class MemoryFileSystem : IFuseFileSystem
         {
             case Node.Boom:
                 throw new InvalidOperationException("boom: the binding must turn this into EIO");
+            case Node.Pair:
+                return PairBarrier.SignalAndWait(MountedFileSystem.Patience)
+                    ? CopyOut(ReadOnlyData, ReadOnlyData.Length, buffer, offset)
+                    : -Errno.ETIMEDOUT;
             case Node.Direct:
                 DirectReads.Enqueue((offset, buffer.Length));
                 return CopyOut(ReadOnlyData, ReadOnlyData.Length, buffer, offset);
