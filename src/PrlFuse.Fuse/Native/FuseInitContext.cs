@@ -1,0 +1,97 @@
+namespace PrlFuse.Fuse.Native;
+
+/// <summary>
+/// Handed to <see cref="IFuseFileSystem.Init"/>: the negotiated connection (struct fuse_conn_info)
+/// and the high-level config (struct fuse_config). Only fields whose offsets are the same in every
+/// libfuse 3.x are exposed; everything else can be passed as a -o option instead.
+/// </summary>
+public readonly unsafe ref struct FuseInitContext
+{
+    private readonly byte* _conn;
+    private readonly byte* _config;
+
+    internal FuseInitContext(void* conn, void* config)
+    {
+        _conn = (byte*)conn;
+        _config = (byte*)config;
+    }
+
+    public uint ProtocolMajor => U32(_conn, FuseConnInfoOffsets.ProtoMajor);
+    public uint ProtocolMinor => U32(_conn, FuseConnInfoOffsets.ProtoMinor);
+    public uint MaxWrite => U32(_conn, FuseConnInfoOffsets.MaxWrite);
+    public uint MaxRead => U32(_conn, FuseConnInfoOffsets.MaxRead);
+
+    public uint MaxReadahead
+    {
+        get => U32(_conn, FuseConnInfoOffsets.MaxReadahead);
+        set => U32(_conn, FuseConnInfoOffsets.MaxReadahead) = value;
+    }
+
+    /// <summary>FUSE_CAP_* bits the kernel and libfuse support.</summary>
+    public uint Capable => U32(_conn, FuseConnInfoOffsets.Capable);
+
+    /// <summary>FUSE_CAP_* bits requested; only set bits that are in <see cref="Capable"/>.</summary>
+    public uint Want
+    {
+        get => U32(_conn, FuseConnInfoOffsets.Want);
+        set => U32(_conn, FuseConnInfoOffsets.Want) = value;
+    }
+
+    /// <summary>Kernel queue of background (async) requests; raise it when many requests queue.</summary>
+    public uint MaxBackground
+    {
+        get => U32(_conn, FuseConnInfoOffsets.MaxBackground);
+        set => U32(_conn, FuseConnInfoOffsets.MaxBackground) = value;
+    }
+
+    public uint CongestionThreshold
+    {
+        get => U32(_conn, FuseConnInfoOffsets.CongestionThreshold);
+        set => U32(_conn, FuseConnInfoOffsets.CongestionThreshold) = value;
+    }
+
+    /// <summary>Seconds the kernel caches names (default 1).</summary>
+    public double EntryTimeout
+    {
+        get => F64(_config, FuseConfigOffsets.EntryTimeout);
+        set => F64(_config, FuseConfigOffsets.EntryTimeout) = value;
+    }
+
+    public double NegativeTimeout
+    {
+        get => F64(_config, FuseConfigOffsets.NegativeTimeout);
+        set => F64(_config, FuseConfigOffsets.NegativeTimeout) = value;
+    }
+
+    /// <summary>Seconds the kernel caches attributes (default 1).</summary>
+    public double AttrTimeout
+    {
+        get => F64(_config, FuseConfigOffsets.AttrTimeout);
+        set => F64(_config, FuseConfigOffsets.AttrTimeout) = value;
+    }
+
+    /// <summary>Use <see cref="Stat.Inode"/> from GetAttr/ReadDir instead of libfuse's own numbers.</summary>
+    public bool UseIno
+    {
+        get => I32(_config, FuseConfigOffsets.UseIno) != 0;
+        set => I32(_config, FuseConfigOffsets.UseIno) = value ? 1 : 0;
+    }
+
+    /// <summary>Force direct_io on every open (Open can also set it per file).</summary>
+    public bool DirectIo
+    {
+        get => I32(_config, FuseConfigOffsets.DirectIo) != 0;
+        set => I32(_config, FuseConfigOffsets.DirectIo) = value ? 1 : 0;
+    }
+
+    /// <summary>Force keep_cache on every open.</summary>
+    public bool KernelCache
+    {
+        get => I32(_config, FuseConfigOffsets.KernelCache) != 0;
+        set => I32(_config, FuseConfigOffsets.KernelCache) = value ? 1 : 0;
+    }
+
+    private static ref uint U32(byte* p, int offset) => ref *(uint*)(p + offset);
+    private static ref int I32(byte* p, int offset) => ref *(int*)(p + offset);
+    private static ref double F64(byte* p, int offset) => ref *(double*)(p + offset);
+}

@@ -1,0 +1,179 @@
+using System.Runtime.InteropServices;
+
+namespace PrlFuse.Fuse.Native;
+
+// Layouts below are x86-64 Linux/glibc. LibFuse refuses to load on other architectures
+// rather than corrupt memory; the layout test compares every offset with the C compiler's.
+
+/// <summary>struct timespec (16 bytes). In utimens, <see cref="Nanoseconds"/> may be UTIME_NOW or UTIME_OMIT.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct TimeSpec
+{
+    public const long UtimeNow = (1L << 30) - 1;
+    public const long UtimeOmit = (1L << 30) - 2;
+
+    public long Seconds;
+    public long Nanoseconds;
+
+    public TimeSpec(long seconds, long nanoseconds)
+    {
+        Seconds = seconds;
+        Nanoseconds = nanoseconds;
+    }
+
+    public static TimeSpec FromDateTimeOffset(DateTimeOffset time)
+    {
+        long ticks = time.UtcTicks - DateTimeOffset.UnixEpoch.UtcTicks;
+        return new TimeSpec(Math.DivRem(ticks, TimeSpan.TicksPerSecond, out long rest) - (rest < 0 ? 1 : 0),
+            (rest < 0 ? rest + TimeSpan.TicksPerSecond : rest) * 100);
+    }
+}
+
+/// <summary>glibc x86-64 struct stat (144 bytes; st_nlink comes before st_mode on this ABI).</summary>
+[StructLayout(LayoutKind.Explicit, Size = SizeInBytes)]
+public struct Stat
+{
+    public const int SizeInBytes = 144;
+
+    [FieldOffset(0)] public ulong Device;
+    [FieldOffset(8)] public ulong Inode;
+    [FieldOffset(16)] public ulong LinkCount;
+    /// <summary>File type and permission bits, see <see cref="StatMode"/>.</summary>
+    [FieldOffset(24)] public uint Mode;
+    [FieldOffset(28)] public uint Uid;
+    [FieldOffset(32)] public uint Gid;
+    [FieldOffset(40)] public ulong RDevice;
+    [FieldOffset(48)] public long Size;
+    [FieldOffset(56)] public long BlockSize;
+    /// <summary>Number of 512-byte blocks allocated.</summary>
+    [FieldOffset(64)] public long Blocks;
+    [FieldOffset(72)] public TimeSpec AccessTime;
+    [FieldOffset(88)] public TimeSpec ModifyTime;
+    [FieldOffset(104)] public TimeSpec ChangeTime;
+}
+
+/// <summary>glibc x86-64 struct statvfs (112 bytes).</summary>
+[StructLayout(LayoutKind.Explicit, Size = SizeInBytes)]
+public struct StatVfs
+{
+    public const int SizeInBytes = 112;
+
+    [FieldOffset(0)] public ulong BlockSize;
+    [FieldOffset(8)] public ulong FragmentSize;
+    /// <summary>Size of the filesystem in <see cref="FragmentSize"/> units.</summary>
+    [FieldOffset(16)] public ulong Blocks;
+    [FieldOffset(24)] public ulong BlocksFree;
+    [FieldOffset(32)] public ulong BlocksAvailable;
+    [FieldOffset(40)] public ulong Files;
+    [FieldOffset(48)] public ulong FilesFree;
+    [FieldOffset(56)] public ulong FilesAvailable;
+    [FieldOffset(64)] public ulong FsId;
+    [FieldOffset(72)] public ulong Flags;
+    [FieldOffset(80)] public ulong NameMax;
+}
+
+/// <summary>File type bits of <see cref="Stat.Mode"/> (S_IF*); OR them with the permission bits.</summary>
+public static class StatMode
+{
+    public const uint TypeMask = 0xF000;     // S_IFMT
+    public const uint Directory = 0x4000;    // S_IFDIR
+    public const uint RegularFile = 0x8000;  // S_IFREG
+    public const uint SymbolicLink = 0xA000; // S_IFLNK
+}
+
+/// <summary>open(2) access modes as found in <see cref="FuseFileInfo.Flags"/> (Linux values).</summary>
+public static class OpenFlags
+{
+    public const int AccessModeMask = 3; // O_ACCMODE
+    public const int ReadOnly = 0;
+    public const int WriteOnly = 1;
+    public const int ReadWrite = 2;
+}
+
+/// <summary>The stable head of struct fuse_file_info. Never allocated by us, only reached through libfuse's pointer.</summary>
+[StructLayout(LayoutKind.Explicit)]
+internal struct FuseFileInfoNative
+{
+    public const int FhOffset = 16;
+    // Bits 0..2 of the bitfield word are the same in every libfuse 3.x; later bits moved in 3.16/3.17.
+    public const uint WritePageBit = 1u << 0;
+    public const uint DirectIoBit = 1u << 1;
+    public const uint KeepCacheBit = 1u << 2;
+
+    [FieldOffset(0)] public int Flags;
+    [FieldOffset(4)] public uint Bits;
+    [FieldOffset(FhOffset)] public ulong Fh;
+}
+
+/// <summary>struct fuse_context; only read.</summary>
+[StructLayout(LayoutKind.Explicit)]
+internal struct FuseContextNative
+{
+    [FieldOffset(0)] public IntPtr Fuse;
+    [FieldOffset(8)] public uint Uid;
+    [FieldOffset(12)] public uint Gid;
+    [FieldOffset(16)] public int Pid;
+    [FieldOffset(24)] public IntPtr PrivateData;
+    [FieldOffset(32)] public uint Umask;
+}
+
+/// <summary>struct fuse_args (argv is NULL terminated).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct FuseArgs
+{
+    public int Argc;
+    public byte** Argv;
+    public int Allocated;
+}
+
+/// <summary>The two-field loop config taken by fuse_loop_mt@FUSE_3.2 (libfuse 3.2 .. 3.11).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct FuseLoopConfigV1
+{
+    public int CloneFd;
+    public uint MaxIdleThreads;
+}
+
+/// <summary>Offsets into struct fuse_conn_info that we read or write (stable since 3.0; 3.17 only appended).</summary>
+internal static class FuseConnInfoOffsets
+{
+    public const int ProtoMajor = 0;
+    public const int ProtoMinor = 4;
+    public const int MaxWrite = 8;
+    public const int MaxRead = 12;
+    public const int MaxReadahead = 16;
+    public const int Capable = 20;
+    public const int Want = 24;
+    public const int MaxBackground = 28;
+    public const int CongestionThreshold = 32;
+}
+
+/// <summary>
+/// Offsets into struct fuse_config. Only fields below offset 80 are written: fields after
+/// kernel_cache moved in libfuse 3.17.
+/// </summary>
+internal static class FuseConfigOffsets
+{
+    public const int EntryTimeout = 24;
+    public const int NegativeTimeout = 32;
+    public const int AttrTimeout = 40;
+    public const int UseIno = 64;
+    public const int DirectIo = 72;
+    public const int KernelCache = 76;
+    public const int WritableLimit = 80;
+}
+
+/// <summary>
+/// struct fuse_operations of libfuse 3.14 (42 pointers). Field order is the C order; fields we do not
+/// implement stay NULL so libfuse answers ENOSYS (or its default) for them.
+/// </summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct FuseOperations
+{
+    public const int PointerCount = 42;
+
+    public IntPtr GetAttr, ReadLink, MkNod, MkDir, Unlink, RmDir, Symlink, Rename, Link, Chmod, Chown,
+        Truncate, Open, Read, Write, StatFs, Flush, Release, Fsync, SetXattr, GetXattr, ListXattr,
+        RemoveXattr, OpenDir, ReadDir, ReleaseDir, FsyncDir, Init, Destroy, Access, Create, Lock,
+        Utimens, Bmap, Ioctl, Poll, WriteBuf, ReadBuf, Flock, Fallocate, CopyFileRange, Lseek;
+}
