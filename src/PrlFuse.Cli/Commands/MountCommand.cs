@@ -1,8 +1,329 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using Mono.Unix.Native;
+using Errno = PrlFuse.Fuse.Native.Errno;
+using OpenFlags = Mono.Unix.Native.OpenFlags;
 using PrlFuse.Core;
+using PrlFuse.Core.Engine;
+using PrlFuse.Core.Images;
+using PrlFuse.Fuse;
+using PrlFuse.Fuse.Native;
 
 namespace PrlFuse.Cli.Commands;
 
+/// <summary>
+/// `prlfuse mount`. Without --foreground the command starts itself again as a detached daemon (.NET cannot fork)
+/// and returns once the daemon reports, on a pipe, that the mount is ready or why it failed.
+/// </summary>
 internal static class MountCommand
 {
-    public static int Run(MountOptions o) => throw new PrlFuseException(null, "'mount' is not available in this build yet");
+    private const string ReadyLine = "PRLFUSE-READY";
+    private static readonly TimeSpan ReadyTimeout = TimeSpan.FromSeconds(60);
+
+    public static int Run(MountOptions o)
+    {
+        return o.Foreground || o.DaemonChild ? Serve(o) : StartDaemon(o);
+    }
+
+    private static int StartDaemon(MountOptions o)
+    {
+        // Fail fast on what the parent can see, so the common mistakes need no daemon round trip.
+        string mountpoint = CheckMountpoint(o.MountPoint, clearStale: false);
+        var psi = new ProcessStartInfo(Environment.ProcessPath!)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+            UseShellExecute = false,
+        };
+        string self = Environment.GetCommandLineArgs()[0];
+        if (self.EndsWith(".dll", StringComparison.OrdinalIgnoreCase))
+        {
+            psi.ArgumentList.Add(self); // running as `dotnet prlfuse.dll`
+        }
+
+        foreach (var arg in DaemonArguments(o, mountpoint))
+        {
+            psi.ArgumentList.Add(arg);
+        }
+
+        using var child = Process.Start(psi) ?? throw new PrlFuseException(null, "cannot start the mount daemon");
+        child.StandardInput.Close();
+        var stderr = new System.Text.StringBuilder();
+        child.ErrorDataReceived += (_, e) =>
+        {
+            if (e.Data is not null)
+            {
+                lock (stderr)
+                {
+                    stderr.AppendLine(e.Data);
+                }
+            }
+        };
+        child.BeginErrorReadLine();
+        var line = child.StandardOutput.ReadLineAsync();
+        if (line.Wait(ReadyTimeout) && line.Result == ReadyLine)
+        {
+            Console.Error.Write(Snapshot(stderr));
+            return Program.ExitOk;
+        }
+
+        if (!child.WaitForExit(5000))
+        {
+            child.Kill(entireProcessTree: true);
+            throw new PrlFuseException(mountpoint, "the mount daemon did not become ready in time");
+        }
+
+        child.WaitForExit();
+        Console.Error.Write(Snapshot(stderr));
+        return child.ExitCode == 0 ? Program.ExitError : child.ExitCode;
+    }
+
+    private static string Snapshot(System.Text.StringBuilder sb)
+    {
+        lock (sb)
+        {
+            return sb.ToString();
+        }
+    }
+
+    private static IEnumerable<string> DaemonArguments(MountOptions o, string mountpoint)
+    {
+        yield return "mount";
+        yield return Path.GetFullPath(o.Disk);
+        yield return mountpoint;
+        yield return "--daemon-child";
+        yield return "--cache-size";
+        yield return o.CacheSize;
+        if (o.ReadOnly)
+        {
+            yield return "--read-only";
+        }
+
+        if (o.PageCache)
+        {
+            yield return "--page-cache";
+        }
+
+        if (o.Debug)
+        {
+            yield return "--debug";
+        }
+
+        if (o.Threads > 0)
+        {
+            yield return "--threads";
+            yield return o.Threads.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        }
+
+        if (o.Log is not null)
+        {
+            yield return "--log";
+            yield return Path.GetFullPath(o.Log);
+        }
+
+        var fuseOptions = o.FuseOptions.ToList();
+        if (fuseOptions.Count > 0)
+        {
+            yield return "-o";
+            yield return string.Join(',', fuseOptions);
+        }
+    }
+
+    /// <summary>The mountpoint as a full path, after checking it can take a mount. Clears a stale prlfuse mount.</summary>
+    private static string CheckMountpoint(string path, bool clearStale)
+    {
+        string mountpoint = Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
+        if (FuseHost.IsStaleMount(mountpoint))
+        {
+            if (!clearStale)
+            {
+                return mountpoint; // the daemon clears it and says so
+            }
+
+            int rc = FuseHost.ClearStaleMount(mountpoint);
+            if (rc != 0)
+            {
+                throw new PrlFuseException(mountpoint, $"a stale mount (its daemon was killed) is left here and could not be cleared (errno {rc}); run 'fusermount3 -uz {mountpoint}'");
+            }
+
+            Console.Error.WriteLine($"prlfuse: cleared a stale mount at {mountpoint} left by a daemon that was killed");
+        }
+
+        if (!Directory.Exists(mountpoint))
+        {
+            throw new PrlFuseException(mountpoint, "mountpoint does not exist; create the folder first");
+        }
+
+        string? mounted = MountTable.FileSystemTypeAt(mountpoint);
+        if (mounted is not null)
+        {
+            throw new PrlFuseException(mountpoint, $"is already a mount point ({mounted}); unmount it first");
+        }
+
+        if (!File.Exists("/dev/fuse"))
+        {
+            throw new PrlFuseException("/dev/fuse", "does not exist: load the fuse kernel module (modprobe fuse) or, in a container, pass the device in");
+        }
+
+        if (!LibFuse.IsAvailable)
+        {
+            throw new PrlFuseException(null, LibFuse.NotInstalledMessage);
+        }
+
+        return mountpoint;
+    }
+
+    private static int Serve(MountOptions o)
+    {
+        if (o.DaemonChild)
+        {
+            // Our own session: the daemon outlives the terminal and the command that started it.
+            Syscall.setsid();
+        }
+
+        string mountpoint = CheckMountpoint(o.MountPoint, clearStale: true);
+        long cacheBytes = Sizes.Parse(o.CacheSize, "--cache-size");
+        var disk = VirtualDisk.Open(o.Disk, new DiskOpenOptions { ReadOnly = o.ReadOnly, CacheBytes = cacheBytes });
+        int exit;
+        try
+        {
+            RefuseUnwritableTop(disk, o);
+            foreach (var warning in disk.Warnings)
+            {
+                Console.Error.WriteLine($"prlfuse: warning: {warning}");
+            }
+
+            exit = ServeDisk(disk, mountpoint, o);
+        }
+        finally
+        {
+            disk.Dispose(); // flush, trim and mark the top image clean; throws (exit 1) if that fails
+        }
+
+        return exit;
+    }
+
+    /// <summary>A read-write mount whose top cannot be written fails with what to do, never silently read-only.</summary>
+    private static void RefuseUnwritableTop(VirtualDisk disk, MountOptions o)
+    {
+        if (o.ReadOnly || disk.Top.IsWritable)
+        {
+            return;
+        }
+
+        foreach (var storage in disk.Storages)
+        {
+            if (storage.Images[disk.Top.Id] is ExpandableImage { WasUnclean: true } image)
+            {
+                throw new PrlFuseException(image.Path, $"image was not closed cleanly (a crash or a killed writer); run 'prlfuse check --repair {o.Disk}' first, or mount with --read-only");
+            }
+
+            if (storage.Images[disk.Top.Id] is ExpandableImage { WriteBlockedReason: { } reason } blocked)
+            {
+                throw new PrlFuseException(blocked.Path, reason + "; mount with --read-only");
+            }
+        }
+
+        if (disk.Tree.ChildrenOf(disk.Top.Id).Count > 0)
+        {
+            throw new PrlFuseException(disk.SourcePath, "the top snapshot has child snapshots, so writing it would change them; mount with --read-only");
+        }
+
+        throw new PrlFuseException(disk.SourcePath, "the top snapshot's image cannot be opened for writing; mount with --read-only");
+    }
+
+    private static int ServeDisk(VirtualDisk disk, string mountpoint, MountOptions o)
+    {
+        var fuseOptions = o.FuseOptions.Select(x => x.Trim()).Where(x => x.Length > 0).ToList();
+        bool allowOther = fuseOptions.Remove("allow_other");
+        bool defaultPermissions = fuseOptions.Remove("default_permissions") || allowOther;
+        var fs = new BundleFileSystem(disk, new BundleFileSystemOptions
+        {
+            DirectIo = !o.PageCache,
+            Uid = Syscall.getuid(),
+            Gid = Syscall.getgid(),
+            Log = message => Console.Error.WriteLine($"prlfuse: {message}"),
+        });
+        var options = new FuseMountOptions
+        {
+            FsName = Path.GetFullPath(o.Disk),
+            AllowOther = allowOther,
+            DefaultPermissions = defaultPermissions,
+            ReadOnly = o.ReadOnly,
+            Debug = o.Debug,
+            OnCallbackException = e => Console.Error.WriteLine($"prlfuse: internal error in a FUSE request: {e}"),
+        };
+        if (o.Threads > 0)
+        {
+            options.MaxThreads = o.Threads;
+        }
+
+        foreach (var extra in fuseOptions)
+        {
+            options.ExtraOptions.Add(extra);
+        }
+
+        using var host = FuseHost.Mount(mountpoint, fs, options);
+        using var signals = RegisterSignals(host, mountpoint);
+        if (o.DaemonChild)
+        {
+            ReportReadyAndDetach(o.Log);
+        }
+        else
+        {
+            Console.Error.WriteLine($"prlfuse: mounted {disk.SourcePath} on {mountpoint}; Ctrl-C or 'prlfuse unmount {mountpoint}' ends it");
+        }
+
+        int status = host.Run();
+        disk.Flush();
+        return status == 0 ? Program.ExitOk : Program.ExitError;
+    }
+
+    /// <summary>SIGINT, SIGTERM and SIGHUP unmount (non-lazily); if a loop device still holds a file, keep serving.</summary>
+    private static IDisposable RegisterSignals(FuseHost host, string mountpoint)
+    {
+        var registrations = new List<PosixSignalRegistration>();
+        foreach (var signal in new[] { PosixSignal.SIGINT, PosixSignal.SIGTERM, PosixSignal.SIGHUP })
+        {
+            registrations.Add(PosixSignalRegistration.Create(signal, context =>
+            {
+                context.Cancel = true;
+                int rc = host.TryUnmount();
+                if (rc == Errno.EBUSY)
+                {
+                    Console.Error.WriteLine($"prlfuse: not unmounting {mountpoint}: {UnmountCommand.DescribeUsers(mountpoint)}");
+                }
+                else if (rc != 0)
+                {
+                    Console.Error.WriteLine($"prlfuse: unmounting {mountpoint} failed (errno {rc})");
+                }
+            }));
+        }
+
+        return new Registrations(registrations);
+    }
+
+    private sealed class Registrations(List<PosixSignalRegistration> list) : IDisposable
+    {
+        public void Dispose() => list.ForEach(r => r.Dispose());
+    }
+
+    /// <summary>Tells the waiting parent we are mounted, then points stdio away from its pipes.</summary>
+    private static void ReportReadyAndDetach(string? log)
+    {
+        Console.Out.WriteLine(ReadyLine);
+        Console.Out.Flush();
+        Console.Error.Flush();
+        int devNull = Syscall.open("/dev/null", OpenFlags.O_RDWR);
+        int logFd = log is null
+            ? devNull
+            : Syscall.open(log, OpenFlags.O_WRONLY | OpenFlags.O_CREAT | OpenFlags.O_APPEND, FilePermissions.S_IRUSR | FilePermissions.S_IWUSR);
+        if (devNull >= 0)
+        {
+            Syscall.dup2(devNull, 0);
+            Syscall.dup2(devNull, 1);
+            Syscall.dup2(logFd >= 0 ? logFd : devNull, 2);
+        }
+    }
 }

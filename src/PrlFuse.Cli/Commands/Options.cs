@@ -62,8 +62,12 @@ internal sealed class MountOptions : DiskOptions
     [Option("threads", Default = 0, HelpText = "FUSE worker threads (0: automatic).")]
     public int Threads { get; set; }
 
-    [Option("ready-fd", Hidden = true)]
-    public int ReadyFd { get; set; } = -1;
+    [Option("log", HelpText = "Where the background daemon writes its messages (default: discarded).")]
+    public string? Log { get; set; }
+
+    /// <summary>Set by the parent when it starts the daemon: report readiness on stdout, then detach.</summary>
+    [Option("daemon-child", Hidden = true)]
+    public bool DaemonChild { get; set; }
 }
 
 [Verb("unmount", aliases: ["umount"], HelpText = "Unmount a prlfuse mount; refused while a loop device still uses one of its files.")]

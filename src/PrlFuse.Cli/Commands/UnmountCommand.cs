@@ -1,8 +1,111 @@
+using System.Globalization;
 using PrlFuse.Core;
+using PrlFuse.Fuse;
+using PrlFuse.Fuse.Native;
 
 namespace PrlFuse.Cli.Commands;
 
+/// <summary>
+/// `prlfuse unmount`: a non-lazy unmount, refused while a loop device still uses one of the files (unmounting then
+/// would fail the guest filesystem's I/O). Waits for the daemon to close the images cleanly.
+/// </summary>
 internal static class UnmountCommand
 {
-    public static int Run(UnmountOptions o) => throw new PrlFuseException(null, "'unmount' is not available in this build yet");
+    private static readonly TimeSpan DaemonExitTimeout = TimeSpan.FromSeconds(120);
+
+    public static int Run(UnmountOptions o)
+    {
+        string mountpoint = Path.TrimEndingDirectorySeparator(Path.GetFullPath(o.MountPoint));
+        if (FuseHost.IsStaleMount(mountpoint))
+        {
+            int cleared = FuseHost.ClearStaleMount(mountpoint);
+            if (cleared != 0)
+            {
+                throw new PrlFuseException(mountpoint, $"stale mount could not be cleared (errno {cleared}); try 'fusermount3 -uz {mountpoint}'");
+            }
+
+            Console.Error.WriteLine($"prlfuse: cleared a stale mount at {mountpoint} (its daemon was gone)");
+            return Program.ExitOk;
+        }
+
+        string? type = MountTable.FileSystemTypeAt(mountpoint);
+        if (type is null)
+        {
+            throw new PrlFuseException(mountpoint, "is not mounted");
+        }
+
+        if (type != "fuse.prlfuse")
+        {
+            throw new PrlFuseException(mountpoint, $"is a {type} mount, not a prlfuse one; use umount");
+        }
+
+        var daemons = DaemonsServing(mountpoint);
+        int rc = FuseHost.Unmount(mountpoint);
+        if (rc == Errno.EBUSY)
+        {
+            throw new PrlFuseException(mountpoint, "refused: " + DescribeUsers(mountpoint));
+        }
+
+        if (rc != 0)
+        {
+            throw new PrlFuseException(mountpoint, $"unmount failed (errno {rc})");
+        }
+
+        // The daemon now flushes and closes the images; wait so the next user sees them closed cleanly.
+        var deadline = DateTime.UtcNow + DaemonExitTimeout;
+        foreach (int pid in daemons)
+        {
+            while (Directory.Exists($"/proc/{pid}") && DateTime.UtcNow < deadline)
+            {
+                Thread.Sleep(20);
+            }
+        }
+
+        return Program.ExitOk;
+    }
+
+    /// <summary>Who keeps a mount busy, in words: loop devices by name, else "files are in use".</summary>
+    internal static string DescribeUsers(string mountpoint)
+    {
+        var loops = MountTable.LoopDevicesUnder(mountpoint);
+        if (loops.Count == 0)
+        {
+            return "files on it are still in use (an open file, a shell's working directory, ...)";
+        }
+
+        string list = string.Join(", ", loops.Select(l => $"{l.Device} uses {l.BackingFile}"));
+        return $"{list}; unmount the filesystems on them and detach them (losetup -d) first";
+    }
+
+    /// <summary>prlfuse daemons serving this mountpoint, found by their command line.</summary>
+    private static List<int> DaemonsServing(string mountpoint)
+    {
+        var pids = new List<int>();
+        foreach (var dir in Directory.GetDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), NumberStyles.None, CultureInfo.InvariantCulture, out int pid) || pid == Environment.ProcessId)
+            {
+                continue;
+            }
+
+            try
+            {
+                var args = File.ReadAllText(Path.Combine(dir, "cmdline")).Split('\0');
+                int verb = Array.IndexOf(args, "mount");
+                if (verb >= 0 && args.Any(a => a.EndsWith("prlfuse", StringComparison.Ordinal) || a.EndsWith("prlfuse.dll", StringComparison.Ordinal))
+                    && args.Skip(verb + 1).Any(a => a == mountpoint))
+                {
+                    pids.Add(pid);
+                }
+            }
+            catch (IOException)
+            {
+            }
+            catch (UnauthorizedAccessException)
+            {
+            }
+        }
+
+        return pids;
+    }
 }

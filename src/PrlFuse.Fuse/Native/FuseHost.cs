@@ -208,6 +208,17 @@ public sealed unsafe class FuseHost : IDisposable
         return errno == Errno.EPERM ? RunFusermount("-u", Mountpoint) : errno;
     }
 
+    /// <summary>Non-lazy unmount of any mount point (see <see cref="TryUnmount"/>): 0 or an errno such as EBUSY.</summary>
+    public static int Unmount(string mountpoint)
+    {
+        if (Libc.Umount2(mountpoint, 0) == 0)
+        {
+            return 0;
+        }
+        int errno = Marshal.GetLastPInvokeError();
+        return errno == Errno.EPERM ? RunFusermount("-u", mountpoint) : errno;
+    }
+
     /// <summary>True if <paramref name="path"/> is a FUSE mount whose daemon is gone (statvfs gives ENOTCONN).</summary>
     public static bool IsStaleMount(string path) =>
         Libc.StatVfs(path, out _) != 0 && Marshal.GetLastPInvokeError() == Errno.ENOTCONN;

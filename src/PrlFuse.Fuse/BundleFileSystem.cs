@@ -1,0 +1,325 @@
+using System.Text;
+using PrlFuse.Core.Descriptor;
+using PrlFuse.Core.Engine;
+using PrlFuse.Fuse.Native;
+
+namespace PrlFuse.Fuse;
+
+/// <summary>How the mount presents the disk.</summary>
+public sealed record BundleFileSystemOptions
+{
+    /// <summary>Open files with direct_io (default): loop devices send large requests and nothing is cached twice.</summary>
+    public bool DirectIo { get; init; } = true;
+
+    public uint Uid { get; init; }
+
+    public uint Gid { get; init; }
+
+    /// <summary>Called when a callback hits an unexpected error (logged by the daemon).</summary>
+    public Action<string>? Log { get; init; }
+}
+
+/// <summary>
+/// Presents a <see cref="VirtualDisk"/>:
+/// <code>
+///   /current.raw                 the top snapshot (read-write when the disk was opened read-write)
+///   /snapshots/{GUID}.raw        every other snapshot, read-only (0444)
+/// </code>
+/// Every callback is a hot path: the file table is built once, paths are matched as UTF-8 bytes, reads and writes
+/// go straight into the kernel's buffer, and nothing is allocated per request.
+/// </summary>
+public sealed class BundleFileSystem : IFuseFileSystem
+{
+    private const uint DirectoryMode = StatMode.Directory | 0x1ED; // 0755
+    private static readonly byte[] RootPath = "/"u8.ToArray();
+    private static readonly byte[] SnapshotsPath = "/snapshots"u8.ToArray();
+
+    private readonly VirtualDisk _disk;
+    private readonly BundleFileSystemOptions _options;
+    private readonly FileEntry[] _files;
+    private readonly TimeSpec _mountTime;
+
+    public BundleFileSystem(VirtualDisk disk, BundleFileSystemOptions options)
+    {
+        _disk = disk;
+        _options = options;
+        _mountTime = TimeSpec.FromDateTimeOffset(DateTimeOffset.UtcNow);
+        var files = new List<FileEntry> { new("/current.raw", "current.raw", disk.Top) };
+        foreach (var view in disk.Views.Values.Where(v => v != disk.Top).OrderBy(v => v.Id))
+        {
+            string name = DiskDescriptor.FormatGuid(view.Id) + ".raw";
+            files.Add(new FileEntry("/snapshots/" + name, name, view));
+        }
+
+        _files = [.. files];
+    }
+
+    /// <summary>One presented file: its path, its view, and what stat says about it.</summary>
+    private sealed class FileEntry
+    {
+        private long _allocatedBytes = -1;
+        private long _allocatedAt;
+
+        public FileEntry(string path, string name, SnapshotView view)
+        {
+            Path = Encoding.UTF8.GetBytes(path);
+            Name = Encoding.UTF8.GetBytes(name);
+            View = view;
+            var top = view.Storages[0].TopLayer;
+            ModifyTime = TimeSpec.FromDateTimeOffset(File.GetLastWriteTimeUtc(top.Path));
+            ChangeTime = TimeSpec.FromDateTimeOffset(File.GetLastWriteTimeUtc(top.Path));
+        }
+
+        public byte[] Path { get; }
+
+        public byte[] Name { get; }
+
+        public SnapshotView View { get; }
+
+        public bool Writable => View.IsWritable;
+
+        public TimeSpec ModifyTime { get; set; }
+
+        public TimeSpec ChangeTime { get; }
+
+        /// <summary>Allocated bytes for st_blocks: counted once for read-only views, at most every 2 s for the top.</summary>
+        public long AllocatedBytes()
+        {
+            long now = Environment.TickCount64;
+            if (_allocatedBytes < 0 || (Writable && now - Volatile.Read(ref _allocatedAt) > 2000))
+            {
+                Volatile.Write(ref _allocatedBytes, View.CountAllocatedBytes());
+                Volatile.Write(ref _allocatedAt, now);
+            }
+
+            return Volatile.Read(ref _allocatedBytes);
+        }
+    }
+
+    public void Init(FuseInitContext context)
+    {
+        // Many queued requests from a loop device: let the kernel keep more in flight.
+        context.MaxBackground = 64;
+        context.CongestionThreshold = 48;
+
+        // Sizes never change while mounted; let the kernel keep attributes and names.
+        context.AttrTimeout = 10;
+        context.EntryTimeout = 10;
+        context.NegativeTimeout = 10;
+    }
+
+    private FileEntry? Find(ReadOnlySpan<byte> path)
+    {
+        foreach (var file in _files)
+        {
+            if (path.SequenceEqual(file.Path))
+            {
+                return file;
+            }
+        }
+
+        return null;
+    }
+
+    private FileEntry? FromHandle(FuseFileInfo fileInfo, ReadOnlySpan<byte> path)
+    {
+        if (fileInfo.IsPresent)
+        {
+            ulong handle = fileInfo.Handle;
+            if (handle >= 1 && handle <= (ulong)_files.Length)
+            {
+                return _files[handle - 1];
+            }
+        }
+
+        return Find(path);
+    }
+
+    public int GetAttr(ReadOnlySpan<byte> path, ref Stat stat, FuseFileInfo fileInfo)
+    {
+        stat = default;
+        stat.Uid = _options.Uid;
+        stat.Gid = _options.Gid;
+        stat.BlockSize = 4096;
+        if (path.SequenceEqual(RootPath) || path.SequenceEqual(SnapshotsPath))
+        {
+            stat.Mode = DirectoryMode;
+            stat.LinkCount = 2;
+            stat.AccessTime = stat.ModifyTime = stat.ChangeTime = _mountTime;
+            return 0;
+        }
+
+        var file = FromHandle(fileInfo, path);
+        if (file is null)
+        {
+            return -Errno.ENOENT;
+        }
+
+        stat.Mode = StatMode.RegularFile | (file.Writable ? 0x1A4u /* 0644 */ : 0x124u /* 0444 */);
+        stat.LinkCount = 1;
+        stat.Size = file.View.Size;
+        stat.Blocks = file.AllocatedBytes() / 512;
+        stat.AccessTime = file.ModifyTime;
+        stat.ModifyTime = file.ModifyTime;
+        stat.ChangeTime = file.ChangeTime;
+        return 0;
+    }
+
+    public int ReadDir(ReadOnlySpan<byte> path, DirectoryFiller filler)
+    {
+        bool root = path.SequenceEqual(RootPath);
+        if (!root && !path.SequenceEqual(SnapshotsPath))
+        {
+            return Find(path) is null ? -Errno.ENOENT : -Errno.ENOTDIR;
+        }
+
+        filler.Add("."u8);
+        filler.Add(".."u8);
+        if (root)
+        {
+            filler.Add("current.raw"u8);
+            filler.Add("snapshots"u8);
+            return 0;
+        }
+
+        for (int i = 1; i < _files.Length; i++)
+        {
+            filler.Add(_files[i].Name);
+        }
+
+        return 0;
+    }
+
+    public int Open(ReadOnlySpan<byte> path, FuseFileInfo fileInfo)
+    {
+        for (int i = 0; i < _files.Length; i++)
+        {
+            if (path.SequenceEqual(_files[i].Path))
+            {
+                if (fileInfo.WantsWrite && !_files[i].Writable)
+                {
+                    return -Errno.EROFS;
+                }
+
+                fileInfo.Handle = (ulong)i + 1;
+                fileInfo.DirectIo = _options.DirectIo;
+                fileInfo.KeepCache = !_options.DirectIo && !_files[i].Writable;
+                return 0;
+            }
+        }
+
+        return path.SequenceEqual(RootPath) || path.SequenceEqual(SnapshotsPath) ? -Errno.EISDIR : -Errno.ENOENT;
+    }
+
+    public int Read(ReadOnlySpan<byte> path, Span<byte> buffer, long offset, FuseFileInfo fileInfo)
+    {
+        var file = FromHandle(fileInfo, path);
+        if (file is null)
+        {
+            return -Errno.ENOENT;
+        }
+
+        try
+        {
+            return file.View.Read(buffer, offset);
+        }
+        catch (IOException e)
+        {
+            return Fail(e, file);
+        }
+    }
+
+    public int Write(ReadOnlySpan<byte> path, ReadOnlySpan<byte> buffer, long offset, FuseFileInfo fileInfo)
+    {
+        var file = FromHandle(fileInfo, path);
+        if (file is null)
+        {
+            return -Errno.ENOENT;
+        }
+
+        if (!file.Writable)
+        {
+            return -Errno.EROFS;
+        }
+
+        long size = file.View.Size;
+        if (offset >= size)
+        {
+            return buffer.IsEmpty ? 0 : -Errno.ENOSPC;
+        }
+
+        int n = (int)Math.Min(buffer.Length, size - offset);
+        try
+        {
+            file.View.Write(buffer[..n], offset);
+            file.ModifyTime = TimeSpec.FromDateTimeOffset(DateTimeOffset.UtcNow);
+            return n;
+        }
+        catch (IOException e)
+        {
+            return Fail(e, file);
+        }
+    }
+
+    public int Fsync(ReadOnlySpan<byte> path, bool dataSync, FuseFileInfo fileInfo)
+    {
+        var file = FromHandle(fileInfo, path);
+        if (file is null)
+        {
+            return -Errno.ENOENT;
+        }
+
+        try
+        {
+            // Data and the BAT entries pointing at it are made durable either way: the BAT is what makes data findable.
+            file.View.Flush();
+            return 0;
+        }
+        catch (IOException e)
+        {
+            return Fail(e, file);
+        }
+    }
+
+    public int Truncate(ReadOnlySpan<byte> path, long size, FuseFileInfo fileInfo)
+    {
+        var file = FromHandle(fileInfo, path);
+        if (file is null)
+        {
+            return path.SequenceEqual(RootPath) || path.SequenceEqual(SnapshotsPath) ? -Errno.EISDIR : -Errno.ENOENT;
+        }
+
+        if (!file.Writable)
+        {
+            return -Errno.EROFS;
+        }
+
+        // A disk does not change size; truncating to the same size (O_TRUNC-less tools do that) is harmless.
+        return size == file.View.Size ? 0 : -Errno.EPERM;
+    }
+
+    public int StatFs(ReadOnlySpan<byte> path, ref StatVfs statVfs)
+    {
+        statVfs = default;
+        statVfs.BlockSize = 4096;
+        statVfs.FragmentSize = 4096;
+        ulong blocks = 0;
+        foreach (var file in _files)
+        {
+            blocks += (ulong)((file.View.Size + 4095) / 4096);
+        }
+
+        statVfs.Blocks = blocks;
+        statVfs.Files = (ulong)_files.Length + 2;
+        statVfs.NameMax = 255;
+        return 0;
+    }
+
+    /// <summary>The errno an I/O failure carries (ENOSPC, EIO, ...); .NET puts the raw errno in HResult on Linux.</summary>
+    private int Fail(IOException e, FileEntry file)
+    {
+        int errno = e.HResult is > 0 and < 4096 ? e.HResult : Errno.EIO;
+        _options.Log?.Invoke($"{Encoding.UTF8.GetString(file.Path)}: {e.Message}");
+        return -errno;
+    }
+}
