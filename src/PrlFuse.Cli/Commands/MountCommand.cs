@@ -61,11 +61,22 @@ internal static class MountCommand
             }
         };
         child.BeginErrorReadLine();
-        var line = child.StandardOutput.ReadLineAsync();
-        if (line.Wait(ReadyTimeout) && line.Result == ReadyLine)
+        // Before it is ready the daemon writes its notices (warnings, a cleared stale mount) on stdout: relay them.
+        var deadline = DateTime.UtcNow + ReadyTimeout;
+        while (DateTime.UtcNow < deadline)
         {
-            Console.Error.Write(Snapshot(stderr));
-            return Program.ExitOk;
+            var line = child.StandardOutput.ReadLineAsync();
+            if (!line.Wait(deadline - DateTime.UtcNow) || line.Result is null)
+            {
+                break;
+            }
+
+            if (line.Result == ReadyLine)
+            {
+                return Program.ExitOk;
+            }
+
+            Console.Error.WriteLine(line.Result);
         }
 
         if (!child.WaitForExit(5000))
@@ -131,7 +142,7 @@ internal static class MountCommand
     }
 
     /// <summary>The mountpoint as a full path, after checking it can take a mount. Clears a stale prlfuse mount.</summary>
-    private static string CheckMountpoint(string path, bool clearStale)
+    private static string CheckMountpoint(string path, bool clearStale, TextWriter? notices = null)
     {
         string mountpoint = Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
         if (FuseHost.IsStaleMount(mountpoint))
@@ -147,7 +158,7 @@ internal static class MountCommand
                 throw new PrlFuseException(mountpoint, $"a stale mount (its daemon was killed) is left here and could not be cleared (errno {rc}); run 'fusermount3 -uz {mountpoint}'");
             }
 
-            Console.Error.WriteLine($"prlfuse: cleared a stale mount at {mountpoint} left by a daemon that was killed");
+            (notices ?? Console.Error).WriteLine($"prlfuse: cleared a stale mount at {mountpoint} left by a daemon that was killed");
         }
 
         if (!Directory.Exists(mountpoint))
@@ -182,7 +193,9 @@ internal static class MountCommand
             Syscall.setsid();
         }
 
-        string mountpoint = CheckMountpoint(o.MountPoint, clearStale: true);
+        // A daemon child's stdout goes to the waiting parent, which shows these lines to the user.
+        var notices = o.DaemonChild ? Console.Out : Console.Error;
+        string mountpoint = CheckMountpoint(o.MountPoint, clearStale: true, notices);
         long cacheBytes = Sizes.Parse(o.CacheSize, "--cache-size");
         var disk = VirtualDisk.Open(o.Disk, new DiskOpenOptions { ReadOnly = o.ReadOnly, CacheBytes = cacheBytes });
         int exit;
@@ -191,7 +204,7 @@ internal static class MountCommand
             RefuseUnwritableTop(disk, o);
             foreach (var warning in disk.Warnings)
             {
-                Console.Error.WriteLine($"prlfuse: warning: {warning}");
+                notices.WriteLine($"prlfuse: warning: {warning}");
             }
 
             exit = ServeDisk(disk, mountpoint, o);
