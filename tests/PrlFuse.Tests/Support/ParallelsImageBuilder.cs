@@ -438,7 +438,7 @@ public sealed class FormatExtensionSpec
     /// <summary>When set, the cluster holds exactly these bytes (zero padded) instead of a rendered extension.</summary>
     public byte[]? Raw { get; init; }
 
-    /// <summary>Leaves out the end-of-features marker and fills the rest of the cluster with nonzero bytes.</summary>
+    /// <summary>Fills the rest of the cluster with empty features (magic 0x55), leaving no room for the end marker.</summary>
     public bool NoEndMarker { get; init; }
 
     public byte[] Render(long clusterBytes, ulong diskSectors, IReadOnlyList<long> bitmapClusterOffsets)
@@ -476,6 +476,12 @@ public sealed class FormatExtensionSpec
 
         if (NoEndMarker)
         {
+            // Empty features up to the end of the cluster, so no room is left for the end marker.
+            while (pos + 24 <= cluster.Length)
+            {
+                pos = WriteFeature(cluster, pos, 0x55, 0, []);
+            }
+
             cluster.AsSpan(pos).Fill(0xA5);
         }
 
