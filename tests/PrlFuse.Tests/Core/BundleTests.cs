@@ -243,6 +243,54 @@ public sealed class BundleTests : IDisposable
     }
 
     [Fact]
+    public void Image_smaller_than_its_storage_reads_zeros_past_its_end_with_a_warning()
+    {
+        string folder = _temp.Folder("small.hdd");
+        var img = new ParallelsImageBuilder(2048, 512) { Content = ParallelsImageBuilder.Pattern(70) };
+        img.AllocateAll();
+        img.Build(Path.Combine(folder, "a.hds"));
+        new DescriptorBuilder(4096).SingleStorage(512, (Top, "Compressed", "a.hds")).Shot(Top, Guid.Empty).WriteTo(folder);
+        using var disk = VirtualDisk.Open(folder);
+        Assert.Equal(4096L * 512, disk.Size);
+        Assert.Contains(disk.Warnings, w => w.Contains("less than its storage", StringComparison.Ordinal));
+        CoreTestSupport.AssertReadsLike(disk.Top, (span, offset) =>
+        {
+            for (int i = 0; i < span.Length; i++)
+            {
+                long o = offset + i;
+                span[i] = o < 2048 * 512 ? img.ExpectedByte(o) : (byte)0;
+            }
+        }, seed: 8, count: 60);
+    }
+
+    [Fact]
+    public void Bare_raw_file_opens_as_a_plain_disk()
+    {
+        var raw = new byte[3 << 20];
+        new Random(9).NextBytes(raw);
+        raw.AsSpan(0, 64).Clear();
+        string path = _temp.File("raw.img");
+        File.WriteAllBytes(path, raw);
+        using var disk = VirtualDisk.Open(path);
+        Assert.True(disk.IsBareImage);
+        Assert.IsType<PlainImage>(disk.Storages[0].Images.Values.Single());
+        CoreTestSupport.AssertReadsLike(disk.Top, (span, offset) => raw.AsSpan((int)offset, span.Length).CopyTo(span), seed: 10, count: 60);
+    }
+
+    [Fact]
+    public void Reads_at_and_past_the_end()
+    {
+        var img = Image(2048, 2048, 11);
+        var built = img.Build(_temp.File("end.hds"));
+        using var disk = VirtualDisk.Open(built.Path);
+        var buffer = new byte[100];
+        Assert.Equal(0, disk.Top.Read(buffer, disk.Size));
+        Assert.Equal(0, disk.Top.Read(buffer, disk.Size + 12345));
+        Assert.Equal(10, disk.Top.Read(buffer, disk.Size - 10));
+        Assert.Throws<ArgumentOutOfRangeException>(() => disk.Top.Read(buffer, -1));
+    }
+
+    [Fact]
     public void Real_split_sample_reads_its_boundaries()
     {
         using var temp = new TempDirectory();

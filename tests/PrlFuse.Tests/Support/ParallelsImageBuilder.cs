@@ -143,9 +143,28 @@ public sealed class ParallelsImageBuilder
 
     public void FillExpected(Span<byte> destination, long guestOffset)
     {
-        for (int i = 0; i < destination.Length; i++)
+        // One cluster lookup per cluster, not per byte.
+        int done = 0;
+        while (done < destination.Length)
         {
-            destination[i] = ExpectedByte(guestOffset + i);
+            long offset = guestOffset + done;
+            long cluster = offset / ClusterBytes;
+            int n = (int)Math.Min(destination.Length - done, ((cluster + 1) * ClusterBytes) - offset);
+            var piece = destination.Slice(done, n);
+            if ((Flags & 1) == 0 && _allocated.TryGetValue(cluster, out var content))
+            {
+                content ??= Content;
+                for (int i = 0; i < n; i++)
+                {
+                    piece[i] = content(offset + i);
+                }
+            }
+            else
+            {
+                piece.Clear();
+            }
+
+            done += n;
         }
     }
 
