@@ -246,8 +246,12 @@ public static class DescriptorParser
             return result;
         }
 
+        /// <summary>
+        /// <paramref name="where"/> is an element name ("Disk_Parameters") or a description that already reads as
+        /// text ("Storage 0", "an &lt;Image&gt; of Storage 0", "snapshot {guid}"); only the former gets brackets.
+        /// </summary>
         public XElement Required(Children c, string name, string where) =>
-            c.One(name) ?? throw new DescriptorException(FileName, $"<{where}> has no <{name}>");
+            c.One(name) ?? throw new DescriptorException(FileName, $"{(where.Contains(' ', StringComparison.Ordinal) ? where : $"<{where}>")} has no <{name}>");
 
         public string Text(Children c, string name, string where) => Required(c, name, where).Value.Trim();
 

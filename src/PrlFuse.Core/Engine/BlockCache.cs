@@ -31,11 +31,22 @@ public sealed unsafe class BlockCache : IDisposable
     private long _misses;
     private int _disposed;
 
+    /// <summary>
+    /// A cache of at most <paramref name="capacityBytes"/> (at least <see cref="Ways"/> blocks of 512 bytes).
+    /// <see cref="BlockSize"/> may come out smaller than <paramref name="blockSize"/> for a small capacity.
+    /// </summary>
     public BlockCache(long capacityBytes, int blockSize = DefaultBlockSize)
     {
         if (blockSize <= 0 || !BitOperations.IsPow2(blockSize))
         {
             throw new ArgumentOutOfRangeException(nameof(blockSize), "block size must be a power of two");
+        }
+
+        // A capacity too small for one set of full-size blocks gets smaller blocks rather than overshooting it
+        // (the readers take the block size from the cache); 512 bytes is the floor.
+        while ((long)blockSize * Ways > capacityBytes && blockSize > 512)
+        {
+            blockSize /= 2;
         }
 
         long sets = Math.Max(1, capacityBytes / blockSize / Ways);

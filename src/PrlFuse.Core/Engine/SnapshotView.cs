@@ -14,7 +14,10 @@ public sealed class SnapshotView
         IsTop = isTop;
         IsWritable = isWritable;
         Size = size;
-        _storages = storages;
+
+        // Reads find a storage by binary search and walk on to the next one, so the chains must be in disk order;
+        // a descriptor may list its storages in any order (SnapshotTree checks they tile the disk).
+        _storages = [.. storages.OrderBy(s => s.StartBytes)];
     }
 
     public Guid Id { get; }
@@ -27,6 +30,7 @@ public sealed class SnapshotView
     /// <summary>Guest size in bytes.</summary>
     public long Size { get; }
 
+    /// <summary>The storages in disk order (which may differ from the descriptor's; see StorageChain.StorageIndex).</summary>
     public IReadOnlyList<StorageChain> Storages => _storages;
 
     /// <summary>Reads guest bytes at any offset and length; returns how many (fewer only at the end of the disk).</summary>

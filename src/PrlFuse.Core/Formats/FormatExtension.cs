@@ -43,7 +43,13 @@ public sealed record DirtyBitmapFeature(ulong SizeSectors, Guid Id, uint Granula
 
             if (entry != 1)
             {
-                readCluster(checked((long)entry * 512), buffer);
+                if (entry > (ulong)(long.MaxValue / 512 - clusterBytes))
+                {
+                    // Points past any possible file: no bits set, like the zeros a read past the end gives.
+                    continue;
+                }
+
+                readCluster((long)entry * 512, buffer);
             }
 
             long firstBit = l1 * bitsPerL1;
@@ -65,8 +71,11 @@ public sealed record DirtyBitmapFeature(ulong SizeSectors, Guid Id, uint Granula
                 bool set = entry == 1 || (buffer[inCluster >> 3] & (1 << (int)(inCluster & 7))) != 0;
                 if (set)
                 {
-                    long cluster = bit * granuleBytes / clusterBytes;
-                    if (cluster < clusterCount)
+                    // A granule may be larger than a cluster or straddle two (63-sector clusters): mark every
+                    // cluster it touches.
+                    long firstCluster = bit * granuleBytes / clusterBytes;
+                    long lastCluster = Math.Min((((bit + 1) * granuleBytes) - 1) / clusterBytes, clusterCount - 1);
+                    for (long cluster = firstCluster; cluster <= lastCluster; cluster++)
                     {
                         dirty[cluster] = true;
                     }

@@ -62,7 +62,9 @@ public sealed partial class ExpandableImage : ImageLayer
             throw new ImageFormatException(name, $"BAT of {header.BatEntries} entries is larger than the file ({fileLength} bytes) could hold");
         }
 
-        if ((long)header.BatEntries * header.ClusterBytes < (long)header.SectorCount * 512)
+        // Compared in sectors: both sides fit in 64 bits (at most 2^29 entries of 2^22 sectors), whereas a hostile
+        // nb_sectors times 512 can wrap to a small number and slip past a byte comparison.
+        if ((ulong)header.BatEntries * header.ClusterSectors < header.SectorCount)
         {
             throw new ImageFormatException(name, $"BAT of {header.BatEntries} clusters is too small for a disk of {header.SectorCount} sectors");
         }
