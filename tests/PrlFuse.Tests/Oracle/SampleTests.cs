@@ -29,7 +29,7 @@ public sealed class SampleTests
         using var temp = new TempFolder();
         using var disk = VirtualDisk.Open(Samples.Extract("expanding", temp.Path));
         var image = Assert.IsType<ExpandableImage>(disk.Storages[0].Images[disk.Top.Id]);
-        Assert.Equal(Core.Formats.ParallelsMagic.WithoutFreeSpace, image.Header.Magic);
+        Assert.Equal(PrlFuse.Core.Formats.ParallelsMagic.WithoutFreeSpace, image.Header.Magic);
         Assert.Equal("pd17", image.Header.InUseText);
         Assert.False(image.Header.IsUnclean);
         Assert.Equal(99, image.CountAllocatedClusters());
