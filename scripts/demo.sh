@@ -1,21 +1,54 @@
 #!/usr/bin/env bash
-# The main job on a demo bundle the project generates itself: show the disk, then read a guest file from every
-# snapshot. Run by `make demo` after setup.
+# The main job on a demo bundle the project generates itself: mount it, loop-mount an old snapshot and the current
+# state, read a guest file from each, write to the current state, unmount everything. Run by `make demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-demo=.demo
-mkdir -p "$demo"
+demo=$(pwd)/.demo
 prlfuse() { dotnet src/PrlFuse.Cli/bin/Release/net10.0/prlfuse.dll "$@"; }
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
 
-echo "== generating the demo bundle (a 64 MiB ext4 guest disk, three snapshots)"
+mnt="$demo/mnt"; old="$demo/old"; now="$demo/now"
+cleanup() {
+  $sudo umount "$old" "$now" 2>/dev/null || true
+  prlfuse unmount "$mnt" 2>/dev/null || true
+}
+trap cleanup EXIT
+cleanup
+rm -rf "$demo"; mkdir -p "$mnt" "$old" "$now"
+
+echo "== 1. generate the demo bundle: a 64 MiB ext4 guest disk with three snapshots"
 bundle=$(bash scripts/make-demo-bundle.sh "$demo")
-echo "== prlfuse info $bundle"
+echo "== 2. prlfuse info $bundle"
 prlfuse info "$bundle"
-for snap in {8c1f5e33-2d0a-4c1b-9a51-3f2e6d7b0a01} {986476cf-d62e-45d1-b355-86feca91376e} {5fbaabe3-6958-40ff-92a7-860e329aab41}; do
-  echo "== snapshot $snap"
-  prlfuse export "$bundle" --snapshot "$snap" -o "$demo/$snap.raw"
-  echo "-- ls /: $(debugfs -R "ls -p /" "$demo/$snap.raw" 2>/dev/null | awk -F/ '$6 != "" && $6 !~ /^\./ {printf "%s ", $6}')"
-  echo "-- cat /hello.txt: $(debugfs -R 'cat /hello.txt' "$demo/$snap.raw" 2>/dev/null)"
-  rm -f "$demo/$snap.raw"
-done
+
+echo; echo "== 3. prlfuse mount $bundle $mnt"
+prlfuse mount "$bundle" "$mnt" ${sudo:+-o allow_other}
+find "$mnt" | sed "s|$demo/||" | sort
+
+snap="$mnt/snapshots/{8c1f5e33-2d0a-4c1b-9a51-3f2e6d7b0a01}.raw"
+echo; echo "== 4. mount -o loop,ro the oldest snapshot, and mount -o loop the current state (read-write)"
+$sudo mount -o loop,ro "$snap" "$old"
+$sudo mount -o loop "$mnt/current.raw" "$now"
+echo "-- oldest snapshot: ls /        -> $(ls "$old" | tr '\n' ' ')"
+echo "-- oldest snapshot: /hello.txt  -> $(cat "$old/hello.txt")"
+echo "-- current state:   ls /        -> $(ls "$now" | tr '\n' ' ')"
+echo "-- current state:   /hello.txt  -> $(cat "$now/hello.txt")"
+echo "-- current state:   /home       -> $(ls "$now/home" | tr '\n' ' ')"
+
+echo; echo "== 5. write to the current state"
+echo "written through prlfuse on $(date -u +%F)" | $sudo tee "$now/home/from-linux.txt" >/dev/null
+sync
+echo "-- current state:   /home       -> $(ls "$now/home" | tr '\n' ' ')"
+
+echo; echo "== 6. unmount: refused while the loop devices still use the files, then done cleanly"
+prlfuse unmount "$mnt" || true
+$sudo umount "$old" "$now"
+prlfuse unmount "$mnt"
+echo "-- unmounted; the top image is consistent for QEMU too:"
+qemu-img check -f parallels "$bundle/demo.hdd.0.{5fbaabe3-6958-40ff-92a7-860e329aab41}.hds" | head -1
+echo "-- and the oldest snapshot is unchanged; the new file is in the top snapshot:"
+prlfuse export "$bundle" -o "$demo/current.raw" 2>/dev/null
+debugfs -R "cat /home/from-linux.txt" "$demo/current.raw" 2>/dev/null
+rm -f "$demo/current.raw"
 echo "== demo done"
