@@ -11,7 +11,7 @@ internal static class InfoCommand
 {
     public static int Run(InfoOptions o)
     {
-        using var disk = VirtualDisk.Open(o.Disk, new DiskOpenOptions { CacheBytes = 0 });
+        using var disk = VirtualDisk.Open(o.Disk, new DiskOpenOptions { CacheBytes = 0, AllowImagesOutsideBundle = o.AllowOutsideImages });
         if (o.Json)
         {
             Console.Out.WriteLine(ToJson(disk).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));

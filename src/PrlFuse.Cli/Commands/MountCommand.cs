@@ -116,6 +116,11 @@ internal static class MountCommand
             yield return "--page-cache";
         }
 
+        if (o.AllowOutsideImages)
+        {
+            yield return "--allow-outside-images";
+        }
+
         if (o.Debug)
         {
             yield return "--debug";
@@ -197,7 +202,7 @@ internal static class MountCommand
         var notices = o.DaemonChild ? Console.Out : Console.Error;
         string mountpoint = CheckMountpoint(o.MountPoint, clearStale: true, notices);
         long cacheBytes = Sizes.Parse(o.CacheSize, "--cache-size");
-        var disk = VirtualDisk.Open(o.Disk, new DiskOpenOptions { ReadOnly = o.ReadOnly, CacheBytes = cacheBytes });
+        var disk = VirtualDisk.Open(o.Disk, new DiskOpenOptions { ReadOnly = o.ReadOnly, CacheBytes = cacheBytes, AllowImagesOutsideBundle = o.AllowOutsideImages });
         int exit;
         try
         {

@@ -13,6 +13,9 @@ internal abstract class DiskOptions : CommonOptions
     [Value(0, MetaName = "disk", Required = true, HelpText = "The disk: a bundle folder (NAME.hdd), its DiskDescriptor.xml, or a bare .hds image.")]
     public string Disk { get; set; } = "";
 
+    [Option("allow-outside-images", HelpText = "Let relative image paths in DiskDescriptor.xml lead outside the bundle folder (refused by default; device nodes, FIFOs and sockets are always refused).")]
+    public bool AllowOutsideImages { get; set; }
+
     [Option("cache-size", Default = "64M", HelpText = "Block cache size shared by all snapshot files (bytes, or with K/M/G; 0 turns it off).")]
     public string CacheSize { get; set; } = "64M";
 }
@@ -88,6 +91,8 @@ internal static class HelpFooter
         "  prlfuse mount disk.hdd /mnt/x && mount -o loop,ro /mnt/x/snapshots/{GUID}.raw /mnt/old",
         "  prlfuse unmount /mnt/x",
         "Image paths in DiskDescriptor.xml are relative to it, or absolute; an absolute path that no longer",
-        "exists is looked for by its file name in the bundle folder.",
+        "exists is looked for by its file name in the bundle folder. The descriptor is untrusted: a relative",
+        "path must resolve (after symlinks) to a regular file inside the bundle folder, an absolute one to a",
+        "regular file; device nodes, FIFOs and sockets are always refused.",
     ];
 }

@@ -17,6 +17,12 @@ public sealed record DiskOpenOptions
     /// <summary>Bytes of block cache shared by all views; 0 disables it.</summary>
     public long CacheBytes { get; init; } = DefaultCacheBytes;
 
+    /// <summary>
+    /// Let relative image paths resolve outside the bundle folder (after symlinks). Off by default: the descriptor is
+    /// untrusted. Device nodes, FIFOs and sockets are refused either way.
+    /// </summary>
+    public bool AllowImagesOutsideBundle { get; init; }
+
     /// <summary>Opens image files; tests substitute one that injects faults.</summary>
     public Func<string, bool, ImageFile> OpenFile { get; init; } = PositionalImageFile.Open;
 }
@@ -102,6 +108,7 @@ public sealed class VirtualDisk : IDisposable
             throw new PrlFuseException(full, "no such file or folder");
         }
 
+        PathRules.CheckRegularFile(full);
         bool bare = !LooksLikeXml(full);
         DiskDescriptor descriptor = bare ? DescribeBareImage(full, options) : DescriptorParser.ParseFile(full);
         var tree = SnapshotTree.Build(descriptor, full);
@@ -189,6 +196,7 @@ public sealed class VirtualDisk : IDisposable
                 {
                     var id = sd.FindImage(guid)!;
                     string file = ResolveImagePath(bundle, id.File, source, warnings);
+                    PathRules.CheckImagePath(file, bundle, Path.IsPathRooted(id.File) && file == id.File, source, options.AllowImagesOutsideBundle || bare);
                     var layer = OpenLayer(file, id, sd, s, topWritable && guid == tree.Top, options, warnings);
                     opened.Add(layer);
                     layer.CacheId = opened.Count;

@@ -1,0 +1,97 @@
+using System.Runtime.InteropServices;
+
+namespace PrlFuse.Core.IO;
+
+/// <summary>
+/// The descriptor is untrusted input: it must not make PrlFuse open (and then serve through a mount) a file the user
+/// did not mean. An image path must resolve, after symlinks, to a regular file inside the bundle folder, or be an
+/// absolute path the descriptor names that is a regular file. Device nodes, FIFOs and sockets are always refused.
+/// </summary>
+public static partial class PathRules
+{
+    private const uint TypeMask = 0xF000;
+    private const uint RegularFile = 0x8000;
+    private const uint Directory = 0x4000;
+    private const int StatSize = 144;
+    private const int StatModeOffset = 24;
+
+    /// <summary>Checks an image path; <paramref name="namedAbsolute"/> says the descriptor named this absolute path.</summary>
+    public static void CheckImagePath(string path, string bundleFolder, bool namedAbsolute, string descriptorPath, bool allowAnywhere)
+    {
+        string real = RealPath(path) ?? throw new PrlFuseException(path, "image does not exist");
+        string kind = FileKind(real);
+        if (kind != "regular file")
+        {
+            throw new PrlFuseException(path, $"image is a {kind}, not a regular file; refused");
+        }
+
+        if (allowAnywhere || namedAbsolute)
+        {
+            return;
+        }
+
+        string bundle = RealPath(bundleFolder) ?? bundleFolder;
+        string prefix = bundle.EndsWith('/') ? bundle : bundle + "/";
+        if (!real.StartsWith(prefix, StringComparison.Ordinal))
+        {
+            throw new PrlFuseException(descriptorPath, $"image path {path} resolves to {real}, outside the bundle folder; refused (only absolute <File> paths may point outside the bundle)");
+        }
+    }
+
+    /// <summary>Refuses a descriptor that is not a regular file (a FIFO would block the reader forever).</summary>
+    public static void CheckRegularFile(string path)
+    {
+        string real = RealPath(path) ?? throw new PrlFuseException(path, "no such file");
+        string kind = FileKind(real);
+        if (kind != "regular file")
+        {
+            throw new PrlFuseException(path, $"is a {kind}, not a regular file; refused");
+        }
+    }
+
+    public static unsafe string FileKind(string path)
+    {
+        byte* buffer = stackalloc byte[StatSize + 64];
+        if (Stat(path, buffer) != 0)
+        {
+            return "missing file";
+        }
+
+        uint mode = *(uint*)(buffer + StatModeOffset) & TypeMask;
+        return mode switch
+        {
+            RegularFile => "regular file",
+            Directory => "directory",
+            0x2000 => "character device",
+            0x6000 => "block device",
+            0x1000 => "FIFO",
+            0xC000 => "socket",
+            _ => "special file",
+        };
+    }
+
+    /// <summary>realpath(3): every symlink resolved; null when the path does not exist.</summary>
+    public static unsafe string? RealPath(string path)
+    {
+        IntPtr resolved = RealPathNative(path, IntPtr.Zero);
+        if (resolved == IntPtr.Zero)
+        {
+            return null;
+        }
+
+        try
+        {
+            return Marshal.PtrToStringUTF8(resolved);
+        }
+        finally
+        {
+            NativeMemory.Free((void*)resolved);
+        }
+    }
+
+    [LibraryImport("libc", EntryPoint = "realpath", StringMarshalling = StringMarshalling.Utf8)]
+    private static partial IntPtr RealPathNative(string path, IntPtr resolved);
+
+    [LibraryImport("libc", EntryPoint = "stat", StringMarshalling = StringMarshalling.Utf8)]
+    private static unsafe partial int Stat(string path, byte* buffer);
+}
