@@ -155,6 +155,41 @@ public sealed class CheckCommandTests
     }
 
     [Fact]
+    public void ARepairInterruptedAnywhereIsFinishedByTheNextOne()
+    {
+        using var temp = new TempFolder();
+        string image = TestImage.Create(temp.Path);
+        byte[] reference = TestImage.Raw(image, temp.Path);
+        TestImage.SetInUse(image, TestImage.Ynot);
+        TestImage.WriteU32(image, 48, 0);
+        TestImage.SetEntry(image, 30, 900);
+        TestImage.SetEntry(image, 31, TestImage.Entry(image, 0));
+        TestImage.SetEntry(image, 4, TestImage.Entry(image, 1));
+        File.AppendAllText(image, new string('y', 3 * C));
+        byte[] corrupted = File.ReadAllBytes(image);
+        byte[] expected = (byte[])reference.Clone();
+        Array.Copy(reference, 0, expected, 31 * C, C);
+        Array.Copy(reference, 1 * C, expected, 4 * C, C);
+
+        var log = new WritePath.OpLog();
+        var result = ImageChecker.Repair(image, new ImageCheckOptions { OpenFile = WritePath.RecordingImageFile.Opener(log, _ => true) });
+        Assert.Equal(0, result.ExitCode);
+        var ops = log.Snapshot();
+        Assert.NotEmpty(ops);
+
+        var random = new Random(5);
+        string crash = Path.Combine(temp.Path, "crash.hds");
+        for (int point = 1; point <= ops[^1].Seq + 1; point++)
+        {
+            WritePath.DurabilityTests.BuildCrashImage(corrupted, ops, point, random, crash);
+            var again = ImageChecker.Repair(crash);
+            Assert.True(again.ExitCode == 0, $"crash at op {point}: {string.Join("; ", again.After.Problems.Select(p => p.ToLine()))}");
+            Assert.Equal(0, TestImage.QemuCheck(crash).ExitCode);
+            AssertSameData(expected, TestImage.Raw(crash, temp.Path));
+        }
+    }
+
+    [Fact]
     public void BundleCheckNamesTheImageAndRepairsOnlyIt()
     {
         using var temp = new TempFolder();

@@ -268,7 +268,7 @@ public sealed class DurabilityTests
     /// The file as a crash at op <paramref name="point"/> could leave it: every op before the start of the last flush
     /// that returned before the crash, then a random subset of the later ones (in order).
     /// </summary>
-    private static void BuildCrashImage(byte[] initial, List<FileOp> ops, int point, Random random, string path)
+    internal static void BuildCrashImage(byte[] initial, List<FileOp> ops, int point, Random random, string path)
     {
         var durable = ops.OfType<FlushOp>().Where(f => f.DoneSeq < point).Select(f => f.Seq).DefaultIfEmpty(0).Max();
         File.WriteAllBytes(path, initial);

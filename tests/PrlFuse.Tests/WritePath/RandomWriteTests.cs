@@ -30,6 +30,15 @@ public sealed class RandomWriteTests
     }
 
     [Fact]
+    public void RandomWritesToAnOldMagicTop()
+    {
+        using var temp = new TempFolder();
+        var chain = QemuChain.Build(temp.Path, 2, [16 * 2048], 108);
+        TestImage.ToOldMagic(TopPath(chain));
+        Run(chain, temp.Path, 108, 4 << 20, writes: 300);
+    }
+
+    [Fact]
     public void WritesAcrossTheStoragesOfASplitDisk()
     {
         using var temp = new TempFolder();
