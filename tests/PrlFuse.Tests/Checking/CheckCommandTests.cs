@@ -189,6 +189,23 @@ public sealed class CheckCommandTests
         }
     }
 
+    [Theory]
+    [InlineData("expanding")]
+    [InlineData("plain")]
+    [InlineData("split")]
+    public void RealParallelsDesktopBundlesAreClean(string name)
+    {
+        using var temp = new TempFolder();
+        string bundle = Samples.Extract(name, temp.Path);
+        var report = DiskChecker.Check(bundle);
+        Assert.True(report.ExitCode == 0, string.Join("; ", report.Images.SelectMany(i => i.Problems).Concat(report.DiskProblems).Select(p => p.ToLine())));
+        foreach (var image in report.Images)
+        {
+            var qemu = TestImage.QemuCheck(image.Path);
+            Assert.True(qemu.ExitCode == 0, qemu.Stdout + qemu.Stderr);
+        }
+    }
+
     [Fact]
     public void BundleCheckNamesTheImageAndRepairsOnlyIt()
     {
