@@ -1,8 +1,127 @@
-using PrlFuse.Core;
+using PrlFuse.Core.Checking;
+using Spectre.Console;
 
 namespace PrlFuse.Cli.Commands;
 
+/// <summary>
+/// 'prlfuse check DISK [--repair]': one line per problem (image file, kind, where, what), then a summary in
+/// 'qemu-img check' words; exit 0 clean, 1 check error, 2 corruptions, 3 leaks only. A repair prints what it fixed,
+/// checks again and exits by what is left.
+/// </summary>
 internal static class CheckCommand
 {
-    public static int Run(CheckOptions o) => throw new PrlFuseException(null, "'check' is not available in this build yet");
+    /// <summary>Images larger than this get a progress bar (when stderr is a terminal).</summary>
+    private const long ProgressThresholdBytes = 1L << 30;
+
+    public static int Run(CheckOptions o) => Run(o.Disk, o.Repair, Console.Out, Console.IsErrorRedirected);
+
+    public static int Run(string disk, bool repair, TextWriter output, bool stderrRedirected = true)
+    {
+        DiskCheckReport report;
+        bool large = !stderrRedirected && AnsiConsole.Profile.Capabilities.Interactive && HasLargeImage(disk);
+        if (large)
+        {
+            var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
+            report = console.Progress()
+                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                .Start(ctx =>
+                {
+                    ProgressTask? task = null;
+                    var options = new ImageCheckOptions
+                    {
+                        Progress = (done, total) =>
+                        {
+                            if (task is not null)
+                            {
+                                task.MaxValue = Math.Max(1, total);
+                                task.Value = done;
+                            }
+                        },
+                    };
+                    return DiskChecker.Check(disk, repair, options, (path, _, _) =>
+                    {
+                        if (task is not null)
+                        {
+                            task.Value = task.MaxValue;
+                        }
+
+                        task = ctx.AddTask(Markup.Escape($"{(repair ? "repair" : "check")} {Path.GetFileName(path)}"));
+                    });
+                });
+        }
+        else
+        {
+            report = DiskChecker.Check(disk, repair);
+        }
+
+        Print(report, output);
+        return report.ExitCode;
+    }
+
+    private static bool HasLargeImage(string disk)
+    {
+        string full = Path.GetFullPath(disk);
+        string folder = Directory.Exists(full) ? full : Path.GetDirectoryName(full) ?? ".";
+        try
+        {
+            return File.Exists(full) && !full.EndsWith(".xml", StringComparison.OrdinalIgnoreCase)
+                ? new FileInfo(full).Length > ProgressThresholdBytes
+                : Directory.EnumerateFiles(folder, "*.hds").Any(f => new FileInfo(f).Length > ProgressThresholdBytes);
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
+
+    internal static void Print(DiskCheckReport report, TextWriter output)
+    {
+        foreach (var p in report.DiskProblems)
+        {
+            output.WriteLine(p.ToLine());
+        }
+
+        var images = report.Images;
+        foreach (var image in images)
+        {
+            // A repair lists what it fixed here and what is left after its fresh check below.
+            foreach (var p in image.Problems.Where(p => report.After is null || p.Repaired || p.Severity == CheckSeverity.Warning))
+            {
+                output.WriteLine(p.ToLine());
+            }
+        }
+
+        if (report.After is { } after)
+        {
+            output.WriteLine($"Repaired {report.RepairedCount} problem{(report.RepairedCount == 1 ? "" : "s")} in {images.Count} image{(images.Count == 1 ? "" : "s")}; checking again.");
+            foreach (var p in after.SelectMany(i => i.Problems).Where(p => p.Severity != CheckSeverity.Warning))
+            {
+                output.WriteLine(p.ToLine());
+            }
+        }
+
+        int count = (report.After ?? images).Count;
+        output.WriteLine($"Checked {count} image{(count == 1 ? "" : "s")} of {report.Source}.");
+        if (report.Errors > 0)
+        {
+            output.WriteLine($"{report.Errors} check error{(report.Errors == 1 ? " was" : "s were")} found: the disk or an image could not be checked fully.");
+        }
+
+        if (report.Corruptions > 0)
+        {
+            output.WriteLine($"{report.Corruptions} error{(report.Corruptions == 1 ? " was" : "s were")} found on the images.");
+            output.WriteLine("Data may be corrupted, or further writes to the image may corrupt it. 'prlfuse check --repair' fixes it.");
+        }
+
+        if (report.LeakedClusters > 0)
+        {
+            output.WriteLine($"{report.LeakedClusters} leaked cluster{(report.LeakedClusters == 1 ? " was" : "s were")} found on the images.");
+            output.WriteLine("This means waste of disk space, but no harm to data.");
+        }
+
+        if (report.ExitCode == CheckExit.Clean)
+        {
+            output.WriteLine("No errors were found on the images.");
+        }
+    }
 }

@@ -68,6 +68,13 @@ public sealed partial class ExpandableImage
         {
             WriteBlockedReason = "image was not closed cleanly; run 'prlfuse check --repair'";
         }
+        else if (Header.IsEmpty)
+        {
+            // The reader treats every cluster as unallocated while this flag is set, but a write would go in place into
+            // a cluster the BAT still maps and vanish from view: never write such an image.
+            WriteBlockedReason = "the empty-image flag is set; the image is served read-only";
+            AddWarning(WriteBlockedReason);
+        }
         else if (Extension is { } ext && ext.Features.Any(f => !f.IsDirtyBitmap && (f.Flags & ExtensionFeature.FlagNecessary) != 0))
         {
             WriteBlockedReason = "image has a format extension feature marked NECESSARY that PrlFuse does not know; it is served read-only";

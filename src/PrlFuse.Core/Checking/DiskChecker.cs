@@ -1,0 +1,167 @@
+using PrlFuse.Core.Descriptor;
+using PrlFuse.Core.Formats;
+
+namespace PrlFuse.Core.Checking;
+
+/// <summary>
+/// Checks (or repairs) every image of a disk: a bundle folder, its DiskDescriptor.xml, or a bare .hds image.
+/// Descriptor problems that <see cref="DescriptorParser"/> or <see cref="SnapshotTree"/> refuse, and missing or
+/// unusable image files, are check errors; each expandable image goes through <see cref="ImageChecker"/>.
+/// </summary>
+public static class DiskChecker
+{
+    /// <summary>Called before each image: (image path, index, count).</summary>
+    public delegate void ImageStarting(string path, int index, int count);
+
+    public static DiskCheckReport Check(string path, bool repair = false, ImageCheckOptions? options = null, ImageStarting? starting = null)
+    {
+        options ??= new ImageCheckOptions();
+        var diskProblems = new List<CheckProblem>();
+        string source = Path.GetFullPath(path);
+        var images = new List<string>();
+        if (Directory.Exists(source))
+        {
+            source = Path.Combine(source, "DiskDescriptor.xml");
+            if (!File.Exists(source))
+            {
+                diskProblems.Add(Error(source, CheckProblemKind.BadDescriptor, "folder has no DiskDescriptor.xml; give a Parallels disk bundle (NAME.hdd) or an .hds image"));
+                return new DiskCheckReport(source, diskProblems, [], repair ? [] : null);
+            }
+        }
+        else if (!File.Exists(source))
+        {
+            throw new PrlFuseException(source, "no such file or folder");
+        }
+
+        if (IsBareImage(source))
+        {
+            images.Add(source);
+        }
+        else
+        {
+            FindImages(source, images, diskProblems);
+        }
+
+        var reports = new List<ImageCheckReport>();
+        var after = repair ? new List<ImageCheckReport>() : null;
+        for (int i = 0; i < images.Count; i++)
+        {
+            starting?.Invoke(images[i], i, images.Count);
+            try
+            {
+                if (repair)
+                {
+                    var result = ImageChecker.Repair(images[i], options);
+                    reports.Add(result.Repair);
+                    after!.Add(result.After);
+                }
+                else
+                {
+                    reports.Add(ImageChecker.Check(images[i], options));
+                }
+            }
+            catch (Exception e) when (e is PrlFuseException or IOException or UnauthorizedAccessException)
+            {
+                // One image that cannot be checked does not stop the others.
+                string what = e is PrlFuseException p ? p.Problem : e.Message;
+                var failed = new ImageCheckReport(images[i], [new CheckProblem(images[i], CheckProblemKind.BadImage, CheckSeverity.Error, "image", what)]);
+                reports.Add(failed);
+                after?.Add(failed);
+            }
+        }
+
+        return new DiskCheckReport(source, diskProblems, reports, after);
+    }
+
+    private static bool IsBareImage(string file)
+    {
+        if (file.EndsWith(".xml", StringComparison.OrdinalIgnoreCase))
+        {
+            return false;
+        }
+
+        Span<byte> head = stackalloc byte[16];
+        using var handle = File.OpenHandle(file);
+        int n = RandomAccess.Read(handle, head, 0);
+        return ParallelsHeader.HasMagic(head[..n]);
+    }
+
+    /// <summary>The expandable images the descriptor lists (each once), with descriptor and file problems as errors.</summary>
+    private static void FindImages(string descriptorPath, List<string> images, List<CheckProblem> problems)
+    {
+        DiskDescriptor descriptor;
+        try
+        {
+            descriptor = DescriptorParser.ParseFile(descriptorPath);
+        }
+        catch (PrlFuseException e)
+        {
+            problems.Add(Error(descriptorPath, CheckProblemKind.BadDescriptor, e.Problem));
+            return;
+        }
+
+        try
+        {
+            SnapshotTree.Build(descriptor, descriptorPath);
+        }
+        catch (PrlFuseException e)
+        {
+            // The images are still worth checking: the descriptor names them.
+            problems.Add(Error(descriptorPath, CheckProblemKind.BadDescriptor, e.Problem));
+        }
+
+        string bundle = Path.GetDirectoryName(descriptorPath)!;
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var storage in descriptor.Storages)
+        {
+            foreach (var image in storage.Images)
+            {
+                string? file = Resolve(bundle, image.File);
+                if (file is null)
+                {
+                    problems.Add(Error(descriptorPath, CheckProblemKind.MissingImage, $"image {DiskDescriptor.FormatGuid(image.Guid)}: file {image.File} does not exist"));
+                    continue;
+                }
+
+                if (!seen.Add(file))
+                {
+                    continue;
+                }
+
+                if (image.Type == ImageType.Plain)
+                {
+                    long length = new FileInfo(file).Length;
+                    if (length < storage.LengthBytes)
+                    {
+                        problems.Add(Error(file, CheckProblemKind.BadImage, $"raw image is {length} bytes, smaller than its storage ({storage.LengthBytes} bytes)"));
+                    }
+
+                    continue;
+                }
+
+                images.Add(file);
+            }
+        }
+    }
+
+    /// <summary>As the reader resolves image paths: relative to the descriptor; a stale absolute path by its name in the bundle.</summary>
+    private static string? Resolve(string bundle, string file)
+    {
+        if (!Path.IsPathRooted(file))
+        {
+            string full = Path.GetFullPath(Path.Combine(bundle, file));
+            return File.Exists(full) ? full : null;
+        }
+
+        if (File.Exists(file))
+        {
+            return file;
+        }
+
+        string local = Path.Combine(bundle, Path.GetFileName(file));
+        return File.Exists(local) ? local : null;
+    }
+
+    private static CheckProblem Error(string file, CheckProblemKind kind, string what) =>
+        new(file, kind, CheckSeverity.Error, kind == CheckProblemKind.BadDescriptor ? "descriptor" : "image", what);
+}

@@ -1,0 +1,430 @@
+using System.Buffers.Binary;
+using PrlFuse.Core.Formats;
+using PrlFuse.Core.IO;
+
+namespace PrlFuse.Core.Checking;
+
+/// <summary>How to check or repair an image.</summary>
+public sealed record ImageCheckOptions
+{
+    /// <summary>
+    /// Opens the image file (path, writable). Null: read-only and shared for a check, read-write with an exclusive
+    /// lock for a repair. Tests substitute one that records or injects faults.
+    /// </summary>
+    public Func<string, bool, ImageFile>? OpenFile { get; init; }
+
+    /// <summary>Called with (done, total) work units while a large image is checked or repaired.</summary>
+    public Action<long, long>? Progress { get; init; }
+}
+
+/// <summary>
+/// Finds what 'qemu-img check' finds in a Parallels expandable image, in its order: not closed cleanly, a wrong
+/// data_off, BAT entries that point outside the file (and, stricter than QEMU, before the data area or between
+/// clusters), space leaked at the end of the file, and BAT entries that share a cluster. Independent of the reader:
+/// it parses header and BAT itself, so it works on images <see cref="Images.ExpandableImage.Open"/> refuses.
+/// <para>
+/// A repair writes crash-safely: first the entries that point nowhere are cleared (so no later write can make them
+/// point at something), then copies of shared clusters are written and made durable before the entries that point
+/// at them, then the file is trimmed, and the header (data_off, in_use) is written last. A crash at any step leaves
+/// an image that a new repair finishes.
+/// </para>
+/// </summary>
+public static class ImageChecker
+{
+    private const int BatPageBytes = 4096;
+    private const int CopyChunkBytes = 4 << 20;
+    private const long MaxExtensionClusterBytes = 64L << 20;
+
+    /// <summary>What a clean close writes to in_use (as QEMU does: 0, a value every reader takes as clean).</summary>
+    public const uint RepairedInUse = 0;
+
+    /// <summary>Checks one image; never writes (the file is opened read-only).</summary>
+    public static ImageCheckReport Check(string path, ImageCheckOptions? options = null)
+    {
+        options ??= new ImageCheckOptions();
+        using var file = Open(path, writable: false, options);
+        return Analyze(file, path, options.Progress).ToReport(repaired: false);
+    }
+
+    /// <summary>Repairs what <see cref="Check"/> finds, then checks again.</summary>
+    public static ImageRepairResult Repair(string path, ImageCheckOptions? options = null)
+    {
+        options ??= new ImageCheckOptions();
+        ImageCheckReport repair;
+        using (var file = Open(path, writable: true, options))
+        {
+            var analysis = Analyze(file, path, options.Progress);
+            if (analysis.Fatal || !analysis.Problems.Any(p => p.Repairable))
+            {
+                repair = analysis.ToReport(repaired: false);
+            }
+            else
+            {
+                Apply(file, analysis, options.Progress);
+                repair = analysis.ToReport(repaired: true);
+            }
+        }
+
+        return new ImageRepairResult(repair, Check(path, options with { Progress = null }));
+    }
+
+    private static ImageFile Open(string path, bool writable, ImageCheckOptions options)
+    {
+        if (!File.Exists(path))
+        {
+            throw new PrlFuseException(path, "no such file");
+        }
+
+        return options.OpenFile is { } open ? open(path, writable) : CheckerFile.Open(path, writable);
+    }
+
+    /// <summary>Everything found, and what a repair would change.</summary>
+    private sealed class Analysis(string path)
+    {
+        public string Path { get; } = path;
+
+        public List<CheckProblem> Problems { get; } = [];
+
+        public bool Fatal { get; set; }
+
+        public ParallelsHeader Header { get; set; }
+
+        public uint[] Entries { get; set; } = [];
+
+        public long FileLength { get; set; }
+
+        public long DataOffsetBytes { get; set; }
+
+        public uint? NewDataOffsetSectors { get; set; }
+
+        public List<int> Clear { get; } = [];
+
+        public List<int> Duplicates { get; } = [];
+
+        /// <summary>End of the last cluster anything valid uses (BAT, format extension, bitmap), at least data_off.</summary>
+        public long UsedEnd { get; set; }
+
+        public long Allocated { get; set; }
+
+        public void Add(CheckProblemKind kind, CheckSeverity severity, string where, string what, long index = -1, long leaked = 0) =>
+            Problems.Add(new CheckProblem(Path, kind, severity, where, what) { BatIndex = index, LeakedClusters = leaked });
+
+        public ImageCheckReport ToReport(bool repaired) =>
+            new(Path, repaired ? Problems.Select(p => p.Repairable ? p with { Repaired = true } : p).ToList() : Problems)
+            {
+                TotalClusters = Entries.Length,
+                AllocatedClusters = Allocated,
+                ImageEndOffset = UsedEnd,
+            };
+    }
+
+    private static Analysis Analyze(ImageFile file, string path, Action<long, long>? progress)
+    {
+        var a = new Analysis(path);
+        long length = file.Length;
+        a.FileLength = length;
+        Span<byte> headerBytes = stackalloc byte[ParallelsHeader.Size];
+        int n = file.Read(headerBytes, 0);
+        if (!ParallelsHeader.TryRead(headerBytes[..n], out var header, out string error))
+        {
+            a.Add(CheckProblemKind.BadImage, CheckSeverity.Error, "header", error);
+            a.Fatal = true;
+            return a;
+        }
+
+        a.Header = header;
+        long batBytes = 4L * header.BatEntries;
+        if (ParallelsHeader.Size + batBytes > length)
+        {
+            a.Add(CheckProblemKind.BadImage, CheckSeverity.Error, "header nb_bat_entries (offset 32)", $"BAT of {header.BatEntries} entries is larger than the file ({length} bytes) could hold; the file is truncated or not a Parallels image");
+            a.Fatal = true;
+            return a;
+        }
+
+        if ((long)header.BatEntries * header.ClusterBytes < (long)header.SectorCount * 512)
+        {
+            a.Add(CheckProblemKind.BadImage, CheckSeverity.Error, "header nb_sectors (offset 36)", $"BAT of {header.BatEntries} clusters is too small for a disk of {header.SectorCount} sectors (not repairable)");
+        }
+
+        // 1. Not closed cleanly.
+        if (header.IsUnclean)
+        {
+            a.Add(CheckProblemKind.NotClosedCleanly, CheckSeverity.Corruption, $"header in_use (offset {ParallelsHeader.OffsetInUse})", "image was not closed correctly (in_use is \"Ynot\"); repair marks it clean");
+        }
+
+        // 2. data_off: QEMU's rule (0 only for the old magic; never inside the BAT or past the file), plus the cluster
+        // alignment the new magic requires, which our reader enforces.
+        long minimum = header.MinimumDataOffsetSectors;
+        long dataOff = header.DataOffsetSectors;
+        string? dataOffWrong = null;
+        if (dataOff == 0)
+        {
+            if (header.Magic == ParallelsMagic.WithouFreSpacExt)
+            {
+                dataOffWrong = "is 0, which a WithouFreSpacExt image may not have";
+            }
+        }
+        else if (dataOff < minimum)
+        {
+            dataOffWrong = $"lies inside the header and BAT (minimum {minimum})";
+        }
+        else if (dataOff > length / 512)
+        {
+            dataOffWrong = $"lies past the end of the file ({length / 512} sectors)";
+        }
+        else if (header.Magic == ParallelsMagic.WithouFreSpacExt && dataOff % header.ClusterSectors != 0)
+        {
+            dataOffWrong = $"is not aligned to the cluster size of {header.ClusterSectors} sectors";
+        }
+
+        if (dataOffWrong is not null)
+        {
+            a.Add(CheckProblemKind.DataOffset, CheckSeverity.Corruption, $"header data_off (offset {ParallelsHeader.OffsetDataOffset})", $"data_off field has incorrect value {dataOff}: it {dataOffWrong}; repair sets it to {minimum}");
+            a.NewDataOffsetSectors = checked((uint)minimum);
+            dataOff = minimum;
+        }
+        else if (dataOff == 0)
+        {
+            dataOff = minimum;
+        }
+
+        a.DataOffsetBytes = dataOff * 512;
+
+        // 3. The BAT, read in chunks for the progress bar.
+        var raw = GC.AllocateUninitializedArray<byte>(checked((int)batBytes));
+        const int chunk = 1 << 20;
+        for (long done = 0; done < batBytes; done += chunk)
+        {
+            int len = (int)Math.Min(chunk, batBytes - done);
+            file.ReadZeroFilled(raw.AsSpan((int)done, len), ParallelsHeader.Size + done);
+            progress?.Invoke(done / 4, header.BatEntries);
+        }
+
+        var bat = BlockAllocationTable.Parse(raw, (int)header.BatEntries, header.BatUnitBytes, header.ClusterBytes);
+        var entries = new uint[bat.Count];
+        for (int i = 0; i < entries.Length; i++)
+        {
+            entries[i] = bat.GetEntry(i);
+        }
+
+        a.Entries = entries;
+        var problems = bat.FindProblems(a.DataOffsetBytes, length);
+        var invalid = new HashSet<long>();
+        foreach (var p in problems.Where(p => p.Kind != BatProblemKind.Duplicate))
+        {
+            invalid.Add(p.Index);
+            a.Clear.Add((int)p.Index);
+            string where = BatWhere(p.Index);
+            switch (p.Kind)
+            {
+                case BatProblemKind.BeforeDataArea:
+                    a.Add(CheckProblemKind.ClusterBeforeDataArea, CheckSeverity.Corruption, where, $"cluster {p.Index} points at offset {p.HostOffset}, before the data area at {a.DataOffsetBytes}; repair clears the entry", p.Index);
+                    break;
+                case BatProblemKind.Misaligned:
+                    a.Add(CheckProblemKind.ClusterMisaligned, CheckSeverity.Corruption, where, $"cluster {p.Index} points at offset {p.HostOffset}, not on a {header.ClusterBytes}-byte cluster boundary of the data area at {a.DataOffsetBytes}; repair clears the entry", p.Index);
+                    break;
+                default:
+                    a.Add(CheckProblemKind.ClusterOutsideImage, CheckSeverity.Corruption, where, $"cluster {p.Index} is outside image: it points at offset {p.HostOffset}, and the file ends at {length}; repair clears the entry", p.Index);
+                    break;
+            }
+        }
+
+        long usedEnd = a.DataOffsetBytes;
+        long allocated = 0;
+        for (int i = 0; i < entries.Length; i++)
+        {
+            if (entries[i] != 0 && !invalid.Contains(i))
+            {
+                allocated++;
+                usedEnd = Math.Max(usedEnd, (entries[i] * header.BatUnitBytes) + header.ClusterBytes);
+            }
+        }
+
+        a.Allocated = allocated;
+        usedEnd = Math.Max(usedEnd, CheckExtension(file, a, length));
+        a.UsedEnd = usedEnd;
+
+        // 4. Leaked space at the end.
+        if (length > usedEnd)
+        {
+            long leaked = length - usedEnd;
+            long clusters = (leaked + header.ClusterBytes - 1) / header.ClusterBytes;
+            a.Add(CheckProblemKind.LeakedSpace, CheckSeverity.Leak, $"file offset {usedEnd}-{length}", $"space leaked at the end of the image: {leaked} bytes ({clusters} clusters); repair trims the file", leaked: clusters);
+        }
+
+        // 5. Duplicates: the first entry keeps the cluster, every later one gets a copy.
+        foreach (var p in problems.Where(p => p.Kind == BatProblemKind.Duplicate).OrderBy(p => p.Index))
+        {
+            a.Duplicates.Add((int)p.Index);
+            a.Add(CheckProblemKind.DuplicateOffset, CheckSeverity.Corruption, BatWhere(p.Index), $"duplicate offset in BAT entry {p.Index}: offset {p.HostOffset} is used by entry {p.OtherIndex} too; repair gives it a copy of the cluster", p.Index);
+        }
+
+        progress?.Invoke(header.BatEntries, header.BatEntries);
+        return a;
+    }
+
+    private static string BatWhere(long index) => $"BAT entry {index} (file offset {ParallelsHeader.Size + (4 * index)})";
+
+    /// <summary>Reports a format extension that cannot be used; returns the end of the clusters a valid one uses.</summary>
+    private static long CheckExtension(ImageFile file, Analysis a, long length)
+    {
+        var header = a.Header;
+        if (header.ExtensionOffsetSectors == 0)
+        {
+            return 0;
+        }
+
+        long cluster = header.ClusterBytes;
+        string where = $"header ext_off (offset {ParallelsHeader.OffsetExtensionOffset})";
+        if (header.ExtensionOffsetSectors > (ulong)(length / 512)
+            || (long)header.ExtensionOffsetSectors * 512 < a.DataOffsetBytes
+            || ((long)header.ExtensionOffsetSectors * 512) + cluster > length)
+        {
+            a.Add(CheckProblemKind.Extension, CheckSeverity.Warning, where, $"format extension offset {header.ExtensionOffsetSectors} is outside the data area; the extension is ignored");
+            return 0;
+        }
+
+        long offset = (long)header.ExtensionOffsetSectors * 512;
+        long end = offset + cluster;
+        if (cluster > MaxExtensionClusterBytes)
+        {
+            return end;
+        }
+
+        byte[] buffer = new byte[cluster];
+        file.ReadZeroFilled(buffer, offset);
+        if (!FormatExtension.TryRead(buffer, out var ext, out string error))
+        {
+            a.Add(CheckProblemKind.Extension, CheckSeverity.Warning, where, $"{error}; the extension is ignored");
+            return end;
+        }
+
+        if (!ext!.ChecksumValid)
+        {
+            a.Add(CheckProblemKind.Extension, CheckSeverity.Warning, where, $"{error}; the extension is ignored");
+        }
+
+        foreach (var f in ext.Features.Where(f => !f.IsDirtyBitmap && (f.Flags & ExtensionFeature.FlagNecessary) != 0))
+        {
+            a.Add(CheckProblemKind.Extension, CheckSeverity.Warning, where, $"feature {f.Name} is marked NECESSARY and unknown to PrlFuse: the image is served read-only");
+        }
+
+        if (ext.DirtyBitmap is { } bitmap)
+        {
+            foreach (ulong e in bitmap.L1Table)
+            {
+                if (e > 1 && e <= (ulong)(length / 512) && ((long)e * 512) + cluster <= length)
+                {
+                    end = Math.Max(end, ((long)e * 512) + cluster);
+                }
+            }
+        }
+
+        return end;
+    }
+
+    private static void Apply(ImageFile file, Analysis a, Action<long, long>? progress)
+    {
+        var header = a.Header;
+        var entries = a.Entries;
+        long cluster = header.ClusterBytes;
+        long unit = header.BatUnitBytes;
+        var dirtyPages = new HashSet<long>();
+
+        // 1. Entries that point nowhere are cleared first, so a copy written below cannot bring one back to life.
+        foreach (int i in a.Clear)
+        {
+            entries[i] = 0;
+            dirtyPages.Add(PageOf(i));
+        }
+
+        WriteBatPages(file, entries, dirtyPages);
+
+        // 2. Copies of shared clusters, in new clusters past everything used; durable before any entry points at them.
+        long slot = a.DataOffsetBytes + ((a.UsedEnd - a.DataOffsetBytes + cluster - 1) / cluster * cluster);
+        var moves = new List<(int Index, uint Entry)>();
+        if (a.Duplicates.Count > 0)
+        {
+            byte[] buffer = new byte[Math.Min(cluster, CopyChunkBytes)];
+            long done = 0;
+            foreach (int i in a.Duplicates)
+            {
+                long from = entries[i] * unit;
+                if (slot / unit > uint.MaxValue)
+                {
+                    throw new PrlFuseException(a.Path, $"no room for a copy of cluster {i}: the BAT cannot address offset {slot}");
+                }
+
+                for (long pos = 0; pos < cluster; pos += buffer.Length)
+                {
+                    var span = buffer.AsSpan(0, (int)Math.Min(buffer.Length, cluster - pos));
+                    file.ReadZeroFilled(span, from + pos);
+                    file.Write(span, slot + pos);
+                }
+
+                moves.Add((i, checked((uint)(slot / unit))));
+                slot += cluster;
+                progress?.Invoke(++done, a.Duplicates.Count);
+            }
+
+            file.Flush(dataOnly: true);
+            dirtyPages.Clear();
+            foreach (var (index, entry) in moves)
+            {
+                entries[index] = entry;
+                dirtyPages.Add(PageOf(index));
+            }
+
+            WriteBatPages(file, entries, dirtyPages);
+        }
+
+        // 3. Trim what nothing uses.
+        long end = Math.Max(a.UsedEnd, slot);
+        if (file.Length > end)
+        {
+            file.SetLength(end);
+            file.Flush(dataOnly: false);
+        }
+
+        // 4. The header last: data_off and in_use.
+        if (a.NewDataOffsetSectors is not null || header.IsUnclean)
+        {
+            // Only the two fields change; the other header bytes stay exactly as they were.
+            Span<byte> bytes = stackalloc byte[ParallelsHeader.Size];
+            file.ReadZeroFilled(bytes, 0);
+            BinaryPrimitives.WriteUInt32LittleEndian(bytes[ParallelsHeader.OffsetInUse..], header.IsUnclean ? RepairedInUse : header.InUse);
+            BinaryPrimitives.WriteUInt32LittleEndian(bytes[ParallelsHeader.OffsetDataOffset..], a.NewDataOffsetSectors ?? header.DataOffsetSectors);
+            file.Write(bytes, 0);
+            file.Flush(dataOnly: false);
+        }
+    }
+
+    private static long PageOf(long index) => (ParallelsHeader.Size + (index * 4)) / BatPageBytes;
+
+    /// <summary>Writes the BAT pages that changed, then makes them durable.</summary>
+    private static void WriteBatPages(ImageFile file, uint[] entries, HashSet<long> pages)
+    {
+        if (pages.Count == 0)
+        {
+            return;
+        }
+
+        long batEnd = ParallelsHeader.Size + (4L * entries.Length);
+        byte[] buffer = new byte[BatPageBytes];
+        foreach (long page in pages.Order())
+        {
+            long start = Math.Max(ParallelsHeader.Size, page * BatPageBytes);
+            long stop = Math.Min(batEnd, (page + 1) * BatPageBytes);
+            int first = (int)((start - ParallelsHeader.Size) / 4);
+            int count = (int)((stop - start) / 4);
+            for (int k = 0; k < count; k++)
+            {
+                BinaryPrimitives.WriteUInt32LittleEndian(buffer.AsSpan(k * 4), entries[first + k]);
+            }
+
+            file.Write(buffer.AsSpan(0, count * 4), start);
+        }
+
+        file.Flush(dataOnly: true);
+    }
+}
