@@ -327,7 +327,7 @@ public sealed class CheckCommandTests
         {
             exit = CheckCommand.Run(disk, repair, writer);
         }
-        catch (Core.PrlFuseException e)
+        catch (PrlFuse.Core.PrlFuseException e)
         {
             writer.WriteLine(e.Message);
             exit = 1;

@@ -74,7 +74,7 @@ public sealed class ExtensionWriteTests
         stream.Write(off);
     }
 
-    private static ExpandableImage OpenImage(string path) => ExpandableImage.Open(Core.IO.PositionalImageFile.Open(path, false));
+    private static ExpandableImage OpenImage(string path) => ExpandableImage.Open(PrlFuse.Core.IO.PositionalImageFile.Open(path, false));
 
     [Fact]
     public void DirtyBitmapDisappearsOrStaysTruthfulAfterAWrite()

@@ -15,7 +15,7 @@ namespace PrlFuse.Tests.WritePath;
 /// </summary>
 public sealed class RandomWriteTests
 {
-    private const uint ParallelsHeaderInUseOpen = Core.Formats.ParallelsHeader.InUseOpen;
+    private const uint ParallelsHeaderInUseOpen = PrlFuse.Core.Formats.ParallelsHeader.InUseOpen;
 
     [Theory]
     [InlineData(1, 101, 0)]
