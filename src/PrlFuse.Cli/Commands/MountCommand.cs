@@ -121,6 +121,11 @@ internal static class MountCommand
             yield return "--allow-outside-images";
         }
 
+        if (o.Repair)
+        {
+            yield return "--repair";
+        }
+
         if (o.Debug)
         {
             yield return "--debug";
@@ -202,6 +207,11 @@ internal static class MountCommand
         var notices = o.DaemonChild ? Console.Out : Console.Error;
         string mountpoint = CheckMountpoint(o.MountPoint, clearStale: true, notices);
         long cacheBytes = Sizes.Parse(o.CacheSize, "--cache-size");
+        if (o.Repair && !o.ReadOnly)
+        {
+            RepairFirst(o.Disk, notices);
+        }
+
         var disk = VirtualDisk.Open(o.Disk, new DiskOpenOptions { ReadOnly = o.ReadOnly, CacheBytes = cacheBytes, AllowImagesOutsideBundle = o.AllowOutsideImages });
         int exit;
         try
@@ -222,6 +232,23 @@ internal static class MountCommand
         return exit;
     }
 
+    /// <summary>--repair: what 'prlfuse check --repair' would fix is fixed before the images are opened.</summary>
+    private static void RepairFirst(string disk, TextWriter notices)
+    {
+        var report = PrlFuse.Core.Checking.DiskChecker.Check(disk, repair: true);
+        int repaired = report.Images.Sum(i => i.RepairedCount);
+        if (report.ExitCode is not (0 or 3))
+        {
+            var first = report.DiskProblems.Concat((report.After ?? report.Images).SelectMany(i => i.Problems)).FirstOrDefault(p => p.Severity is PrlFuse.Core.Checking.CheckSeverity.Error or PrlFuse.Core.Checking.CheckSeverity.Corruption);
+            throw new PrlFuseException(first?.File ?? disk, $"repair did not make the disk consistent: {first?.What ?? "see 'prlfuse check'"}");
+        }
+
+        if (repaired > 0)
+        {
+            notices.WriteLine($"prlfuse: repaired {repaired} problem{(repaired == 1 ? "" : "s")} before mounting (see 'prlfuse check' for details)");
+        }
+    }
+
     /// <summary>A read-write mount whose top cannot be written fails with what to do, never silently read-only.</summary>
     private static void RefuseUnwritableTop(VirtualDisk disk, MountOptions o)
     {
@@ -234,7 +261,7 @@ internal static class MountCommand
         {
             if (storage.Images[disk.Top.Id] is ExpandableImage { WasUnclean: true } image)
             {
-                throw new PrlFuseException(image.Path, $"image was not closed cleanly (a crash or a killed writer); run 'prlfuse check --repair {o.Disk}' first, or mount with --read-only");
+                throw new PrlFuseException(image.Path, $"image was not closed cleanly (a crash or a killed writer); run 'prlfuse check --repair {o.Disk}' first, mount with --repair, or mount with --read-only");
             }
 
             if (storage.Images[disk.Top.Id] is ExpandableImage { WriteBlockedReason: { } reason } blocked)

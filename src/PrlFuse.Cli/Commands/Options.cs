@@ -56,6 +56,9 @@ internal sealed class MountOptions : DiskOptions
     [Option("read-only", HelpText = "Serve current.raw read-only too; no image file is opened for writing.")]
     public bool ReadOnly { get; set; }
 
+    [Option("repair", HelpText = "Repair the images first if needed (e.g. not closed cleanly after a crash), as 'prlfuse check --repair' does.")]
+    public bool Repair { get; set; }
+
     [Option("page-cache", HelpText = "Let the kernel page cache hold file data (default: direct I/O, best for loop devices).")]
     public bool PageCache { get; set; }
 
