@@ -1,0 +1,102 @@
+using BenchmarkDotNet.Attributes;
+using Microsoft.Win32.SafeHandles;
+using PrlFuse.Core.Engine;
+
+namespace PrlFuse.Benchmarks;
+
+/// <summary>
+/// In-process sequential 1 MiB reads of the whole 2 GiB top view of a 3-level Parallels chain, against
+/// <see cref="RandomAccess.Read(SafeFileHandle, Span{byte}, long)"/> of qemu's raw conversion of the same chain.
+/// Both sides read through the page cache; setup reads both files once in full (and compares them), so every
+/// measured read is a page-cache hit. Figures are per 1 MiB read (OperationsPerInvoke = 2048).
+/// Data: scripts/bench-data.sh; location from PRLFUSE_BENCH_DATA (default /tmp/prlfuse-bench).
+/// </summary>
+[MemoryDiagnoser]
+[SimpleJob(launchCount: 1, warmupCount: 2, iterationCount: 8)]
+public class SequentialReadBenchmarks
+{
+    private const int ReadSize = 1 << 20;
+    private const int Reads = 2048;
+    private const long DiskSize = (long)Reads * ReadSize;
+
+    private readonly byte[] _buffer = GC.AllocateUninitializedArray<byte>(ReadSize, pinned: true);
+    private VirtualDisk? _cached;
+    private VirtualDisk? _uncached;
+    private SnapshotView? _cachedTop;
+    private SnapshotView? _uncachedTop;
+    private SafeFileHandle? _raw;
+
+    public static string DataDirectory =>
+        Environment.GetEnvironmentVariable("PRLFUSE_BENCH_DATA") is { Length: > 0 } dir ? dir : "/tmp/prlfuse-bench";
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        string descriptor = Path.Combine(DataDirectory, "bench.hdd", "DiskDescriptor.xml");
+        string raw = Path.Combine(DataDirectory, "chain.raw");
+        if (!File.Exists(descriptor) || !File.Exists(raw))
+        {
+            throw new FileNotFoundException($"benchmark data missing in {DataDirectory}: run scripts/bench-data.sh {DataDirectory}");
+        }
+
+        _cached = VirtualDisk.Open(descriptor, new DiskOpenOptions { CacheBytes = DiskOpenOptions.DefaultCacheBytes });
+        _uncached = VirtualDisk.Open(descriptor, new DiskOpenOptions { CacheBytes = 0 });
+        _cachedTop = _cached.Top;
+        _uncachedTop = _uncached.Top;
+        _raw = File.OpenHandle(raw, FileMode.Open, FileAccess.Read, FileShare.Read);
+        if (_cachedTop.Size != DiskSize || RandomAccess.GetLength(_raw) != DiskSize)
+        {
+            throw new InvalidOperationException($"expected a {DiskSize}-byte disk and raw file");
+        }
+
+        // Warms the page cache for both sides and checks that they agree, so the benchmark measures equal work.
+        var other = new byte[ReadSize];
+        for (long offset = 0; offset < DiskSize; offset += ReadSize)
+        {
+            _uncachedTop.Read(_buffer, offset);
+            RandomAccess.Read(_raw, other, offset);
+            if (!_buffer.AsSpan().SequenceEqual(other))
+            {
+                throw new InvalidOperationException($"top view and chain.raw differ in the 1 MiB at {offset}");
+            }
+        }
+    }
+
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        _cached?.Dispose();
+        _uncached?.Dispose();
+        _raw?.Dispose();
+    }
+
+    [Benchmark(Baseline = true, OperationsPerInvoke = Reads, Description = "raw file (RandomAccess.Read)")]
+    public long RawFile()
+    {
+        var handle = _raw!;
+        long total = 0;
+        for (long offset = 0; offset < DiskSize; offset += ReadSize)
+        {
+            total += RandomAccess.Read(handle, _buffer, offset);
+        }
+
+        return total;
+    }
+
+    [Benchmark(OperationsPerInvoke = Reads, Description = "prlfuse top view, cache 64 MiB")]
+    public long PrlFuseCache64MiB() => ReadAll(_cachedTop!);
+
+    [Benchmark(OperationsPerInvoke = Reads, Description = "prlfuse top view, cache off")]
+    public long PrlFuseNoCache() => ReadAll(_uncachedTop!);
+
+    private long ReadAll(SnapshotView view)
+    {
+        long total = 0;
+        for (long offset = 0; offset < DiskSize; offset += ReadSize)
+        {
+            total += view.Read(_buffer, offset);
+        }
+
+        return total;
+    }
+}
