@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Benchmarks: builds the data (scripts/bench-data.sh), runs each benchmark, and ends with one summary line per
+# figure ("in-process sequential 1 MiB reads: prlfuse X MB/s, raw file Y MB/s, ratio Z", ...).
+#   scripts/bench.sh            data in $PRLFUSE_BENCH_DATA (default /tmp/prlfuse-bench), reports in bench/results/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PRLFUSE_BENCH_DATA=${PRLFUSE_BENCH_DATA:-/tmp/prlfuse-bench}
+results=bench/results
+mkdir -p "$results"
+log="$results/bench.log"
+: > "$log"
+
+bash scripts/bench-data.sh "$PRLFUSE_BENCH_DATA"
+
+# 1. In-process: the engine's reads against RandomAccess.Read of qemu's raw conversion (BenchmarkDotNet).
+dotnet run -c Release --project bench/PrlFuse.Benchmarks -- --filter '*' --artifacts "$results" 2>&1 | tee -a "$log"
+
+# 2. Through FUSE: add further benchmarks here; have them append lines to "$log" that start with a short
+#    name of what they measure, and add that prefix to the grep below.
+
+echo
+echo "== summary (reports in $results/results) =="
+grep -E '^in-process ' "$log"
