@@ -31,6 +31,7 @@ public static class Program
         const string Raw = nameof(SequentialReadBenchmarks.RawFile);
         const string Cached = nameof(SequentialReadBenchmarks.PrlFuseCache64MiB);
         const string Uncached = nameof(SequentialReadBenchmarks.PrlFuseNoCache);
+        const string Replay = nameof(SequentialReadBenchmarks.ImagePreadReplay);
         var inv = CultureInfo.InvariantCulture;
         if (Mean(summary, Raw) is not { } raw)
         {
@@ -44,6 +45,11 @@ public static class Program
             {
                 yield return string.Format(inv, "in-process sequential 1 MiB reads{0}: prlfuse {1:F0} MB/s, raw file {2:F0} MB/s, ratio {3:F2}", label, MBps(ours), MBps(raw), raw / ours);
             }
+        }
+
+        if (Mean(summary, Replay) is { } replay && Mean(summary, Uncached) is { } uncached)
+        {
+            yield return string.Format(inv, "in-process engine overhead: prlfuse (cache off) / the same preads replayed on the image files {0:F2} (1 = none)", replay / uncached);
         }
 
         yield return string.Format(
