@@ -11,6 +11,8 @@ log="$results/bench.log"
 : > "$log"
 
 bash scripts/bench-data.sh "$PRLFUSE_BENCH_DATA"
+# Other work on the machine skews the figures: note the load before and after.
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # 1. In-process: the engine's reads against RandomAccess.Read of qemu's raw conversion (BenchmarkDotNet).
 dotnet run -c Release --project bench/PrlFuse.Benchmarks -- --filter '*' --artifacts "$results" 2>&1 | tee -a "$log"
@@ -18,6 +20,9 @@ dotnet run -c Release --project bench/PrlFuse.Benchmarks -- --filter '*' --artif
 # 2. Through FUSE: add further benchmarks here; have them append lines to "$log" that start with a short
 #    name of what they measure, and add that prefix to the grep below.
 
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+
 echo
 echo "== summary (reports in $results/results) =="
 grep -E '^in-process ' "$log"
+echo "load average before: $load_before, after: $load_after ($(nproc) CPUs)"

@@ -23,7 +23,8 @@ public static class Program
     }
 
     /// <summary>
-    /// Lines starting "in-process " (scripts/bench.sh collects them): throughput from the mean time per 1 MiB read
+    /// Lines starting "in-process " (scripts/bench.sh collects them): throughput from the median time per 1 MiB read (steadier than the mean when other processes share the
+    /// machine)
     /// (MB = 10^6 bytes); ratio = prlfuse / raw throughput (1 = as fast as the raw file, higher is better).
     /// </summary>
     private static IEnumerable<string> SummaryLines(Summary summary)
@@ -33,7 +34,7 @@ public static class Program
         const string Uncached = nameof(SequentialReadBenchmarks.PrlFuseNoCache);
         const string Replay = nameof(SequentialReadBenchmarks.ImagePreadReplay);
         var inv = CultureInfo.InvariantCulture;
-        if (Mean(summary, Raw) is not { } raw)
+        if (Median(summary, Raw) is not { } raw)
         {
             yield break;
         }
@@ -41,13 +42,13 @@ public static class Program
         static double MBps(double nanoseconds) => (1 << 20) / (nanoseconds / 1e9) / 1e6;
         foreach (var (method, label) in new[] { (Cached, string.Empty), (Uncached, ", cache off") })
         {
-            if (Mean(summary, method) is { } ours)
+            if (Median(summary, method) is { } ours)
             {
                 yield return string.Format(inv, "in-process sequential 1 MiB reads{0}: prlfuse {1:F0} MB/s, raw file {2:F0} MB/s, ratio {3:F2}", label, MBps(ours), MBps(raw), raw / ours);
             }
         }
 
-        if (Mean(summary, Replay) is { } replay && Mean(summary, Uncached) is { } uncached)
+        if (Median(summary, Replay) is { } replay && Median(summary, Uncached) is { } uncached)
         {
             yield return string.Format(inv, "in-process engine overhead: prlfuse (cache off) / the same preads replayed on the image files {0:F2} (1 = none)", replay / uncached);
         }
@@ -60,7 +61,7 @@ public static class Program
             Allocated(summary, Raw));
     }
 
-    private static double? Mean(Summary summary, string method) => Report(summary, method)?.ResultStatistics?.Mean;
+    private static double? Median(Summary summary, string method) => Report(summary, method)?.ResultStatistics?.Median;
 
     private static string Allocated(Summary summary, string method) =>
         Report(summary, method) is { } r && r.GcStats.GetBytesAllocatedPerOperation(r.BenchmarkCase) is { } bytes

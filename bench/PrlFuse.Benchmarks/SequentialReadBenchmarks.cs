@@ -12,6 +12,7 @@ namespace PrlFuse.Benchmarks;
 /// Data: scripts/bench-data.sh; location from PRLFUSE_BENCH_DATA (default /tmp/prlfuse-bench).
 /// </summary>
 [MemoryDiagnoser]
+[MedianColumn]
 [SimpleJob(launchCount: 1, warmupCount: 2, iterationCount: 8)]
 public class SequentialReadBenchmarks
 {
