@@ -28,5 +28,5 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 echo
 echo "== summary (reports in $results/results) =="
-grep -E '^in-process ' "$log"
+grep -E '^in-process ' "$log" | awk '!seen[$0]++'
 echo "load average before: $load_before, after: $load_after ($(nproc) CPUs)"
