@@ -3,7 +3,7 @@ CONFIG ?= Release
 PREFIX ?= /usr/local
 DOTNET ?= dotnet
 
-.PHONY: all setup build test demo install bench clean
+.PHONY: all setup build test demo install bench soak clean
 
 all: build
 
@@ -26,6 +26,11 @@ install: setup
 
 bench: setup
 	bash scripts/bench.sh
+
+# A long mixed load with verification: `make soak DURATION=3600`.
+DURATION ?= 600
+soak: setup
+	bash scripts/soak.sh $(DURATION)
 
 clean:
 	rm -rf artifacts .demo src/*/bin src/*/obj tests/*/bin tests/*/obj bench/*/bin bench/*/obj

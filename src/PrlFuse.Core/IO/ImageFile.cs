@@ -71,14 +71,16 @@ public sealed class PositionalImageFile : ImageFile
         _length = RandomAccess.GetLength(handle);
     }
 
-    public static PositionalImageFile Open(string path, bool writable)
+    public static PositionalImageFile Open(string path, bool writable) => Open(path, writable, exclusive: false);
+
+    /// <summary>
+    /// Opens an image. A writer shares the file with readers only; <paramref name="exclusive"/> shares it with no one
+    /// (the file lock then fails while another PrlFuse has the image open, e.g. a repair while mounted).
+    /// </summary>
+    public static PositionalImageFile Open(string path, bool writable, bool exclusive)
     {
-        var handle = File.OpenHandle(
-            path,
-            FileMode.Open,
-            writable ? FileAccess.ReadWrite : FileAccess.Read,
-            writable ? FileShare.Read : FileShare.ReadWrite | FileShare.Delete,
-            FileOptions.None);
+        var share = exclusive ? FileShare.None : writable ? FileShare.Read : FileShare.ReadWrite | FileShare.Delete;
+        var handle = File.OpenHandle(path, FileMode.Open, writable ? FileAccess.ReadWrite : FileAccess.Read, share, FileOptions.None);
         return new PositionalImageFile(path, handle, writable);
     }
 
