@@ -13,7 +13,7 @@ bundle="$work/soak.hdd"; mnt="$work/mnt"; guest="$work/guest"
 mkdir -p "$bundle" "$mnt" "$guest"
 loop=""; readers=()
 cleanup() {
-  for p in "${readers[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${readers[@]}"; do kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done
   mountpoint -q "$guest" && umount "$guest" || true
   [ -n "$loop" ] && losetup -d "$loop" 2>/dev/null || true
   prlfuse unmount "$mnt" >/dev/null 2>&1 || fusermount3 -uz "$mnt" 2>/dev/null || true
@@ -42,7 +42,8 @@ cat > "$bundle/DiskDescriptor.xml" <<XML
 XML
 
 prlfuse mount "$bundle" "$mnt" --cache-size 64M
-pid=$(pgrep -f -- "--daemon-child.*$mnt" | head -1)
+pid=$(pgrep -f -- "$mnt --daemon-child" | head -1)
+[ -n "$pid" ] || { echo "soak: FAILED: no daemon process found"; exit 1; }
 snap="$mnt/snapshots/$BASE.raw"
 want=$(sha256sum < "$snap" | cut -d' ' -f1)
 loop=$(losetup --find --show "$mnt/current.raw")
@@ -50,11 +51,12 @@ mkfs.ext4 -q -F "$loop"
 mount "$loop" "$guest"
 
 # Readers of the snapshot file: its content must never change while the top is written.
+# Each reader runs in its own process group (setsid) so that stopping it also stops the sha256sum holding the file.
 for r in 1 2; do
-  ( while :; do
-      got=$(sha256sum < "$snap" | cut -d' ' -f1)
-      [ "$got" = "$want" ] || { echo "soak: snapshot file changed under load" > "$work/reader-failed"; exit 1; }
-    done ) &
+  setsid bash -c "while :; do
+      got=\$(sha256sum < '$snap' | cut -d' ' -f1)
+      [ \"\$got\" = '$want' ] || { echo 'soak: snapshot file changed under load' > '$work/reader-failed'; exit 1; }
+    done" &
   readers+=($!)
 done
 
@@ -65,20 +67,23 @@ readers+=($!)
 echo "soak: fio for ${duration}s on ext4 inside current.raw, 2 readers of a snapshot file"
 fio --name=soak --directory="$guest" --size=96M --numjobs=3 --rw=randrw --rwmixread=50 --bsrange=4k-128k \
     --ioengine=libaio --iodepth=8 --direct=1 --fsync=32 --verify=crc32c --verify_backlog=256 --verify_fatal=1 \
-    --time_based --runtime="$duration" --group_reporting --output-format=json --output="$work/fio.json"
-fio_rc=$?
+    --time_based --runtime="$duration" --group_reporting --output-format=json --output="$work/fio.json" && fio_rc=0 || fio_rc=$?
 
-for p in "${readers[@]}"; do kill "$p" 2>/dev/null || true; done
-readers=()
+stop_readers() {
+  for p in "${readers[@]}"; do kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done
+  for p in "${readers[@]}"; do wait "$p" 2>/dev/null || true; done
+  readers=()
+}
+stop_readers
 umount "$guest"
 fsck_out=$(fsck.ext4 -fn "$loop" 2>&1) && fsck_rc=0 || fsck_rc=$?
-losetup -d "$loop"; loop=""
+losetup -d "$loop" 2>/dev/null || true; loop=""
 rss_peak=$(grep VmHWM /proc/$pid/status | awk '{print $2}')
 prlfuse unmount "$mnt"
 check_out=$(prlfuse check "$bundle" 2>&1) && check_rc=0 || check_rc=$?
 
-bytes=$(grep -oE '"io_bytes" : [0-9]+' "$work/fio.json" | awk '{s+=$3} END {print s+0}')
-verify_errors=$(grep -oE '"error" : [0-9]+' "$work/fio.json" | awk '{s+=$3} END {print s+0}')
+bytes=$(grep -oE '"io_bytes" : [0-9]+' "$work/fio.json" | awk '{s+=$3} END {printf "%d", s}')
+verify_errors=$(grep -oE '"error" : [0-9]+' "$work/fio.json" | awk '{s+=$3} END {printf "%d", s}')
 # Growth trend: the mean of the last third of the samples against the middle third.
 trend=$(awk '{a[NR]=$1} END { n=NR; if (n<6) {print "ok (few samples)"; exit}
   t=int(n/3); for(i=t+1;i<=2*t;i++) m+=a[i]; for(i=n-t+1;i<=n;i++) l+=a[i]; m/=t; l/=t;
