@@ -82,8 +82,8 @@ rss_peak=$(grep VmHWM /proc/$pid/status | awk '{print $2}')
 prlfuse unmount "$mnt"
 check_out=$(prlfuse check "$bundle" 2>&1) && check_rc=0 || check_rc=$?
 
-bytes=$(grep -oE '"io_bytes" : [0-9]+' "$work/fio.json" | awk '{s+=$3} END {printf "%d", s}')
-verify_errors=$(grep -oE '"error" : [0-9]+' "$work/fio.json" | awk '{s+=$3} END {printf "%d", s}')
+bytes=$(grep -oE '"io_bytes" : [0-9]+' "$work/fio.json" | awk '{s+=$3} END {printf "%.0f", s}')
+verify_errors=$(grep -oE '"error" : [0-9]+' "$work/fio.json" | awk '{s+=$3} END {printf "%.0f", s}')
 # Growth trend: the mean of the last third of the samples against the middle third.
 trend=$(awk '{a[NR]=$1} END { n=NR; if (n<6) {print "ok (few samples)"; exit}
   t=int(n/3); for(i=t+1;i<=2*t;i++) m+=a[i]; for(i=n-t+1;i<=n;i++) l+=a[i]; m/=t; l/=t;
