@@ -159,7 +159,7 @@ if want write; then
     su=(); sa=(); rw=()
     log "writes: $side"
     for ((i = 0; i < RUNS; i++)); do
-      img=$W/w-$side-empty.hds; rm -f "$img"
+      img=$W/w-$side-empty.hds; rm -f "$img"; sync # no dirty pages of the last run throttle this one
       case $side in
         prl) qemu-img create -q -f parallels "$img" $SIZE; prl_mount "$img" "$W/m-write"; f=$W/m-write/current.raw ;;
         peer) qemu-img create -q -f parallels "$img" $SIZE; mapfile -t bd < <(qsd_image "$img" on); qsd_start "$W/qsd-write" on "${bd[@]}"; f=$W/qsd-write ;;
@@ -176,6 +176,7 @@ if want write; then
       limit) cp "$SHM/base.raw" "$SHM/w.raw" 2>/dev/null || { rm -f "$SHM/w.raw"; qemu-img convert -q -f parallels -O raw "$BASE" "$SHM/w.raw"; }; f=$SHM/w.raw ;;
     esac
     for ((i = 0; i < RUNS; i++)); do
+      sync
       sa+=("$(fio_run wbw --filename="$f" --rw=write --bs=1M --direct=1 --ioengine=psync --size=$SIZE)")
       rw+=("$(fio_run wiops --filename="$f" --rw=randwrite --bs=4k --direct=1 --ioengine=libaio --iodepth=32 --numjobs=4 --size=$SIZE --time_based --runtime=8 --randrepeat=0)")
     done
