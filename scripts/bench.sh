@@ -21,12 +21,16 @@ run=()
 [ -z "${PRLFUSE_BENCH_NICE:-}" ] || run=(nice -n "$PRLFUSE_BENCH_NICE")
 "${run[@]}" dotnet run -c Release --project bench/PrlFuse.Benchmarks -- --filter '*' --artifacts "$results" 2>&1 | tee -a "$log"
 
-# 2. Through FUSE: add further benchmarks here; have them append lines to "$log" that start with a short
-#    name of what they measure, and add that prefix to the grep below.
+# 2. Through FUSE: prlfuse against qemu-storage-daemon's FUSE export and a raw file in the page cache
+#    (scripts/bench-fuse.sh: table, $results/fuse.json, $results/fuse.png; summary lines start with "fuse ").
+#    PRLFUSE_BENCH_SKIP_FUSE=1 skips it.
+if [ -z "${PRLFUSE_BENCH_SKIP_FUSE:-}" ]; then
+  "${run[@]}" bash scripts/bench-fuse.sh 2>&1 | tee -a "$log"
+fi
 
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 echo
 echo "== summary (reports in $results/results) =="
-grep -E '^in-process ' "$log" | awk '!seen[$0]++'
+grep -E '^(in-process|fuse) ' "$log" | awk '!seen[$0]++'
 echo "load average before: $load_before, after: $load_after ($(nproc) CPUs)"

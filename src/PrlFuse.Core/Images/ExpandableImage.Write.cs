@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Buffers.Binary;
+using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using PrlFuse.Core.Formats;
 
@@ -36,6 +37,8 @@ public sealed partial class ExpandableImage
     private bool _openedForWrite;
     private bool _closed;
     private uint _closedInUse;
+    private int _growFd = -1;
+    private bool _noFallocate;
 
     /// <summary>Why this image cannot be written even though its file is writable, or null.</summary>
     public string? WriteBlockedReason { get; private set; }
@@ -169,13 +172,62 @@ public sealed partial class ExpandableImage
                 if (host + clusterBytes > _fileEnd)
                 {
                     long target = Math.Max(host + clusterBytes, _fileEnd + GrowthChunkBytes);
-                    File.SetLength(target);
+                    Grow(_fileEnd, target);
                     Volatile.Write(ref _fileEnd, target);
                 }
             }
         }
 
         return host;
+    }
+
+    /// <summary>
+    /// Extends the file to <paramref name="target"/> with fallocate (caller holds _growLock), then SetLength to the same
+    /// size (a no-op for the file that keeps ImageFile.Length right). Writing into a sparse tail makes the host
+    /// filesystem allocate blocks on every write: 1 MiB writes into new clusters ran at 0.3-0.5 GB/s on ext4 here,
+    /// against 2+ GB/s into fallocated space. Falls back to a sparse SetLength where fallocate is not supported.
+    /// </summary>
+    private void Grow(long fileEnd, long target)
+    {
+        if (!_noFallocate && target > fileEnd)
+        {
+            if (_growFd < 0)
+            {
+                _growFd = Fallocation.Open(Path);
+            }
+
+            if (_growFd < 0)
+            {
+                _noFallocate = true;
+            }
+            else if (Fallocation.Allocate(_growFd, fileEnd, target - fileEnd) != 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                _noFallocate = errno is 95 /* EOPNOTSUPP */ or 22 /* EINVAL */ or 38 /* ENOSYS */;
+            }
+        }
+
+        File.SetLength(target);
+    }
+
+    /// <summary>A second descriptor of the image file, for fallocate only (ImageFile does not expose its own).</summary>
+    private static partial class Fallocation
+    {
+        private const int OWriteOnly = 1;
+        private const int OCloseOnExec = 0x80000;
+
+        [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+        private static partial int OpenNative(string path, int flags);
+
+        [LibraryImport("libc", EntryPoint = "fallocate", SetLastError = true)]
+        public static partial int Allocate(int fd, int mode, long offset, long length);
+
+        [LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
+        public static partial int Close(int fd);
+
+        public static int Open(string path) => OpenNative(path, OWriteOnly | OCloseOnExec);
+
+        public static int Allocate(int fd, long offset, long length) => Allocate(fd, 0, offset, length);
     }
 
     /// <summary>Before the first change: mark the image open ("Ynot"), drop what a write would make untrue, make it durable.</summary>
@@ -365,5 +417,13 @@ public sealed partial class ExpandableImage
 
     partial void OnDispose();
 
-    partial void OnDispose() => _flushLock.Dispose();
+    partial void OnDispose()
+    {
+        _flushLock.Dispose();
+        if (_growFd >= 0)
+        {
+            Fallocation.Close(_growFd);
+            _growFd = -1;
+        }
+    }
 }

@@ -1,0 +1,344 @@
+#!/usr/bin/env bash
+# Through-FUSE benchmark: prlfuse against qemu-storage-daemon's FUSE export of the same image (the peer) and the same
+# bytes as a raw file in the page cache (the limit). Needs root, /dev/fuse, loop devices, fio, qemu-img, qemu-io,
+# qemu-storage-daemon, mkfs.ext4, python3 (gnuplot optional, for the chart).
+#   scripts/bench-fuse.sh
+# Environment:
+#   PRLFUSE_BENCH_DATA   bench data from scripts/bench-data.sh (default /tmp/prlfuse-bench); scratch goes in $DATA/fuse
+#   PRLFUSE_FUSE_RUNS    runs per figure, the median is reported (default 3)
+#   PRLFUSE_BIN          the prlfuse binary (default: publish single-file ReadyToRun to artifacts/publish, as `make install`)
+#   PRLFUSE_FUSE_ONLY    space-separated subset of: read write ext4 chain big cache (default: all)
+# Writes bench/results/fuse.json, bench/results/fuse.png (if gnuplot is there) and prints a table; the summary lines
+# start with "fuse ".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+DATA=${PRLFUSE_BENCH_DATA:-/tmp/prlfuse-bench}
+RUNS=${PRLFUSE_FUSE_RUNS:-3}
+ONLY=${PRLFUSE_FUSE_ONLY:-read write ext4 chain big cache}
+RESULTS=$repo/bench/results
+W=$DATA/fuse
+SHM=/dev/shm/prlfuse-bench
+BUNDLE=$DATA/bench.hdd
+BASE=$BUNDLE/base.hds
+CACHE_MIB=64 # prlfuse's default --cache-size
+mkdir -p "$RESULTS" "$W" "$SHM"
+rows=$W/rows.tsv
+: > "$rows"
+
+[ "$(id -u)" = 0 ] || { echo "bench-fuse: needs root (loop devices, drop_caches)" >&2; exit 1; }
+for tool in fio qemu-img qemu-io qemu-storage-daemon mkfs.ext4 losetup python3; do
+  command -v "$tool" >/dev/null || { echo "bench-fuse: $tool is missing" >&2; exit 1; }
+done
+[ -s "$BASE" ] || bash scripts/bench-data.sh "$DATA"
+
+# --- the binary: the published single-file ReadyToRun build (what `make install` installs) --------------------------
+if [ -n "${PRLFUSE_BIN:-}" ]; then
+  PRL=$PRLFUSE_BIN
+else
+  PRL=$repo/artifacts/publish/prlfuse
+  if [ ! -x "$PRL" ] || [ -n "$(find src -name '*.cs' -newer "$PRL" -print -quit)" ]; then
+    echo "bench-fuse: publishing $PRL (single-file ReadyToRun)"
+    dotnet publish src/PrlFuse.Cli -c Release -r linux-x64 --self-contained -p:PublishSingleFile=true \
+      -p:PublishReadyToRun=true -o artifacts/publish -nologo -v quiet >/dev/null
+  fi
+fi
+DLL=$repo/src/PrlFuse.Cli/bin/Release/net10.0/prlfuse.dll
+
+# --- helpers -----------------------------------------------------------------------------------------------------------
+log() { echo "bench-fuse: $*" >&2; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "null"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.4f", b - a}'; }
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+warm() { cat "$@" > /dev/null; }
+# row NAME UNIT BETTER(higher|lower) PRL PEER LIMIT TARGET NOTE ; TARGET: "peer>=4", "value<1", "row:seq_read_direct>=0.9", "limit<=144", "-"
+row() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$rows"; }
+
+# fio_run KIND ARGS... : KIND is rbw/riops/wbw/wiops; prints MB/s (10^6) or IOPS of the whole group.
+fio_run() {
+  local kind=$1; shift
+  fio --output-format=terse --terse-version=3 --group_reporting --name=b "$@" | awk -F';' -v k="$kind" '
+    $1 == 3 { if (k == "rbw") printf "%.1f\n", $7 * 1.024 / 1000; else if (k == "riops") printf "%.0f\n", $8;
+              else if (k == "wbw") printf "%.1f\n", $48 * 1.024 / 1000; else printf "%.0f\n", $49 }'
+}
+
+PRL_PID=
+prl_mount() { # prl_mount DISK MNT [options]: mounts and sets PRL_PID to the daemon
+  local disk=$1 mnt=$2; shift 2
+  mkdir -p "$mnt"
+  "$PRL" mount "$@" "$disk" "$mnt"
+  PRL_PID=$(pgrep -f -- "mount .* $mnt --daemon-child" | head -1)
+}
+prl_unmount() { # prl_unmount MNT: non-lazy unmount; waits for the daemon to close the images
+  "$PRL" unmount "$1" >/dev/null
+  if [ -n "$PRL_PID" ]; then
+    while kill -0 "$PRL_PID" 2>/dev/null; do sleep 0.05; done
+  fi
+  PRL_PID=
+}
+
+QSD_PID=
+qsd_start() { # qsd_start EXPORTFILE WRITABLE(on|off) BLOCKDEV-JSON-OF-prl0 [file blockdev]: sets QSD_PID
+  local exp=$1 writable=$2; shift 2
+  rm -f "$W/qsd.pid"; : > "$exp"
+  local args=()
+  for b in "$@"; do args+=(--blockdev "$b"); done
+  qemu-storage-daemon "${args[@]}" --export "type=fuse,id=exp0,node-name=prl0,mountpoint=$exp,writable=$writable" \
+    --daemonize --pidfile "$W/qsd.pid"
+  QSD_PID=$(cat "$W/qsd.pid")
+}
+qsd_image() { # qsd_image IMAGE WRITABLE: blockdevs for one parallels image
+  local ro=on; [ "$2" = on ] && ro=off
+  echo "driver=file,node-name=file0,filename=$1,read-only=$ro"
+  echo "driver=parallels,node-name=prl0,file=file0,read-only=$ro"
+}
+qsd_stop() {
+  [ -n "$QSD_PID" ] || return 0
+  kill "$QSD_PID" 2>/dev/null || true
+  while kill -0 "$QSD_PID" 2>/dev/null; do sleep 0.05; done
+  QSD_PID=
+}
+hwm_mib() { awk '/VmHWM/ {printf "%.0f\n", $2 / 1024}' "/proc/$1/status"; }
+
+LOOPS=()
+cleanup() {
+  set +e
+  for m in $(awk -v w="$W" '$2 ~ "^" w {print $2}' /proc/mounts | sort -r); do umount "$m" 2>/dev/null || umount -l "$m"; done
+  for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null; done
+  qsd_stop
+  for m in $(awk -v w="$W" '$2 ~ "^" w {print $2}' /proc/mounts | sort -r); do "$PRL" unmount "$m" 2>/dev/null || umount -l "$m"; done
+  rm -rf "$SHM"
+}
+trap cleanup EXIT
+
+want() { [[ " $ONLY " == *" $1 "* ]]; }
+SIZE=2G
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+started=$(now)
+
+# --- reads of one image: prlfuse current.raw vs qsd export vs raw in tmpfs ---------------------------------------------
+# The image stays in the host page cache (warmed), so the figures are the FUSE stacks, not the disk. fio's default
+# invalidate=1 drops the FUSE file's own page cache before each run (the peer would otherwise be served from it).
+declare -A R
+if want read || want cache; then
+  log "raw copy of base.hds in tmpfs (the limit)"
+  qemu-img convert -q -f parallels -O raw "$BASE" "$SHM/base.raw"
+  warm "$BASE"
+fi
+if want read; then
+  log "reads: prlfuse (read-only mount of base.hds)"
+  prl_mount "$BASE" "$W/m-read" --read-only
+  f=$W/m-read/current.raw
+  for side in prl peer limit; do
+    case $side in
+      prl) ;;
+      peer) prl_hwm=$(hwm_mib "$PRL_PID"); prl_unmount "$W/m-read"; log "reads: qemu-storage-daemon"
+            mapfile -t bd < <(qsd_image "$BASE" off); qsd_start "$W/qsd-read" off "${bd[@]}"; f=$W/qsd-read ;;
+      limit) qsd_hwm=$(hwm_mib "$QSD_PID"); qsd_stop; log "reads: raw file in tmpfs"; f=$SHM/base.raw ;;
+    esac
+    a=(); b=(); c=()
+    for ((i = 0; i < RUNS; i++)); do
+      a+=("$(fio_run rbw --filename="$f" --rw=read --bs=1M --direct=1 --ioengine=psync --size=$SIZE)")
+      b+=("$(fio_run rbw --filename="$f" --rw=read --bs=1M --direct=0 --ioengine=psync --size=$SIZE)")
+      c+=("$(fio_run riops --filename="$f" --rw=randread --bs=4k --direct=1 --ioengine=libaio --iodepth=32 --numjobs=4 --size=$SIZE --time_based --runtime=8 --randrepeat=0)")
+    done
+    log "  $side: seq O_DIRECT ${a[*]} MB/s; seq buffered ${b[*]} MB/s; rand 4k ${c[*]} IOPS"
+    R[$side.sd]=$(median "${a[@]}"); R[$side.sb]=$(median "${b[@]}"); R[$side.rr]=$(median "${c[@]}")
+  done
+  row seq_read_direct "MB/s" higher "${R[prl.sd]}" "${R[peer.sd]}" "${R[limit.sd]}" "peer>=4" "sequential 1 MiB reads, O_DIRECT, QD1"
+  row seq_read_buffered "MB/s" higher "${R[prl.sb]}" "${R[peer.sb]}" "${R[limit.sb]}" "peer>=2.5" "sequential 1 MiB reads, buffered, QD1"
+  row rand_read_4k "IOPS" higher "${R[prl.rr]}" "${R[peer.rr]}" "${R[limit.rr]}" "peer>=2" "random 4 KiB reads, O_DIRECT, libaio QD32 x 4 jobs"
+  row peak_rss "MiB" lower "$prl_hwm" "$qsd_hwm" $((CACHE_MIB + 80)) "limit>=1" "daemon VmHWM after the read benchmarks; limit column = cache ($CACHE_MIB MiB) + 80 MiB"
+fi
+
+# --- writes: fresh empty 2 GiB images (unallocated clusters) and copies of base.hds (allocated clusters) ------------
+if want write; then
+  declare -A WR
+  for side in prl peer limit; do
+    su=(); sa=(); rw=()
+    log "writes: $side"
+    for ((i = 0; i < RUNS; i++)); do
+      img=$W/w-$side-empty.hds; rm -f "$img"; sync # no dirty pages of the last run throttle this one
+      case $side in
+        prl) qemu-img create -q -f parallels "$img" $SIZE; prl_mount "$img" "$W/m-write"; f=$W/m-write/current.raw ;;
+        peer) qemu-img create -q -f parallels "$img" $SIZE; mapfile -t bd < <(qsd_image "$img" on); qsd_start "$W/qsd-write" on "${bd[@]}"; f=$W/qsd-write ;;
+        limit) rm -f "$SHM/w.raw"; truncate -s $SIZE "$SHM/w.raw"; f=$SHM/w.raw ;;
+      esac
+      su+=("$(fio_run wbw --filename="$f" --rw=write --bs=1M --direct=1 --ioengine=psync --size=$SIZE)")
+      case $side in prl) prl_unmount "$W/m-write" ;; peer) qsd_stop ;; esac
+      rm -f "$img"
+    done
+    img=$W/w-$side-copy.hds
+    case $side in
+      prl) cp "$BASE" "$img"; prl_mount "$img" "$W/m-write"; f=$W/m-write/current.raw ;;
+      peer) cp "$BASE" "$img"; mapfile -t bd < <(qsd_image "$img" on); qsd_start "$W/qsd-write" on "${bd[@]}"; f=$W/qsd-write ;;
+      limit) cp "$SHM/base.raw" "$SHM/w.raw" 2>/dev/null || { rm -f "$SHM/w.raw"; qemu-img convert -q -f parallels -O raw "$BASE" "$SHM/w.raw"; }; f=$SHM/w.raw ;;
+    esac
+    for ((i = 0; i < RUNS; i++)); do
+      sync
+      sa+=("$(fio_run wbw --filename="$f" --rw=write --bs=1M --direct=1 --ioengine=psync --size=$SIZE)")
+      rw+=("$(fio_run wiops --filename="$f" --rw=randwrite --bs=4k --direct=1 --ioengine=libaio --iodepth=32 --numjobs=4 --size=$SIZE --time_based --runtime=8 --randrepeat=0)")
+    done
+    case $side in prl) prl_unmount "$W/m-write" ;; peer) qsd_stop ;; esac
+    rm -f "$img" "$SHM/w.raw"
+    log "  $side: seq unallocated ${su[*]} MB/s; seq allocated ${sa[*]} MB/s; rand 4k ${rw[*]} IOPS"
+    WR[$side.su]=$(median "${su[@]}"); WR[$side.sa]=$(median "${sa[@]}"); WR[$side.rw]=$(median "${rw[@]}")
+  done
+  row seq_write_unallocated "MB/s" higher "${WR[prl.su]}" "${WR[peer.su]}" "${WR[limit.su]}" "peer>=1.5" "sequential 1 MiB writes, O_DIRECT, into a fresh empty image"
+  row seq_write_allocated "MB/s" higher "${WR[prl.sa]}" "${WR[peer.sa]}" "${WR[limit.sa]}" "peer>=1.5" "sequential 1 MiB writes, O_DIRECT, into a copy of base.hds"
+  row rand_write_4k "IOPS" higher "${WR[prl.rw]}" "${WR[peer.rw]}" "${WR[limit.rw]}" "peer>=1.5" "random 4 KiB writes, O_DIRECT, libaio QD32 x 4 jobs, allocated clusters"
+fi
+
+# --- ext4 in a loop device inside the disk: cat a 1 GiB file ------------------------------------------------------------
+if want ext4; then
+  log "ext4: building the image through prlfuse (mkfs.ext4 on current.raw, copy 1 GiB in)"
+  img=$W/ext4.hds; rm -f "$img"
+  qemu-img create -q -f parallels "$img" $SIZE
+  head -c 1G "$DATA/chain.raw" > "$W/file1g"
+  prl_mount "$img" "$W/m-ext4"
+  mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0,nodiscard "$W/m-ext4/current.raw"
+  loop=$(losetup -f --show "$W/m-ext4/current.raw"); LOOPS+=("$loop")
+  mkdir -p "$W/e"; mount "$loop" "$W/e"; cp "$W/file1g" "$W/e/file"; umount "$W/e"
+  losetup -d "$loop"; prl_unmount "$W/m-ext4"; rm -f "$W/file1g"
+  cp "$img" "$W/ext4-peer.hds"
+  qemu-img convert -q -f parallels -O raw "$img" "$SHM/ext4.raw"
+  declare -A EX
+  for dio in off on; do
+    for side in prl peer limit; do
+      t=()
+      for ((i = 0; i < RUNS; i++)); do
+        drop_caches
+        case $side in
+          prl) warm "$img"; prl_mount "$img" "$W/m-ext4"; f=$W/m-ext4/current.raw ;;
+          peer) warm "$W/ext4-peer.hds"; mapfile -t bd < <(qsd_image "$W/ext4-peer.hds" on); qsd_start "$W/qsd-ext4" on "${bd[@]}"; f=$W/qsd-ext4 ;;
+          limit) f=$SHM/ext4.raw ;;
+        esac
+        loop=$(losetup -f --show --direct-io=$dio "$f"); LOOPS+=("$loop")
+        mount -o ro "$loop" "$W/e"
+        t0=$(now); cat "$W/e/file" > /dev/null; t1=$(now)
+        umount "$W/e"; losetup -d "$loop"
+        case $side in prl) prl_unmount "$W/m-ext4" ;; peer) qsd_stop ;; esac
+        t+=("$(awk -v s="$(elapsed "$t0" "$t1")" 'BEGIN {printf "%.1f", 1073.741824 / s}')")
+      done
+      log "  ext4 loop direct-io=$dio $side: ${t[*]} MB/s"
+      EX[$dio.$side]=$(median "${t[@]}")
+    done
+  done
+  rm -f "$img" "$W/ext4-peer.hds" "$SHM/ext4.raw"
+  row ext4_loop_buffered "MB/s" higher "${EX[off.prl]}" "${EX[off.peer]}" "${EX[off.limit]}" "-" "cat a 1 GiB file from ext4 on losetup (buffered loop, as mount -o loop), caches dropped, image re-warmed"
+  row ext4_loop_direct "MB/s" higher "${EX[on.prl]}" "${EX[on.peer]}" "${EX[on.limit]}" "-" "the same with losetup --direct-io=on"
+fi
+
+# --- the top of the 3-level chain -------------------------------------------------------------------------------------
+if want chain; then
+  warm "$BUNDLE"/*.hds "$DATA/chain.raw"
+  # The peer cannot serve the chain: QEMU's --blockdev schema has no "backing" for the parallels driver (only
+  # qemu-img/qemu-io's --image-opts takes one), so its chain column is qemu-img convert, what users do today.
+  declare -A CH
+  for side in prl peer limit; do
+    a=(); t=()
+    for ((i = 0; i < RUNS; i++)); do
+      case $side in
+        prl) t0=$(now); prl_mount "$BUNDLE" "$W/m-chain" --read-only
+             dd if="$W/m-chain/current.raw" of=/dev/null bs=1M iflag=direct status=none; t1=$(now)
+             a+=("$(fio_run rbw --filename="$W/m-chain/current.raw" --rw=read --bs=1M --direct=1 --ioengine=psync --size=$SIZE)")
+             prl_unmount "$W/m-chain" ;;
+        peer) t0=$(now); qemu-img convert -q --image-opts "driver=parallels,file.filename=$BUNDLE/top.hds,backing.driver=parallels,backing.file.filename=$BUNDLE/mid.hds,backing.backing.driver=parallels,backing.backing.file.filename=$BUNDLE/base.hds" -O raw "$W/convert.raw"; t1=$(now)
+              rm -f "$W/convert.raw"
+              a+=("$(awk -v s="$(elapsed "$t0" "$t1")" 'BEGIN {printf "%.1f", 2147.483648 / s}')") ;;
+        limit) t0=$(now); dd if="$DATA/chain.raw" of=/dev/null bs=1M status=none; t1=$(now)
+               a+=("$(fio_run rbw --filename="$DATA/chain.raw" --rw=read --bs=1M --direct=0 --invalidate=0 --ioengine=psync --size=$SIZE)") ;;
+      esac
+      t+=("$(elapsed "$t0" "$t1")")
+    done
+    log "  chain $side: seq O_DIRECT ${a[*]} MB/s; time to all data ${t[*]} s"
+    CH[$side.sd]=$(median "${a[@]}"); CH[$side.t]=$(median "${t[@]}")
+  done
+  row chain_top_read "MB/s" higher "${CH[prl.sd]}" "${CH[peer.sd]}" "${CH[limit.sd]}" "row:seq_read_direct>=0.9" "current.raw of the 3-level chain, sequential 1 MiB O_DIRECT (peer: qemu-img convert of the chain to raw, 2 GiB / its time; limit: chain.raw buffered)"
+  row chain_all_data_time "s" lower "${CH[prl.t]}" "${CH[peer.t]}" "${CH[limit.t]}" "-" "time until all 2 GiB of the chain top were read: prlfuse mount + dd; peer: qemu-img convert to raw (what users do today); limit: dd of chain.raw"
+fi
+
+# --- a 2 TiB disk with 8 snapshots: mount and info time --------------------------------------------------------------
+if want big; then
+  big=$W/big.hdd
+  if [ ! -s "$big/DiskDescriptor.xml" ]; then
+    log "big: 9 images of 2 TiB (a few writes each) and a chain descriptor"
+    rm -rf "$big"; mkdir -p "$big"
+    sectors=$((2 << 40 >> 9))
+    images=""; shots=""; parent="{00000000-0000-0000-0000-000000000000}"
+    for i in 0 1 2 3 4 5 6 7 8; do
+      guid=$(printf '{%08x-0000-4000-8000-%012x}' $((0x5a5a0000 + i)) $((i + 1)))
+      qemu-img create -q -f parallels "$big/s$i.hds" 2T
+      qemu-io -f parallels -c "write -q -P $((i + 1)) $((i * 200 + 3))G 1M" -c "write -q -P $((i + 1)) $((i * 13 + 1))G 64k" -c "write -q -P $((i + 7)) 0 4k" "$big/s$i.hds" >/dev/null
+      images+="    <Image><GUID>$guid</GUID><Type>Compressed</Type><File>s$i.hds</File></Image>"$'\n'
+      shots+="    <Shot><GUID>$guid</GUID><ParentGUID>$parent</ParentGUID></Shot>"$'\n'
+      parent=$guid
+    done
+    cat > "$big/DiskDescriptor.xml" <<XML
+<?xml version='1.0' encoding='UTF-8'?>
+<Parallels_disk_image Version="1.0">
+  <Disk_Parameters><Disk_size>$sectors</Disk_size><Cylinders>$((sectors / 512))</Cylinders><Heads>16</Heads><Sectors>32</Sectors><Padding>0</Padding></Disk_Parameters>
+  <StorageData><Storage><Start>0</Start><End>$sectors</End><Blocksize>2048</Blocksize>
+$images  </Storage></StorageData>
+  <Snapshots>
+$shots  </Snapshots>
+</Parallels_disk_image>
+XML
+  fi
+  warm "$big"/*.hds
+  mt=(); mtd=(); it=(); itd=(); qm=(); qi=()
+  for ((i = 0; i < RUNS + 2; i++)); do
+    t0=$(now); prl_mount "$big" "$W/m-big"; t1=$(now); mt+=("$(elapsed "$t0" "$t1")"); prl_unmount "$W/m-big"
+    t0=$(now); dotnet "$DLL" mount "$big" "$W/m-big"; t1=$(now); mtd+=("$(elapsed "$t0" "$t1")")
+    PRL_PID=$(pgrep -f -- "mount .* $W/m-big --daemon-child" | head -1); prl_unmount "$W/m-big"
+    t0=$(now); "$PRL" info "$big" > /dev/null; t1=$(now); it+=("$(elapsed "$t0" "$t1")")
+    t0=$(now); dotnet "$DLL" info "$big" > /dev/null; t1=$(now); itd+=("$(elapsed "$t0" "$t1")")
+    mapfile -t bd < <(qsd_image "$big/s8.hds" off); t0=$(now); qsd_start "$W/qsd-big" off "${bd[@]}"; t1=$(now); qm+=("$(elapsed "$t0" "$t1")"); qsd_stop
+    t0=$(now); qemu-img info "$big/s8.hds" > /dev/null; t1=$(now); qi+=("$(elapsed "$t0" "$t1")")
+  done
+  log "  mount: prlfuse ${mt[*]} s, dotnet prlfuse.dll ${mtd[*]} s, qsd ${qm[*]} s"
+  log "  info: prlfuse ${it[*]} s, dotnet prlfuse.dll ${itd[*]} s, qemu-img info ${qi[*]} s"
+  row mount_2tib_8snap "s" lower "$(median "${mt[@]}")" "$(median "${qm[@]}")" null "value<1" "prlfuse mount of a 2 TiB disk with 8 snapshots until ready (published binary, warm cache); peer: qemu-storage-daemon --daemonize exporting the top 2 TiB image alone (it cannot take a parallels chain)"
+  row mount_2tib_8snap_dll "s" lower "$(median "${mtd[@]}")" "$(median "${qm[@]}")" null "-" "the same with 'dotnet prlfuse.dll' (JIT)"
+  row info_2tib_8snap "s" lower "$(median "${it[@]}")" "$(median "${qi[@]}")" null "value<0.3" "prlfuse info (published binary); peer: qemu-img info of the top image alone"
+  row info_2tib_8snap_dll "s" lower "$(median "${itd[@]}")" "$(median "${qi[@]}")" null "-" "the same with 'dotnet prlfuse.dll' (JIT)"
+fi
+
+# --- block cache on (default 64 MiB) vs off (--cache-size 0) ------------------------------------------------------------
+if want cache; then
+  warm "$BUNDLE"/*.hds
+  mapfile -t snaps < <(grep -o '{[0-9a-f-]*}' "$BUNDLE/DiskDescriptor.xml" | awk '!s[$0]++' | head -2)
+  declare -A CA
+  for cache in 64M 0; do
+    small=(); shared=(); seq=()
+    prl_mount "$BASE" "$W/m-cache" --read-only --cache-size $cache
+    prl_mount "$BUNDLE" "$W/m-cache3" --read-only --cache-size $cache
+    files="$W/m-cache3/current.raw:$W/m-cache3/snapshots/${snaps[0]}.raw:$W/m-cache3/snapshots/${snaps[1]}.raw"
+    for ((i = 0; i < RUNS; i++)); do
+      small+=("$(fio_run riops --filename="$W/m-cache/current.raw" --rw=randread --bs=4k --direct=1 --ioengine=psync --size=32M --time_based --runtime=5 --randrepeat=0)")
+      shared+=("$(fio_run riops --filename="$files" --file_service_type=random --rw=randread --bs=4k --direct=1 --ioengine=libaio --iodepth=8 --numjobs=3 --size=48M --time_based --runtime=5 --randrepeat=0)")
+      seq+=("$(fio_run rbw --filename="$W/m-cache/current.raw" --rw=read --bs=1M --direct=1 --ioengine=psync --size=$SIZE)")
+    done
+    PRL_PID=$(pgrep -f -- "mount .* $W/m-cache --daemon-child" | head -1); prl_unmount "$W/m-cache"
+    PRL_PID=$(pgrep -f -- "mount .* $W/m-cache3 --daemon-child" | head -1); prl_unmount "$W/m-cache3"
+    log "  cache $cache: small repeated ${small[*]} IOPS; 3 snapshot files ${shared[*]} IOPS; seq 1M ${seq[*]} MB/s"
+    CA[$cache.small]=$(median "${small[@]}"); CA[$cache.shared]=$(median "${shared[@]}"); CA[$cache.seq]=$(median "${seq[@]}")
+  done
+  # Cache rows: the prlfuse column is cache on, the peer column is cache off.
+  row cache_small_reads "IOPS" higher "${CA[64M.small]}" "${CA[0.small]}" null "cache" "4 KiB random reads over 32 MiB, QD1 O_DIRECT: cache on vs --cache-size 0"
+  row cache_shared_base "IOPS" higher "${CA[64M.shared]}" "${CA[0.shared]}" null "cache" "4 KiB random reads over the first 48 MiB of 3 snapshot files sharing base clusters, QD8 x 3: cache on vs off"
+  row cache_seq_read "MB/s" higher "${CA[64M.seq]}" "${CA[0.seq]}" null "cache>=0.95" "sequential 1 MiB O_DIRECT reads: cache on vs off (must not slow down)"
+fi
+
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+total=$(elapsed "$started" "$(now)")
+python3 bench/fuse/report.py "$rows" "$RESULTS" \
+  --machine "nproc=$(nproc)" \
+  --machine "cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)" \
+  --machine "memory=$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)" \
+  --machine "kernel=$(uname -r)" \
+  --machine "libfuse=$(fusermount3 -V 2>&1 | awk '{print $NF}')" \
+  --machine "qemu=$(qemu-storage-daemon --version | head -1 | awk '{print $3}')" \
+  --machine "load_before=$load_before" --machine "load_after=$load_after" \
+  --machine "runs=$RUNS" --machine "seconds=$total" --machine "prlfuse=$PRL"
