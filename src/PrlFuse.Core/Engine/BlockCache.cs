@@ -27,6 +27,8 @@ public sealed unsafe class BlockCache : IDisposable
     private readonly int[] _generations;
     private readonly int[] _hands;
     private readonly int _setMask;
+    private readonly long[] _doorkeeper;
+    private readonly int _doorMask;
     private long _hits;
     private long _misses;
     private int _disposed;
@@ -68,6 +70,9 @@ public sealed unsafe class BlockCache : IDisposable
         _generations = new int[sets];
         _hands = new int[sets];
         CapacityBytes = (long)slots * blockSize;
+        _doorkeeper = new long[BitOperations.RoundUpToPowerOf2((uint)slots * 2)];
+        Array.Fill(_doorkeeper, -1L);
+        _doorMask = _doorkeeper.Length - 1;
     }
 
     public int BlockSize { get; }
@@ -106,6 +111,24 @@ public sealed unsafe class BlockCache : IDisposable
         }
 
         Interlocked.Increment(ref _misses);
+        return false;
+    }
+
+    /// <summary>
+    /// Admission on a miss: true when this block was missed recently too, so it is worth reading whole and keeping.
+    /// A block missed once is not cached: a random 4 KiB read then costs 4 KiB, not a whole block, and one-off reads
+    /// do not evict blocks that are read again. The doorkeeper is a direct-mapped table of recently missed keys,
+    /// written without a lock (a lost update only delays an admission).
+    /// </summary>
+    public bool AdmitOnMiss(long key)
+    {
+        int slot = (int)((ulong)key * 0xC2B2AE3D27D4EB4FUL >> 32) & _doorMask;
+        if (Volatile.Read(ref _doorkeeper[slot]) == key)
+        {
+            return true;
+        }
+
+        Volatile.Write(ref _doorkeeper[slot], key);
         return false;
     }
 

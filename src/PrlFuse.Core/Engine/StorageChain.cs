@@ -187,6 +187,14 @@ public sealed class StorageChain
             long key = BlockCache.MakeKey(layer.CacheId, block);
             if (!cache.TryRead(key, within, destination[..n]))
             {
+                if (!cache.AdmitOnMiss(key))
+                {
+                    layer.File.ReadZeroFilled(destination[..n], host);
+                    destination = destination[n..];
+                    host += n;
+                    continue;
+                }
+
                 int generation = cache.GenerationOf(key);
                 byte[] buffer = ArrayPool<byte>.Shared.Rent(blockSize);
                 try
