@@ -39,6 +39,14 @@ public sealed class CrashTests(Xunit.Abstractions.ITestOutputHelper output)
             File.WriteAllBytes(source, bytes);
             string log = temp.Combine($"log{round}.txt");
 
+            if (round > 0)
+            {
+                // After a kill the top is unclean: a plain read-write mount is refused and says what to do.
+                var refused = PrlFuseCli.Run("mount", chain.Bundle, mountpoint);
+                Assert.Equal(1, refused.ExitCode);
+                Assert.Contains("prlfuse check --repair", refused.Stderr, StringComparison.Ordinal);
+            }
+
             var mount = new PrlFuseMount(chain.Bundle, mountpoint, "--repair");
             Process syncWriter;
             Process bulkWriter;

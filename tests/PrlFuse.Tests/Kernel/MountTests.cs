@@ -141,6 +141,27 @@ public sealed class MountTests(SharedGuestChain shared) : IClassFixture<SharedGu
     }
 
     [Fact]
+    public void TheMountGrantsNoMoreThanAsked()
+    {
+        using var temp = new TempFolder();
+        var chain = shared.Chain;
+        string Options(string mountpoint) => File.ReadLines("/proc/self/mountinfo").Single(l => l.Split(' ')[4] == mountpoint);
+        using (var plain = new PrlFuseMount(chain.Bundle, temp.Combine("a"), "--read-only"))
+        {
+            string line = Options(plain.Mountpoint);
+            Assert.DoesNotContain("allow_other", line, StringComparison.Ordinal);
+            Assert.Contains("user_id=0", line, StringComparison.Ordinal);
+            Assert.Equal(0, plain.Unmount().ExitCode);
+        }
+
+        using var shared2 = new PrlFuseMount(chain.Bundle, temp.Combine("b"), "--read-only", "-o", "allow_other");
+        string withOther = Options(shared2.Mountpoint);
+        Assert.Contains("allow_other", withOther, StringComparison.Ordinal);
+        Assert.Contains("default_permissions", withOther, StringComparison.Ordinal);
+        Assert.Equal(0, shared2.Unmount().ExitCode);
+    }
+
+    [Fact]
     public void UnmountIsRefusedWhileALoopDeviceHoldsAFile()
     {
         using var temp = new TempFolder();
