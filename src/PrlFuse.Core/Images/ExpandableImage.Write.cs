@@ -23,6 +23,9 @@ public sealed partial class ExpandableImage
     /// <summary>File growth step: one ftruncate per this many bytes of allocation, not one per cluster.</summary>
     public const long GrowthChunkBytes = 64L << 20;
 
+    /// <summary>Largest cluster written: 16 times the largest size Parallels uses (1 MiB).</summary>
+    public const long MaxWritableClusterBytes = 16L << 20;
+
     private const int StripeCount = 64;
     private const int BatPageBytes = 4096;
 
@@ -67,6 +70,13 @@ public sealed partial class ExpandableImage
         if (Header.IsUnclean)
         {
             WriteBlockedReason = "image was not closed cleanly; run 'prlfuse check --repair'";
+        }
+        else if (ClusterBytes > MaxWritableClusterBytes)
+        {
+            // A write into a new cluster builds the whole cluster in memory: a hostile tracks field (up to 2 GiB) would
+            // make every such write allocate that much.
+            WriteBlockedReason = $"cluster size of {ClusterBytes} bytes is larger than PrlFuse writes ({MaxWritableClusterBytes >> 20} MiB); it is served read-only";
+            AddWarning(WriteBlockedReason);
         }
         else if (Extension is { } ext && ext.Features.Any(f => !f.IsDirtyBitmap && (f.Flags & ExtensionFeature.FlagNecessary) != 0))
         {
@@ -187,6 +197,11 @@ public sealed partial class ExpandableImage
             }
 
             _closedInUse = Header.InUse;
+            if (Header.IsEmpty)
+            {
+                ClearForWrite();
+            }
+
             ulong extOffset = RewriteExtensionForWrite();
             long clusterBytes = ClusterBytes;
             long usedEnd = Math.Max(Bat.UsedEnd(), DataOffsetBytes);
@@ -212,6 +227,28 @@ public sealed partial class ExpandableImage
             File.Flush(dataOnly: true);
             Volatile.Write(ref _openedForWrite, true);
         }
+    }
+
+    /// <summary>
+    /// The empty-image flag says the image is clear whatever its BAT holds. Before the first write makes that untrue,
+    /// the BAT is zeroed on disk (durably) and only then is the flag dropped, so every state a crash can leave reads
+    /// the same as before. Without this, writes went into clusters that reads ignored.
+    /// </summary>
+    private void ClearForWrite()
+    {
+        for (int i = 0; i < Bat.Count; i++)
+        {
+            Bat.SetEntry(i, 0);
+        }
+
+        var zeros = new byte[(int)Math.Min(4L * Bat.Count, 1 << 20)];
+        for (long done = 0; done < 4L * Bat.Count; done += zeros.Length)
+        {
+            File.Write(zeros.AsSpan(0, (int)Math.Min(zeros.Length, (4L * Bat.Count) - done)), ParallelsHeader.Size + done);
+        }
+
+        File.Flush(dataOnly: true);
+        Header = Header with { Flags = Header.Flags & ~ParallelsHeader.FlagEmpty };
     }
 
     private IEnumerable<long> BitmapClusterEnds()
