@@ -125,17 +125,27 @@ public sealed partial class ExpandableImage
             try
             {
                 host = Reserve();
-                ReadOnlySpan<byte> payload = data;
-                if (data.Length != clusterBytes)
+                try
                 {
-                    rented = ArrayPool<byte>.Shared.Rent(clusterBytes);
-                    var full = rented.AsSpan(0, clusterBytes);
-                    readBelow(full, cluster * ClusterBytes, state);
-                    data.CopyTo(full[within..]);
-                    payload = full;
+                    ReadOnlySpan<byte> payload = data;
+                    if (data.Length != clusterBytes)
+                    {
+                        rented = ArrayPool<byte>.Shared.Rent(clusterBytes);
+                        var full = rented.AsSpan(0, clusterBytes);
+                        readBelow(full, cluster * ClusterBytes, state);
+                        data.CopyTo(full[within..]);
+                        payload = full;
+                    }
+
+                    File.Write(payload, host);
+                }
+                catch
+                {
+                    // The read below or the write failed (EIO, ENOSPC): give the slot back so it is not leaked.
+                    Unreserve(host);
+                    throw;
                 }
 
-                File.Write(payload, host);
                 Bat.SetEntry(cluster, Bat.EntryForHostOffset(host));
                 Volatile.Write(ref _dirtyBatPages![(ParallelsHeader.Size + (cluster * 4)) / BatPageBytes], 1);
             }
@@ -172,7 +182,16 @@ public sealed partial class ExpandableImage
                 if (host + clusterBytes > _fileEnd)
                 {
                     long target = Math.Max(host + clusterBytes, _fileEnd + GrowthChunkBytes);
-                    File.SetLength(target);
+                    try
+                    {
+                        File.SetLength(target);
+                    }
+                    catch
+                    {
+                        Unreserve(host);
+                        throw;
+                    }
+
                     Volatile.Write(ref _fileEnd, target);
                 }
             }
@@ -180,6 +199,12 @@ public sealed partial class ExpandableImage
 
         return host;
     }
+
+    /// <summary>
+    /// Returns a reserved slot that was never published, when it is still the last one (an allocation racing past it
+    /// leaves it leaked, which is harmless: a leak is never corruption).
+    /// </summary>
+    private void Unreserve(long host) => Interlocked.CompareExchange(ref _nextFree, host, host + ClusterBytes);
 
     /// <summary>Before the first change: mark the image open ("Ynot"), drop what a write would make untrue, make it durable.</summary>
     private void EnsureOpenForWrite()
@@ -196,6 +221,8 @@ public sealed partial class ExpandableImage
                 return;
             }
 
+            // Header changes only once the open header is written, so a failed attempt (EIO) is retried from the same
+            // state and the in_use restored on close is never "Ynot" itself.
             _closedInUse = Header.InUse;
             if (Header.IsEmpty)
             {
@@ -222,9 +249,10 @@ public sealed partial class ExpandableImage
             long batBytes = ParallelsHeader.Size + (4L * Bat.Count);
             _dirtyBatPages = new byte[(batBytes + BatPageBytes - 1) / BatPageBytes];
 
-            Header = Header with { InUse = ParallelsHeader.InUseOpen, ExtensionOffsetSectors = extOffset };
-            WriteHeader();
+            var opened = Header with { InUse = ParallelsHeader.InUseOpen, ExtensionOffsetSectors = extOffset };
+            WriteHeader(opened);
             File.Flush(dataOnly: true);
+            Header = opened;
             Volatile.Write(ref _openedForWrite, true);
         }
     }
@@ -307,10 +335,10 @@ public sealed partial class ExpandableImage
         return Header.ExtensionOffsetSectors;
     }
 
-    private void WriteHeader()
+    private void WriteHeader(ParallelsHeader header)
     {
         Span<byte> bytes = stackalloc byte[ParallelsHeader.Size];
-        Header.WriteTo(bytes);
+        header.WriteTo(bytes);
         File.Write(bytes, 0);
     }
 
@@ -326,9 +354,23 @@ public sealed partial class ExpandableImage
         try
         {
             File.Flush(dataOnly: true);
-            if (WriteDirtyBatPages())
+            var written = WriteDirtyBatPages();
+            if (written.Count > 0)
             {
-                File.Flush(dataOnly: true);
+                try
+                {
+                    File.Flush(dataOnly: true);
+                }
+                catch
+                {
+                    // Not known to be durable: the next Flush writes these pages again.
+                    foreach (int page in written)
+                    {
+                        _dirtyBatPages![page] = 1;
+                    }
+
+                    throw;
+                }
             }
         }
         finally
@@ -337,12 +379,16 @@ public sealed partial class ExpandableImage
         }
     }
 
-    private bool WriteDirtyBatPages()
+    /// <summary>
+    /// Writes the dirty BAT pages (allocators are held off by the flush lock). A page is marked clean only once its
+    /// write succeeded, so a failed write (EIO) leaves it for the next Flush instead of losing the entries.
+    /// </summary>
+    private List<int> WriteDirtyBatPages()
     {
         var dirty = _dirtyBatPages!;
         long batEnd = ParallelsHeader.Size + (4L * Bat.Count);
         byte[]? buffer = null;
-        bool wrote = false;
+        var written = new List<int>();
         for (int page = 0; page < dirty.Length; page++)
         {
             if (dirty[page] == 0)
@@ -350,7 +396,6 @@ public sealed partial class ExpandableImage
                 continue;
             }
 
-            dirty[page] = 0;
             long start = Math.Max(ParallelsHeader.Size, (long)page * BatPageBytes);
             long end = Math.Min(batEnd, (long)(page + 1) * BatPageBytes);
             int first = (int)((start - ParallelsHeader.Size) / 4);
@@ -358,10 +403,11 @@ public sealed partial class ExpandableImage
             buffer ??= new byte[BatPageBytes];
             Bat.WriteEntries(buffer, first, count);
             File.Write(buffer.AsSpan(0, count * 4), start);
-            wrote = true;
+            dirty[page] = 0;
+            written.Add(page);
         }
 
-        return wrote;
+        return written;
     }
 
     /// <summary>
@@ -389,7 +435,7 @@ public sealed partial class ExpandableImage
         }
 
         Header = Header with { InUse = _closedInUse };
-        WriteHeader();
+        WriteHeader(Header);
         File.Flush(dataOnly: false);
     }
 
