@@ -3,7 +3,7 @@ CONFIG ?= Release
 PREFIX ?= /usr/local
 DOTNET ?= dotnet
 
-.PHONY: all setup build test demo install bench clean
+.PHONY: all setup build test demo install bench clean fuzz
 
 all: build
 
@@ -26,6 +26,10 @@ install: setup
 
 bench: setup
 	bash scripts/bench.sh
+
+# Long mutation-fuzzer run: make fuzz [FUZZ_SEED=1] [FUZZ_COUNT=200000]
+fuzz: setup
+	bash scripts/fuzz.sh $(or $(FUZZ_SEED),1) $(or $(FUZZ_COUNT),200000)
 
 clean:
 	rm -rf artifacts .demo src/*/bin src/*/obj tests/*/bin tests/*/obj bench/*/bin bench/*/obj

@@ -10,7 +10,7 @@ namespace PrlFuse.Tests.Fuzz;
 public sealed class FuzzTests(ITestOutputHelper output)
 {
     /// <summary>Cases of the CI run: about two minutes on two cores.</summary>
-    public const int CiCases = 6000;
+    public const int CiCases = 25000;
 
     public const int CiSeed = 20250101;
 
