@@ -3,7 +3,7 @@ CONFIG ?= Release
 PREFIX ?= /usr/local
 DOTNET ?= dotnet
 
-.PHONY: all setup build test demo install bench soak clean
+.PHONY: all setup build test demo install bench soak fuzz clean
 
 all: build
 
@@ -31,6 +31,10 @@ bench: setup
 DURATION ?= 600
 soak: setup
 	bash scripts/soak.sh $(DURATION)
+
+# Long mutation-fuzzer run: make fuzz [FUZZ_SEED=1] [FUZZ_COUNT=200000]
+fuzz: setup
+	bash scripts/fuzz.sh $(or $(FUZZ_SEED),1) $(or $(FUZZ_COUNT),200000)
 
 clean:
 	rm -rf artifacts .demo src/*/bin src/*/obj tests/*/bin tests/*/obj bench/*/bin bench/*/obj

@@ -7,10 +7,10 @@ namespace PrlFuse.Core;
 public class PrlFuseException : Exception
 {
     public PrlFuseException(string? file, string message, Exception? inner = null)
-        : base(file is null ? message : $"{file}: {message}", inner)
+        : base(OneLine(file is null ? message : $"{file}: {message}"), inner)
     {
         File = file;
-        Problem = message;
+        Problem = OneLine(message);
     }
 
     /// <summary>The file the problem is in, when there is one.</summary>
@@ -18,6 +18,33 @@ public class PrlFuseException : Exception
 
     /// <summary>The problem without the file name.</summary>
     public string Problem { get; }
+
+    /// <summary>
+    /// Messages quote untrusted text (descriptor values, paths); control characters in it are escaped so the error
+    /// stays one line and cannot forge lines of its own.
+    /// </summary>
+    private static string OneLine(string text)
+    {
+        if (!text.Any(char.IsControl))
+        {
+            return text;
+        }
+
+        var sb = new System.Text.StringBuilder(text.Length + 16);
+        foreach (char c in text)
+        {
+            sb.Append(c switch
+            {
+                '\n' => "\\n",
+                '\r' => "\\r",
+                '\t' => "\\t",
+                _ when char.IsControl(c) => $"\\u{(int)c:x4}",
+                _ => c.ToString(),
+            });
+        }
+
+        return sb.ToString();
+    }
 }
 
 /// <summary>DiskDescriptor.xml is malformed or describes an impossible disk.</summary>

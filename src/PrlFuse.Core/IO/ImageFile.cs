@@ -27,6 +27,12 @@ public abstract class ImageFile : IDisposable
 
     public abstract void SetLength(long length);
 
+    /// <summary>
+    /// Grows the file from <paramref name="from"/> to <paramref name="to"/> with space reserved on the host
+    /// filesystem where it can (fallocate), else sparsely. Either way the new bytes read as zeros.
+    /// </summary>
+    public virtual void Allocate(long from, long to) => SetLength(to);
+
     /// <summary>Makes written data durable: fdatasync when <paramref name="dataOnly"/>, else fsync.</summary>
     public abstract void Flush(bool dataOnly);
 
@@ -63,6 +69,7 @@ public sealed class PositionalImageFile : ImageFile
 {
     private readonly SafeFileHandle _handle;
     private long _length;
+    private bool _noFallocate;
 
     private PositionalImageFile(string path, SafeFileHandle handle, bool writable)
         : base(path, writable)
@@ -121,6 +128,17 @@ public sealed class PositionalImageFile : ImageFile
     {
         RandomAccess.SetLength(_handle, length);
         Volatile.Write(ref _length, length);
+    }
+
+    public override void Allocate(long from, long to)
+    {
+        // ENOSPC here is no error yet: the sparse extension below still lets writes that fit succeed.
+        if (to > from && !_noFallocate && PosixSync.Fallocate(_handle, from, to - from) is int rc && rc != 0)
+        {
+            _noFallocate = rc is 95 /* EOPNOTSUPP */ or 22 /* EINVAL */ or 38 /* ENOSYS */;
+        }
+
+        SetLength(to);
     }
 
     public override void Flush(bool dataOnly)

@@ -1,6 +1,5 @@
 using System.Buffers;
 using System.Buffers.Binary;
-using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using PrlFuse.Core.Formats;
 
@@ -24,6 +23,9 @@ public sealed partial class ExpandableImage
     /// <summary>File growth step: one ftruncate per this many bytes of allocation, not one per cluster.</summary>
     public const long GrowthChunkBytes = 64L << 20;
 
+    /// <summary>Largest cluster written: 16 times the largest size Parallels uses (1 MiB).</summary>
+    public const long MaxWritableClusterBytes = 16L << 20;
+
     private const int StripeCount = 64;
     private const int BatPageBytes = 4096;
 
@@ -37,8 +39,6 @@ public sealed partial class ExpandableImage
     private bool _openedForWrite;
     private bool _closed;
     private uint _closedInUse;
-    private int _growFd = -1;
-    private bool _noFallocate;
 
     /// <summary>Why this image cannot be written even though its file is writable, or null.</summary>
     public string? WriteBlockedReason { get; private set; }
@@ -71,11 +71,11 @@ public sealed partial class ExpandableImage
         {
             WriteBlockedReason = "image was not closed cleanly; run 'prlfuse check --repair'";
         }
-        else if (Header.IsEmpty)
+        else if (ClusterBytes > MaxWritableClusterBytes)
         {
-            // The reader treats every cluster as unallocated while this flag is set, but a write would go in place into
-            // a cluster the BAT still maps and vanish from view: never write such an image.
-            WriteBlockedReason = "the empty-image flag is set; the image is served read-only";
+            // A write into a new cluster builds the whole cluster in memory: a hostile tracks field (up to 2 GiB) would
+            // make every such write allocate that much.
+            WriteBlockedReason = $"cluster size of {ClusterBytes} bytes is larger than PrlFuse writes ({MaxWritableClusterBytes >> 20} MiB); it is served read-only";
             AddWarning(WriteBlockedReason);
         }
         else if (Extension is { } ext && ext.Features.Any(f => !f.IsDirtyBitmap && (f.Flags & ExtensionFeature.FlagNecessary) != 0))
@@ -125,17 +125,27 @@ public sealed partial class ExpandableImage
             try
             {
                 host = Reserve();
-                ReadOnlySpan<byte> payload = data;
-                if (data.Length != clusterBytes)
+                try
                 {
-                    rented = ArrayPool<byte>.Shared.Rent(clusterBytes);
-                    var full = rented.AsSpan(0, clusterBytes);
-                    readBelow(full, cluster * ClusterBytes, state);
-                    data.CopyTo(full[within..]);
-                    payload = full;
+                    ReadOnlySpan<byte> payload = data;
+                    if (data.Length != clusterBytes)
+                    {
+                        rented = ArrayPool<byte>.Shared.Rent(clusterBytes);
+                        var full = rented.AsSpan(0, clusterBytes);
+                        readBelow(full, cluster * ClusterBytes, state);
+                        data.CopyTo(full[within..]);
+                        payload = full;
+                    }
+
+                    File.Write(payload, host);
+                }
+                catch
+                {
+                    // The read below or the write failed (EIO, ENOSPC): give the slot back so it is not leaked.
+                    Unreserve(host);
+                    throw;
                 }
 
-                File.Write(payload, host);
                 Bat.SetEntry(cluster, Bat.EntryForHostOffset(host));
                 Volatile.Write(ref _dirtyBatPages![(ParallelsHeader.Size + (cluster * 4)) / BatPageBytes], 1);
             }
@@ -172,7 +182,19 @@ public sealed partial class ExpandableImage
                 if (host + clusterBytes > _fileEnd)
                 {
                     long target = Math.Max(host + clusterBytes, _fileEnd + GrowthChunkBytes);
-                    Grow(_fileEnd, target);
+                    try
+                    {
+                        // Allocated space, not a sparse tail: writing into a sparse tail makes the host filesystem
+                        // allocate blocks on every write (1 MiB writes into new clusters: 0.3-0.5 GB/s on ext4 here,
+                        // 2+ GB/s into fallocated space).
+                        File.Allocate(_fileEnd, target);
+                    }
+                    catch
+                    {
+                        Unreserve(host);
+                        throw;
+                    }
+
                     Volatile.Write(ref _fileEnd, target);
                 }
             }
@@ -182,53 +204,10 @@ public sealed partial class ExpandableImage
     }
 
     /// <summary>
-    /// Extends the file to <paramref name="target"/> with fallocate (caller holds _growLock), then SetLength to the same
-    /// size (a no-op for the file that keeps ImageFile.Length right). Writing into a sparse tail makes the host
-    /// filesystem allocate blocks on every write: 1 MiB writes into new clusters ran at 0.3-0.5 GB/s on ext4 here,
-    /// against 2+ GB/s into fallocated space. Falls back to a sparse SetLength where fallocate is not supported.
+    /// Returns a reserved slot that was never published, when it is still the last one (an allocation racing past it
+    /// leaves it leaked, which is harmless: a leak is never corruption).
     /// </summary>
-    private void Grow(long fileEnd, long target)
-    {
-        if (!_noFallocate && target > fileEnd)
-        {
-            if (_growFd < 0)
-            {
-                _growFd = Fallocation.Open(Path);
-            }
-
-            if (_growFd < 0)
-            {
-                _noFallocate = true;
-            }
-            else if (Fallocation.Allocate(_growFd, fileEnd, target - fileEnd) != 0)
-            {
-                int errno = Marshal.GetLastPInvokeError();
-                _noFallocate = errno is 95 /* EOPNOTSUPP */ or 22 /* EINVAL */ or 38 /* ENOSYS */;
-            }
-        }
-
-        File.SetLength(target);
-    }
-
-    /// <summary>A second descriptor of the image file, for fallocate only (ImageFile does not expose its own).</summary>
-    private static partial class Fallocation
-    {
-        private const int OWriteOnly = 1;
-        private const int OCloseOnExec = 0x80000;
-
-        [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-        private static partial int OpenNative(string path, int flags);
-
-        [LibraryImport("libc", EntryPoint = "fallocate", SetLastError = true)]
-        public static partial int Allocate(int fd, int mode, long offset, long length);
-
-        [LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
-        public static partial int Close(int fd);
-
-        public static int Open(string path) => OpenNative(path, OWriteOnly | OCloseOnExec);
-
-        public static int Allocate(int fd, long offset, long length) => Allocate(fd, 0, offset, length);
-    }
+    private void Unreserve(long host) => Interlocked.CompareExchange(ref _nextFree, host, host + ClusterBytes);
 
     /// <summary>Before the first change: mark the image open ("Ynot"), drop what a write would make untrue, make it durable.</summary>
     private void EnsureOpenForWrite()
@@ -245,7 +224,14 @@ public sealed partial class ExpandableImage
                 return;
             }
 
+            // Header changes only once the open header is written, so a failed attempt (EIO) is retried from the same
+            // state and the in_use restored on close is never "Ynot" itself.
             _closedInUse = Header.InUse;
+            if (Header.IsEmpty)
+            {
+                ClearForWrite();
+            }
+
             ulong extOffset = RewriteExtensionForWrite();
             long clusterBytes = ClusterBytes;
             long usedEnd = Math.Max(Bat.UsedEnd(), DataOffsetBytes);
@@ -266,11 +252,34 @@ public sealed partial class ExpandableImage
             long batBytes = ParallelsHeader.Size + (4L * Bat.Count);
             _dirtyBatPages = new byte[(batBytes + BatPageBytes - 1) / BatPageBytes];
 
-            Header = Header with { InUse = ParallelsHeader.InUseOpen, ExtensionOffsetSectors = extOffset };
-            WriteHeader();
+            var opened = Header with { InUse = ParallelsHeader.InUseOpen, ExtensionOffsetSectors = extOffset };
+            WriteHeader(opened);
             File.Flush(dataOnly: true);
+            Header = opened;
             Volatile.Write(ref _openedForWrite, true);
         }
+    }
+
+    /// <summary>
+    /// The empty-image flag says the image is clear whatever its BAT holds. Before the first write makes that untrue,
+    /// the BAT is zeroed on disk (durably) and only then is the flag dropped, so every state a crash can leave reads
+    /// the same as before. Without this, writes went into clusters that reads ignored.
+    /// </summary>
+    private void ClearForWrite()
+    {
+        for (int i = 0; i < Bat.Count; i++)
+        {
+            Bat.SetEntry(i, 0);
+        }
+
+        var zeros = new byte[(int)Math.Min(4L * Bat.Count, 1 << 20)];
+        for (long done = 0; done < 4L * Bat.Count; done += zeros.Length)
+        {
+            File.Write(zeros.AsSpan(0, (int)Math.Min(zeros.Length, (4L * Bat.Count) - done)), ParallelsHeader.Size + done);
+        }
+
+        File.Flush(dataOnly: true);
+        Header = Header with { Flags = Header.Flags & ~ParallelsHeader.FlagEmpty };
     }
 
     private IEnumerable<long> BitmapClusterEnds()
@@ -329,10 +338,10 @@ public sealed partial class ExpandableImage
         return Header.ExtensionOffsetSectors;
     }
 
-    private void WriteHeader()
+    private void WriteHeader(ParallelsHeader header)
     {
         Span<byte> bytes = stackalloc byte[ParallelsHeader.Size];
-        Header.WriteTo(bytes);
+        header.WriteTo(bytes);
         File.Write(bytes, 0);
     }
 
@@ -348,9 +357,23 @@ public sealed partial class ExpandableImage
         try
         {
             File.Flush(dataOnly: true);
-            if (WriteDirtyBatPages())
+            var written = WriteDirtyBatPages();
+            if (written.Count > 0)
             {
-                File.Flush(dataOnly: true);
+                try
+                {
+                    File.Flush(dataOnly: true);
+                }
+                catch
+                {
+                    // Not known to be durable: the next Flush writes these pages again.
+                    foreach (int page in written)
+                    {
+                        _dirtyBatPages![page] = 1;
+                    }
+
+                    throw;
+                }
             }
         }
         finally
@@ -359,12 +382,16 @@ public sealed partial class ExpandableImage
         }
     }
 
-    private bool WriteDirtyBatPages()
+    /// <summary>
+    /// Writes the dirty BAT pages (allocators are held off by the flush lock). A page is marked clean only once its
+    /// write succeeded, so a failed write (EIO) leaves it for the next Flush instead of losing the entries.
+    /// </summary>
+    private List<int> WriteDirtyBatPages()
     {
         var dirty = _dirtyBatPages!;
         long batEnd = ParallelsHeader.Size + (4L * Bat.Count);
         byte[]? buffer = null;
-        bool wrote = false;
+        var written = new List<int>();
         for (int page = 0; page < dirty.Length; page++)
         {
             if (dirty[page] == 0)
@@ -372,7 +399,6 @@ public sealed partial class ExpandableImage
                 continue;
             }
 
-            dirty[page] = 0;
             long start = Math.Max(ParallelsHeader.Size, (long)page * BatPageBytes);
             long end = Math.Min(batEnd, (long)(page + 1) * BatPageBytes);
             int first = (int)((start - ParallelsHeader.Size) / 4);
@@ -380,10 +406,11 @@ public sealed partial class ExpandableImage
             buffer ??= new byte[BatPageBytes];
             Bat.WriteEntries(buffer, first, count);
             File.Write(buffer.AsSpan(0, count * 4), start);
-            wrote = true;
+            dirty[page] = 0;
+            written.Add(page);
         }
 
-        return wrote;
+        return written;
     }
 
     /// <summary>
@@ -411,19 +438,11 @@ public sealed partial class ExpandableImage
         }
 
         Header = Header with { InUse = _closedInUse };
-        WriteHeader();
+        WriteHeader(Header);
         File.Flush(dataOnly: false);
     }
 
     partial void OnDispose();
 
-    partial void OnDispose()
-    {
-        _flushLock.Dispose();
-        if (_growFd >= 0)
-        {
-            Fallocation.Close(_growFd);
-            _growFd = -1;
-        }
-    }
+    partial void OnDispose() => _flushLock.Dispose();
 }

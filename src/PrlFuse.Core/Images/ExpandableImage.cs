@@ -167,6 +167,15 @@ public sealed partial class ExpandableImage : ImageLayer
     {
         long clusterBytes = Header.ClusterBytes;
         long cluster = offset / clusterBytes;
+        if (cluster >= Bat.Count)
+        {
+            // Past the BAT nothing is allocated, however far the disk goes: one run, not one per cluster (a
+            // descriptor may claim a disk far larger than its images, and CountAllocatedBytes walks the runs).
+            hostOffset = 0;
+            run = long.MaxValue - offset;
+            return false;
+        }
+
         long within = offset - (cluster * clusterBytes);
         run = clusterBytes - within;
         long host = Header.IsEmpty ? 0 : Bat.GetHostOffset(cluster);

@@ -1,0 +1,189 @@
+using System.Diagnostics;
+using System.Text;
+using PrlFuse.Core;
+using PrlFuse.Core.Engine;
+using PrlFuse.Core.Formats;
+using PrlFuse.Core.Images;
+using PrlFuse.Tests.Support;
+
+namespace PrlFuse.Tests.Fuzz;
+
+/// <summary>
+/// Every case the fuzzer ever failed on: first as minimal inputs built by hand (what the bug was), then as the
+/// original (seed, case index) pairs replayed through the harness.
+/// </summary>
+public sealed class FuzzRegressionTests : IDisposable
+{
+    private readonly TempFolder _temp = new("prlfuse-fuzz-regress");
+
+    public void Dispose() => _temp.Dispose();
+
+    private string SingleBundle(Func<DescriptorBuilder, DescriptorBuilder>? edit = null, long sectors = 32768, ParallelsImageBuilder? image = null)
+    {
+        string folder = Directory.CreateDirectory(_temp.Combine("b" + Guid.NewGuid().ToString("N")[..6])).FullName;
+        (image ?? new ParallelsImageBuilder(32768, 512, ParallelsMagic.WithouFreSpacExt).Allocate([0, 5, 63])).Build(Path.Combine(folder, "single.hds"));
+        var d = new DescriptorBuilder(sectors).SingleStorage(512, (DescriptorBuilder.PredefinedTop, "Compressed", "single.hds")).Shot(DescriptorBuilder.PredefinedTop, Guid.Empty);
+        (edit?.Invoke(d) ?? d).WriteTo(folder);
+        return folder;
+    }
+
+    /// <summary>
+    /// Found: seed 1 cases 121 and 180. 100,000 nested unknown elements made XDocument.Load take 14 s (500,000: over
+    /// two minutes) for a 4 MiB descriptor. Fixed: a streaming pass refuses more than 64 levels first.
+    /// </summary>
+    [Fact]
+    public void Deeply_nested_descriptor_is_refused_at_once()
+    {
+        var deep = new StringBuilder();
+        for (int i = 0; i < 100_000; i++)
+        {
+            deep.Append("<a>");
+        }
+
+        for (int i = 0; i < 100_000; i++)
+        {
+            deep.Append("</a>");
+        }
+
+        string folder = SingleBundle();
+        string xml = Path.Combine(folder, "DiskDescriptor.xml");
+        File.WriteAllText(xml, File.ReadAllText(xml).Replace("<Snapshots>", "<Snapshots>" + deep, StringComparison.Ordinal));
+        var clock = Stopwatch.StartNew();
+        var e = Assert.Throws<DescriptorException>(() => VirtualDisk.Open(folder).Dispose());
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(2), $"took {clock.Elapsed}");
+        Assert.Contains("nested more than 64 deep", e.Message, StringComparison.Ordinal);
+
+        // Ordinary unknown nesting (a vendor's own elements) still opens.
+        string ok = SingleBundle(d => d.AddElement("Snapshots", "<V><W><X><Y><Z><Deeper>1</Deeper></Z></Y></X></W></V>"));
+        using var disk = VirtualDisk.Open(ok);
+        Assert.Equal(32768 * 512L, disk.Size);
+    }
+
+    /// <summary>
+    /// Found: seed 1 case 198. A descriptor may claim a disk far larger than its images (a warning, not an error);
+    /// CountAllocatedBytes then walked every cluster past the BAT: 2^32 sectors took 5 s, 2^54 forever. Fixed:
+    /// past its BAT an image answers with one unallocated run.
+    /// </summary>
+    [Fact]
+    public void Disk_far_larger_than_its_image_counts_allocation_at_once()
+    {
+        const long sectors = (long.MaxValue / 512) - 1;
+        string folder = SingleBundle(d =>
+        {
+            d.Cylinders = sectors;
+            d.Heads = 1;
+            d.SectorsPerTrack = 1;
+            return d;
+        }, sectors);
+        using var disk = VirtualDisk.Open(folder);
+        Assert.Contains(disk.Warnings, w => w.Contains("less than its storage", StringComparison.Ordinal));
+        var clock = Stopwatch.StartNew();
+        Assert.Equal(3 * 256 * 1024L, disk.Top.CountAllocatedBytes());
+        long run = disk.Top.GetAllocationStatus(64 * 256 * 1024L, disk.Size, out bool allocated);
+        Assert.False(allocated);
+        Assert.Equal(disk.Size - (64 * 256 * 1024L), run);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(1), $"took {clock.Elapsed}");
+
+        var buffer = new byte[4096];
+        Assert.Equal(4096, disk.Top.Read(buffer, disk.Size - 8192));
+        Assert.All(buffer, b => Assert.Equal(0, b));
+    }
+
+    /// <summary>
+    /// Found: seed 1 cases 275, 294, 731. Descriptor text quoted in an error ("&lt;GUID&gt; ... is "{...}\n{x}"") or a
+    /// path with a newline split the one-line error over several lines. Fixed: PrlFuseException escapes control
+    /// characters.
+    /// </summary>
+    [Theory]
+    [InlineData("GUID", "{5fbaabe3-6958-40ff-92a7-860e329aab41}\n{x}")]
+    [InlineData("Start", "0\r\n  1")]
+    [InlineData("File", "no\nsuch\tfile.hds")]
+    public void Control_characters_in_descriptor_values_keep_errors_on_one_line(string element, string value)
+    {
+        string folder = SingleBundle(d => d.SetValue(element, value));
+        var e = Assert.ThrowsAny<PrlFuseException>(() => VirtualDisk.Open(folder).Dispose());
+        Assert.DoesNotContain('\n', e.Message);
+        Assert.DoesNotContain('\r', e.Message);
+        Assert.DoesNotContain('\n', e.Problem);
+        Assert.Contains("\\n", e.Message, StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// Found: seed 1 cases 890 and 1399. With the empty-image flag set, reads ignore the BAT but writes went into the
+    /// clusters it still listed (and new ones), so nothing written could be read back. Fixed: the first write clears
+    /// the image for real (BAT zeroed on disk, then the flag dropped).
+    /// </summary>
+    [Fact]
+    public void Writes_to_an_image_with_the_empty_flag_read_back()
+    {
+        string path = _temp.Combine("empty-flag.hds");
+        new ParallelsImageBuilder(16384, 63) { Flags = ParallelsHeader.FlagEmpty }.AllocateEvery(3).Build(path);
+        var data = new byte[100_000];
+        new Random(3).NextBytes(data);
+        const long offset = 40_000;
+        using (var disk = VirtualDisk.Open(path, new DiskOpenOptions { ReadOnly = false }))
+        {
+            var before = new byte[1 << 20];
+            disk.Top.Read(before, 0);
+            Assert.All(before, b => Assert.Equal(0, b));
+            disk.Top.Write(data, offset);
+            var back = new byte[data.Length + 64_000];
+            disk.Top.Read(back, offset - 32_000);
+            Assert.All(back.AsSpan(0, 32_000).ToArray(), b => Assert.Equal(0, b));
+            Assert.Equal(data, back.AsSpan(32_000, data.Length).ToArray());
+            Assert.All(back.AsSpan(32_000 + data.Length).ToArray(), b => Assert.Equal(0, b));
+        }
+
+        using (var again = VirtualDisk.Open(path))
+        {
+            var layer = (ExpandableImage)again.Storages[0].Images.Values.Single();
+            Assert.False(layer.Header.IsEmpty);
+            var back = new byte[data.Length];
+            again.Top.Read(back, offset);
+            Assert.Equal(data, back);
+            Assert.Equal(((offset + data.Length - 1) / (63 * 512)) - (offset / (63 * 512)) + 1, layer.CountAllocatedClusters());
+        }
+
+        var check = ProcessRunner.Run("qemu-img", ["check", "-f", "parallels", path], check: false);
+        Assert.True(check.ExitCode == 0, check.Stdout + check.Stderr);
+    }
+
+    /// <summary>
+    /// Found: seed 2 case 3301. tracks = 787967 (385 MiB clusters) with one BAT entry is a valid header for a tiny
+    /// file; a first write into a cluster built the whole cluster in memory (a 512 MiB buffer). Fixed: images with
+    /// clusters over 16 MiB are served read-only.
+    /// </summary>
+    [Fact]
+    public void Image_with_huge_clusters_is_served_read_only()
+    {
+        string path = _temp.Combine("huge-clusters.hds");
+        new ParallelsImageBuilder(787967, 787967).Build(path);
+        Assert.True(new FileInfo(path).Length < 4096);
+        using var disk = VirtualDisk.Open(path, new DiskOpenOptions { ReadOnly = false });
+        Assert.False(disk.Top.IsWritable);
+        Assert.Contains(disk.Warnings, w => w.Contains("larger than PrlFuse writes", StringComparison.Ordinal));
+        Assert.Throws<InvalidOperationException>(() => disk.Top.Write(new byte[512], 0));
+        var buffer = new byte[65536];
+        Assert.Equal(buffer.Length, disk.Top.Read(buffer, 1 << 28));
+    }
+
+    /// <summary>The original failing cases, replayed through the harness (they depend on the mutators as they are).</summary>
+    [Theory]
+    [InlineData(1, 121)]
+    [InlineData(1, 180)]
+    [InlineData(1, 198)]
+    [InlineData(1, 275)]
+    [InlineData(1, 294)]
+    [InlineData(1, 731)]
+    [InlineData(1, 890)]
+    [InlineData(1, 1399)]
+    [InlineData(2, 1003)]
+    [InlineData(2, 3301)]
+    public void Fuzz_case_that_once_failed(int seed, int index)
+    {
+        var c = FuzzCase.Generate(FuzzSeeds.All, seed, index);
+        using var runner = new FuzzRunner();
+        var result = runner.Run(c);
+        Assert.True(result.Outcome != CaseOutcome.Finding, $"{c.Id}\n{string.Join("\n", c.Mutations)}\n{result.Finding}");
+    }
+}

@@ -1,0 +1,138 @@
+using PrlFuse.Core.Formats;
+using PrlFuse.Tests.Support;
+
+namespace PrlFuse.Tests.Fuzz;
+
+/// <summary>
+/// One valid starting point for mutation: the files of a bundle (or one bare image) held in memory, and the file
+/// to open. Image names end in .hds, the descriptor is DiskDescriptor.xml.
+/// </summary>
+public sealed record FuzzSeed(string Name, string Entry, IReadOnlyDictionary<string, byte[]> Files)
+{
+    public const string DescriptorName = "DiskDescriptor.xml";
+
+    public bool IsBundle => Files.ContainsKey(DescriptorName);
+
+    public IEnumerable<string> ImageNames => Files.Keys.Where(n => n.EndsWith(".hds", StringComparison.Ordinal)).Order(StringComparer.Ordinal);
+
+    public Dictionary<string, byte[]> CopyFiles() => Files.ToDictionary(kv => kv.Key, kv => (byte[])kv.Value.Clone(), StringComparer.Ordinal);
+}
+
+/// <summary>
+/// The seed corpus: valid images of both magics at 63-sector, 256 KiB and 1 MiB clusters, some with a format
+/// extension and a dirty bitmap, and valid bundles (one image, a 3-level chain, a split disk, a raw root). All built
+/// with the test builders, deterministically, and small (a few MiB at most) so a case is cheap to write.
+/// </summary>
+public static class FuzzSeeds
+{
+    private static readonly Guid G1 = new("11111111-2222-3333-4444-555555555551");
+    private static readonly Guid G2 = new("11111111-2222-3333-4444-555555555552");
+    private static readonly Guid G3 = new("11111111-2222-3333-4444-555555555553");
+    private static readonly Guid BitmapId = new("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0");
+    private static readonly Lazy<IReadOnlyList<FuzzSeed>> AllSeeds = new(BuildAll);
+
+    public static IReadOnlyList<FuzzSeed> All => AllSeeds.Value;
+
+    private static IReadOnlyList<FuzzSeed> BuildAll()
+    {
+        using var temp = new TempFolder("prlfuse-fuzz-seeds");
+        var seeds = new List<FuzzSeed>();
+
+        string Img(string name, ParallelsImageBuilder b) => b.Build(temp.Combine(name)).Path;
+
+        FuzzSeed Bare(string name, ParallelsImageBuilder b)
+        {
+            string file = name + ".hds";
+            Img(file, b);
+            return new FuzzSeed(name, file, new Dictionary<string, byte[]> { [file] = File.ReadAllBytes(temp.Combine(file)) });
+        }
+
+        FuzzSeed Bundle(string name, DescriptorBuilder d, params string[] files)
+        {
+            var map = new Dictionary<string, byte[]>(StringComparer.Ordinal) { [FuzzSeed.DescriptorName] = System.Text.Encoding.UTF8.GetBytes(d.Build()) };
+            foreach (string f in files)
+            {
+                map[f] = File.ReadAllBytes(temp.Combine(f));
+            }
+
+            return new FuzzSeed(name, FuzzSeed.DescriptorName, map);
+        }
+
+        // 8 MiB at 63-sector clusters (the oldest layout), every 7th cluster allocated.
+        seeds.Add(Bare("old-63s-8M", new ParallelsImageBuilder(16384, 63).AllocateEvery(7)));
+
+        // 16 MiB at 256 KiB clusters, new magic.
+        seeds.Add(Bare("ext-256K-16M", new ParallelsImageBuilder(32768, 512, ParallelsMagic.WithouFreSpacExt).Allocate([0, 1, 13, 63])));
+
+        // 8 MiB at 63-sector clusters with the new magic (data_off rounded to a cluster).
+        seeds.Add(Bare("ext-63s-8M", new ParallelsImageBuilder(16384, 63, ParallelsMagic.WithouFreSpacExt).AllocateEvery(11, 3)));
+
+        // 32 MiB at 1 MiB clusters, new magic, format extension with a dirty bitmap cluster.
+        var bits = new byte[64];
+        bits[0] = 0b1000_0001;
+        bits[63] = 0x80;
+        seeds.Add(Bare("ext-1M-32M-bitmap", new ParallelsImageBuilder(65536, 2048, ParallelsMagic.WithouFreSpacExt)
+        {
+            Extension = new FormatExtensionSpec { DirtyBitmap = new DirtyBitmapSpec(BitmapId, 128, [L1Entry.Cluster(bits)]) },
+        }.Allocate([0, 7, 31])));
+
+        // 64 MiB at 1 MiB clusters, old magic, dirty bitmap (one all-dirty L1 entry) and an unknown TRANSIT feature.
+        seeds.Add(Bare("old-1M-64M-bitmap-transit", new ParallelsImageBuilder(131072, 2048)
+        {
+            Extension = new FormatExtensionSpec
+            {
+                DirtyBitmap = new DirtyBitmapSpec(BitmapId, 1, [L1Entry.AllDirty, L1Entry.AllClean]),
+                Features = [new ExtensionFeatureSpec(0x1122334455667788, ExtensionFeatureSpec.Transit, [1, 2, 3, 4, 5, 6, 7, 8, 9])],
+            },
+        }.Allocate([3, 60])));
+
+        // 16 MiB at 256 KiB clusters, old magic, data_off 0 (computed), a closed-by-Parallels in_use tag.
+        seeds.Add(Bare("old-256K-dataoff0", new ParallelsImageBuilder(32768, 512) { DataOffsetSectors = 0, InUse = ParallelsImageBuilder.Tag("pd17") }.Allocate([1, 2, 30])));
+
+        // 64 MiB at 1 MiB clusters with nothing allocated: a fresh image of one sector.
+        seeds.Add(Bare("old-1M-64M-empty", new ParallelsImageBuilder(131072, 2048) { InUse = ParallelsImageBuilder.InUseClosed }));
+
+        // Bundle: one image.
+        Img("single.hds", new ParallelsImageBuilder(32768, 512, ParallelsMagic.WithouFreSpacExt).Allocate([0, 5, 63]));
+        seeds.Add(Bundle(
+            "bundle-single",
+            new DescriptorBuilder(32768).SingleStorage(512, (DescriptorBuilder.PredefinedTop, "Compressed", "single.hds")).Shot(DescriptorBuilder.PredefinedTop, Guid.Empty),
+            "single.hds"));
+
+        // Bundle: a 3-level chain, 1 MiB clusters below and a 256 KiB top (a Blocksize mismatch warning).
+        Img("chain-base.hds", new ParallelsImageBuilder(32768, 2048) { Content = ParallelsImageBuilder.Pattern(1) }.Allocate([0, 5, 15]));
+        Img("chain-mid.hds", new ParallelsImageBuilder(32768, 2048, ParallelsMagic.WithouFreSpacExt) { Content = ParallelsImageBuilder.Pattern(2) }.Allocate([5, 6]));
+        Img("chain-top.hds", new ParallelsImageBuilder(32768, 512, ParallelsMagic.WithouFreSpacExt) { Content = ParallelsImageBuilder.Pattern(3) }.Allocate([0, 63]));
+        seeds.Add(Bundle(
+            "bundle-chain3",
+            new DescriptorBuilder(32768).SingleStorage(2048, (G1, "Compressed", "chain-base.hds"), (G2, "Compressed", "chain-mid.hds"), (G3, "Compressed", "chain-top.hds")).Chain(G1, G2, G3),
+            "chain-base.hds",
+            "chain-mid.hds",
+            "chain-top.hds"));
+
+        // Bundle: a split disk of two storages, two snapshots, explicit TopGUID, unknown elements, CRLF, comments.
+        Img("s0-base.hds", new ParallelsImageBuilder(16384, 512, ParallelsMagic.WithouFreSpacExt).Allocate([0, 31]));
+        Img("s0-top.hds", new ParallelsImageBuilder(16384, 512, ParallelsMagic.WithouFreSpacExt) { Content = ParallelsImageBuilder.Pattern(4) }.Allocate([1]));
+        Img("s1-base.hds", new ParallelsImageBuilder(32768, 512) { Content = ParallelsImageBuilder.Pattern(5) }.Allocate([0, 63]));
+        Img("s1-top.hds", new ParallelsImageBuilder(32768, 63) { Content = ParallelsImageBuilder.Pattern(6) }.Allocate([10, 500]));
+        var split = new DescriptorBuilder(49152) { TopGuid = G2, Crlf = true, Comments = true, UnknownElementsEverywhere = true };
+        split.Storage(0, 16384, 512).Image(G1, "Compressed", "s0-base.hds").Image(G2, "Compressed", "s0-top.hds");
+        split.Storage(16384, 49152, 512).Image(G1, "Compressed", "s1-base.hds").Image(G2, "Compressed", "s1-top.hds");
+        split.Chain(G1, G2);
+        seeds.Add(Bundle("bundle-split", split, "s0-base.hds", "s0-top.hds", "s1-base.hds", "s1-top.hds"));
+
+        // Bundle: a raw root (Plain) with an expandable overlay.
+        var raw = new byte[4 << 20];
+        new Random(7).NextBytes(raw.AsSpan(0, 1 << 20));
+        raw.AsSpan(0, 1 << 20).CopyTo(raw.AsSpan(3 << 20));
+        File.WriteAllBytes(temp.Combine("plain-root.hds"), raw);
+        Img("plain-top.hds", new ParallelsImageBuilder(8192, 2048, ParallelsMagic.WithouFreSpacExt) { Content = ParallelsImageBuilder.Pattern(8) }.Allocate([2]));
+        seeds.Add(Bundle(
+            "bundle-plain-root",
+            new DescriptorBuilder(8192).SingleStorage(2048, (G1, "Plain", "plain-root.hds"), (DescriptorBuilder.PredefinedTop, "Compressed", "plain-top.hds")).Chain(G1, DescriptorBuilder.PredefinedTop),
+            "plain-root.hds",
+            "plain-top.hds"));
+
+        return seeds;
+    }
+}
