@@ -21,7 +21,7 @@ demo: setup
 
 install: setup
 	$(DOTNET) publish src/PrlFuse.Cli -c Release -r linux-x64 --self-contained -p:PublishSingleFile=true -p:PublishReadyToRun=true -o artifacts/publish -nologo -v quiet
-	install -m 0755 artifacts/publish/prlfuse $(PREFIX)/bin/prlfuse
+	install -D -m 0755 artifacts/publish/prlfuse $(PREFIX)/bin/prlfuse
 	@echo "installed $(PREFIX)/bin/prlfuse"
 
 bench: setup
