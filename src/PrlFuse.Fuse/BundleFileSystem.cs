@@ -11,6 +11,12 @@ public sealed record BundleFileSystemOptions
     /// <summary>Open files with direct_io (default): loop devices send large requests and nothing is cached twice.</summary>
     public bool DirectIo { get; init; } = true;
 
+    /// <summary>
+    /// Serve large reads (from <see cref="BundleFileSystem.SpliceMinBytes"/>) as ranges of the image files that the
+    /// kernel splices from the page cache to /dev/fuse (one copy instead of two). Default on.
+    /// </summary>
+    public bool Splice { get; init; } = true;
+
     public uint Uid { get; init; }
 
     public uint Gid { get; init; }
@@ -96,8 +102,25 @@ public sealed class BundleFileSystem : IFuseFileSystem
         }
     }
 
+    /// <summary>
+    /// Reads from this size on are answered with file ranges; smaller ones are copied (and use the block cache).
+    /// Two pages: once SPLICE_WRITE is wanted, libfuse also sends any memory reply of two pages or more through its
+    /// pipe (one more copy), so from there on a file range is always cheaper (32 KiB sequential reads here: 1.0-1.2
+    /// GB/s spliced, 0.7-0.8 through memory, 0.9-1.0 before read_buf); a one-page reply is written directly.
+    /// </summary>
+    public const int SpliceMinBytes = 8 * 1024;
+
+    public bool ProvidesReadBuf => _options.Splice;
+
     public void Init(FuseInitContext context)
     {
+        // Without it libfuse copies file pieces through a buffer (still correct, no gain). SPLICE_MOVE is not wanted:
+        // moving would take pages out of the image files' page cache.
+        if (_options.Splice && (context.Capable & FuseCapabilities.SpliceWrite) != 0)
+        {
+            context.Want |= FuseCapabilities.SpliceWrite;
+        }
+
         // Many queued requests from a loop device: let the kernel keep more in flight.
         context.MaxBackground = 64;
         context.CongestionThreshold = 48;
@@ -227,6 +250,86 @@ public sealed class BundleFileSystem : IFuseFileSystem
         {
             return Fail(e, file);
         }
+    }
+
+    /// <summary>
+    /// A read answered with where the bytes are: pieces of the image files go as file ranges (spliced by libfuse),
+    /// zeros as zeroed memory. Small reads, ranges in too many pieces and files without a handle are read as usual.
+    /// </summary>
+    public int ReadBuf(ReadOnlySpan<byte> path, FuseReadReply reply, long offset, FuseFileInfo fileInfo)
+    {
+        var file = FromHandle(fileInfo, path);
+        if (file is null)
+        {
+            return -Errno.ENOENT;
+        }
+
+        if (offset < 0)
+        {
+            return -Errno.EINVAL;
+        }
+
+        var view = file.View;
+        if (offset >= view.Size)
+        {
+            return 0;
+        }
+
+        int length = (int)Math.Min(reply.RequestedBytes, view.Size - offset);
+        try
+        {
+            if (length >= SpliceMinBytes && TryAddPieces(view, reply, offset, length))
+            {
+                return 0;
+            }
+
+            view.Read(reply.AddMemory(length), offset);
+            return 0;
+        }
+        catch (IOException e)
+        {
+            return Fail(e, file);
+        }
+    }
+
+    private static bool TryAddPieces(SnapshotView view, FuseReadReply reply, long offset, int length)
+    {
+        var storage = default(PieceBuffer);
+        Span<HostPiece> pieces = storage;
+        int count = view.MapRange(offset, length, pieces[..Math.Min(pieces.Length, reply.Remaining)]);
+        if (count < 0)
+        {
+            return false;
+        }
+
+        pieces = pieces[..count];
+        foreach (var piece in pieces)
+        {
+            if (piece.File is { Handle: null })
+            {
+                return false;
+            }
+        }
+
+        foreach (var piece in pieces)
+        {
+            if (piece.File is null)
+            {
+                reply.AddZeros(piece.Length);
+            }
+            else
+            {
+                reply.AddFile(piece.File.Handle!, piece.HostOffset, piece.Length);
+            }
+        }
+
+        return true;
+    }
+
+    [System.Runtime.CompilerServices.InlineArray(FuseReadReply.MaxPieces)]
+    private struct PieceBuffer
+    {
+        private HostPiece _first;
     }
 
     public int Write(ReadOnlySpan<byte> path, ReadOnlySpan<byte> buffer, long offset, FuseFileInfo fileInfo)

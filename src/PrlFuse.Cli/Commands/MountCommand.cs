@@ -116,6 +116,11 @@ internal static class MountCommand
             yield return "--page-cache";
         }
 
+        if (o.NoSplice)
+        {
+            yield return "--no-splice";
+        }
+
         if (o.AllowOutsideImages)
         {
             yield return "--allow-outside-images";
@@ -286,6 +291,7 @@ internal static class MountCommand
         var fs = new BundleFileSystem(disk, new BundleFileSystemOptions
         {
             DirectIo = !o.PageCache,
+            Splice = !o.NoSplice,
             Uid = Syscall.getuid(),
             Gid = Syscall.getgid(),
             Log = message => Console.Error.WriteLine($"prlfuse: {message}"),
@@ -299,6 +305,17 @@ internal static class MountCommand
             Debug = o.Debug,
             OnCallbackException = e => Console.Error.WriteLine($"prlfuse: internal error in a FUSE request: {e}"),
         };
+        if (!o.NoSplice)
+        {
+            // Large reads go as spliced file ranges only if libfuse's pipe can hold a whole reply.
+            options.MaxRead = FuseSplice.LargestSplicedRead();
+        }
+
+        if (fuseOptions.FirstOrDefault(x => x.StartsWith("max_read=", StringComparison.Ordinal)) is { } userMaxRead)
+        {
+            fuseOptions.Remove(userMaxRead);
+            options.MaxRead = uint.Parse(userMaxRead["max_read=".Length..], System.Globalization.CultureInfo.InvariantCulture);
+        }
         if (o.Threads > 0)
         {
             options.MaxThreads = o.Threads;

@@ -62,6 +62,9 @@ internal sealed class MountOptions : DiskOptions
     [Option("page-cache", HelpText = "Let the kernel page cache hold file data (default: direct I/O, best for loop devices).")]
     public bool PageCache { get; set; }
 
+    [Option("no-splice", HelpText = "Copy read data through the daemon instead of splicing it from the image files' page cache.")]
+    public bool NoSplice { get; set; }
+
     [Option('o', "options", Separator = ',', HelpText = "FUSE mount options, comma-separated (allow_other, default_permissions, ...).")]
     public IEnumerable<string> FuseOptions { get; set; } = [];
 

@@ -63,6 +63,38 @@ public sealed class SnapshotView
     }
 
     /// <summary>
+    /// Where guest bytes [offset, offset + length) live, without reading them: fills <paramref name="pieces"/> in guest
+    /// order and returns how many were used, or -1 when they do not fit (the caller then reads the range instead).
+    /// The range must lie within the disk. A piece's file may be written (and grow) concurrently, as with Read.
+    /// </summary>
+    public int MapRange(long offset, int length, Span<HostPiece> pieces)
+    {
+        if (offset < 0 || length < 0 || offset > Size || length > Size - offset)
+        {
+            throw new ArgumentOutOfRangeException(nameof(offset), "range beyond the end of the disk");
+        }
+
+        int count = 0;
+        int done = 0;
+        int s = FindStorage(offset);
+        while (done < length)
+        {
+            var storage = _storages[s];
+            long within = offset + done - storage.StartBytes;
+            int n = (int)Math.Min(length - done, storage.LengthBytes - within);
+            if (!storage.MapRange(within, n, pieces, ref count))
+            {
+                return -1;
+            }
+
+            done += n;
+            s++;
+        }
+
+        return count;
+    }
+
+    /// <summary>
     /// Writes guest bytes at any offset and length (the top snapshot of a read-write disk only). Not durable until
     /// <see cref="Flush"/>. Writes past the end of the disk are refused.
     /// </summary>

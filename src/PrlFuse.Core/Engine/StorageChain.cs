@@ -1,5 +1,6 @@
 using System.Buffers;
 using PrlFuse.Core.Images;
+using PrlFuse.Core.IO;
 
 namespace PrlFuse.Core.Engine;
 
@@ -56,6 +57,64 @@ public sealed class StorageChain
         hostOffset = 0;
         run = limit;
         return -1;
+    }
+
+    /// <summary>
+    /// Appends to <paramref name="pieces"/> (from index <paramref name="count"/>) where guest bytes [offset, offset + length)
+    /// of this storage live, without reading them; adjacent pieces of one file that are contiguous in it, and adjacent
+    /// zero pieces, are merged. Bytes past the end of a host file are zeros (as <see cref="Read(Span{byte}, long)"/>
+    /// reads them). Returns false when <paramref name="pieces"/> is full before the range is covered.
+    /// </summary>
+    public bool MapRange(long offset, int length, Span<HostPiece> pieces, ref int count)
+    {
+        int pos = 0;
+        while (pos < length)
+        {
+            int layer = Resolve(0, offset + pos, length - pos, out long host, out long run);
+            int n = (int)run;
+            if (layer < 0)
+            {
+                if (!Append(pieces, ref count, null, 0, n))
+                {
+                    return false;
+                }
+            }
+            else
+            {
+                var file = _layers[layer].File;
+                int inFile = (int)Math.Clamp(file.Length - host, 0, n);
+                if ((inFile > 0 && !Append(pieces, ref count, file, host, inFile))
+                    || (inFile < n && !Append(pieces, ref count, null, 0, n - inFile)))
+                {
+                    return false;
+                }
+            }
+
+            pos += n;
+        }
+
+        return true;
+    }
+
+    private static bool Append(Span<HostPiece> pieces, ref int count, ImageFile? file, long host, int length)
+    {
+        if (count > 0)
+        {
+            ref var last = ref pieces[count - 1];
+            if (last.File == file && (file is null || last.HostOffset + last.Length == host))
+            {
+                last = last with { Length = last.Length + length };
+                return true;
+            }
+        }
+
+        if (count == pieces.Length)
+        {
+            return false;
+        }
+
+        pieces[count++] = new HostPiece(file, host, length);
+        return true;
     }
 
     /// <summary>Reads guest bytes [offset, offset + destination.Length) of this storage (offset relative to it).</summary>

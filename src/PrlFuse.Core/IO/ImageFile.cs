@@ -20,6 +20,12 @@ public abstract class ImageFile : IDisposable
 
     public abstract long Length { get; }
 
+    /// <summary>
+    /// The operating-system handle, for callers that hand file ranges to the kernel (splice) instead of reading them;
+    /// null when there is none (test doubles), and then only <see cref="Read"/> may be used. Valid until disposed.
+    /// </summary>
+    public virtual SafeFileHandle? Handle => null;
+
     /// <summary>Reads up to <paramref name="buffer"/>.Length bytes at <paramref name="offset"/>; fewer only at the end of the file.</summary>
     public abstract int Read(Span<byte> buffer, long offset);
 
@@ -92,6 +98,8 @@ public sealed class PositionalImageFile : ImageFile
     }
 
     public override long Length => Volatile.Read(ref _length);
+
+    public override SafeFileHandle? Handle => _handle;
 
     public override int Read(Span<byte> buffer, long offset)
     {

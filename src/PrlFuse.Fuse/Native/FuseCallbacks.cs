@@ -13,9 +13,12 @@ internal static unsafe class FuseCallbacks
     private static volatile IFuseFileSystem? s_fs;
     private static volatile Action<Exception>? s_onException;
 
-    internal static void Attach(IFuseFileSystem fs, Action<Exception>? onException)
+    private static uint s_maxRead;
+
+    internal static void Attach(IFuseFileSystem fs, Action<Exception>? onException, uint? maxRead = null)
     {
         s_onException = onException;
+        s_maxRead = maxRead ?? 0;
         s_fs = fs;
     }
 
@@ -25,7 +28,18 @@ internal static unsafe class FuseCallbacks
         s_onException = null;
     }
 
-    internal static FuseOperations Table() => new()
+    internal static FuseOperations Table()
+    {
+        var ops = BaseTable();
+        if (Fs.ProvidesReadBuf)
+        {
+            ops.ReadBuf = (IntPtr)(delegate* unmanaged[Cdecl]<byte*, FuseBufVec**, nuint, long, FuseFileInfoNative*, int>)&ReadBuf;
+        }
+
+        return ops;
+    }
+
+    private static FuseOperations BaseTable() => new()
     {
         GetAttr = (IntPtr)(delegate* unmanaged[Cdecl]<byte*, Stat*, FuseFileInfoNative*, int>)&GetAttr,
         Truncate = (IntPtr)(delegate* unmanaged[Cdecl]<byte*, long, FuseFileInfoNative*, int>)&Truncate,
@@ -126,6 +140,44 @@ internal static unsafe class FuseCallbacks
         }
     }
 
+    // libfuse frees the vector (and its memory pieces) after replying when we return 0; on an error we free it.
+    [UnmanagedCallersOnly(CallConvs = new[] { typeof(CallConvCdecl) })]
+    private static int ReadBuf(byte* path, FuseBufVec** result, nuint size, long offset, FuseFileInfoNative* fi)
+    {
+        *result = null;
+        FuseReadReply reply = default;
+        bool created = false;
+        try
+        {
+            reply = FuseReadReply.Create(checked((int)size));
+            created = true;
+            int rc = Fs.ReadBuf(PathOf(path), reply, offset, new FuseFileInfo(fi));
+            if (rc < 0)
+            {
+                reply.Free();
+                return rc;
+            }
+
+            if (reply.Bytes > (long)size)
+            {
+                reply.Free();
+                return Fail(new InvalidOperationException($"read_buf answered {reply.Bytes} bytes for a read of {size}"));
+            }
+
+            *result = reply.Complete();
+            return 0;
+        }
+        catch (Exception e)
+        {
+            if (created)
+            {
+                reply.Free();
+            }
+
+            return Fail(e);
+        }
+    }
+
     [UnmanagedCallersOnly(CallConvs = new[] { typeof(CallConvCdecl) })]
     private static int Write(byte* path, byte* buffer, nuint size, long offset, FuseFileInfoNative* fi)
     {
@@ -213,7 +265,14 @@ internal static unsafe class FuseCallbacks
     {
         try
         {
-            Fs.Init(new FuseInitContext(conn, config));
+            var context = new FuseInitContext(conn, config);
+            if (s_maxRead != 0)
+            {
+                // libfuse refuses the connection unless init asks for the same max_read as the mount option.
+                context.MaxRead = s_maxRead;
+            }
+
+            Fs.Init(context);
         }
         catch (Exception e)
         {

@@ -53,7 +53,7 @@ public sealed unsafe class FuseHost : IDisposable
         var host = new FuseHost(fullPath, options);
         try
         {
-            FuseCallbacks.Attach(fileSystem, options.OnCallbackException);
+            FuseCallbacks.Attach(fileSystem, options.OnCallbackException, options.MaxRead);
             host._fuse = CreateFuse(api, options);
             int rc;
             fixed (byte* mnt = NulTerminated(fullPath))

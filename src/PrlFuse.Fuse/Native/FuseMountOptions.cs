@@ -17,6 +17,12 @@ public sealed class FuseMountOptions
 
     public bool ReadOnly { get; set; }
 
+    /// <summary>
+    /// Largest read request the kernel sends (bytes), or null for the kernel's limit (max_pages, 1 MiB with libfuse 3.14).
+    /// Passed both as the max_read mount option and in init, as libfuse requires. See <see cref="FuseSplice"/>.
+    /// </summary>
+    public uint? MaxRead { get; set; }
+
     /// <summary>Further -o options, exactly as libfuse takes them (e.g. "max_read=1048576").</summary>
     public IList<string> ExtraOptions { get; } = new List<string>();
 
@@ -58,6 +64,10 @@ public sealed class FuseMountOptions
         if (ReadOnly)
         {
             parts.Add("ro");
+        }
+        if (MaxRead is { } maxRead)
+        {
+            parts.Add("max_read=" + maxRead.ToString(System.Globalization.CultureInfo.InvariantCulture));
         }
         parts.AddRange(ExtraOptions);
         return parts.Count == 0 ? null : string.Join(',', parts);

@@ -32,6 +32,18 @@ public interface IFuseFileSystem
     /// <summary>Fill <paramref name="buffer"/> from <paramref name="offset"/>; return bytes read (0 at end of file).</summary>
     int Read(ReadOnlySpan<byte> path, Span<byte> buffer, long offset, FuseFileInfo fileInfo);
 
+    /// <summary>
+    /// True to serve reads through <see cref="ReadBuf"/> (libfuse's read_buf) instead of <see cref="Read"/>. Asked once,
+    /// when the mount is created. Want <see cref="FuseCapabilities.SpliceWrite"/> in Init for file pieces to be spliced.
+    /// </summary>
+    bool ProvidesReadBuf => false;
+
+    /// <summary>
+    /// Answer a read of <see cref="FuseReadReply.RequestedBytes"/> at <paramref name="offset"/> by adding pieces to
+    /// <paramref name="reply"/> (fewer bytes means end of file); return 0 or a negated errno (the pieces are then dropped).
+    /// </summary>
+    int ReadBuf(ReadOnlySpan<byte> path, FuseReadReply reply, long offset, FuseFileInfo fileInfo) => -Errno.ENOSYS;
+
     /// <summary>Write <paramref name="buffer"/> at <paramref name="offset"/>; return bytes written.</summary>
     int Write(ReadOnlySpan<byte> path, ReadOnlySpan<byte> buffer, long offset, FuseFileInfo fileInfo);
 

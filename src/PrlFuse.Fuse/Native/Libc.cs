@@ -12,6 +12,29 @@ internal static partial class Libc
     [LibraryImport(LibraryName, EntryPoint = "umount2", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     internal static partial int Umount2(string target, int flags);
 
+    public const int FSetPipeSize = 1031; // F_SETPIPE_SZ
+    public const int OCloexec = 0x80000;
+
+    [LibraryImport(LibraryName, EntryPoint = "pipe2", SetLastError = true)]
+    internal static unsafe partial int Pipe2(int* fds, int flags);
+
+    [LibraryImport(LibraryName, EntryPoint = "fcntl", SetLastError = true)]
+    internal static partial int Fcntl(int fd, int command, int argument);
+
+    public const uint MfdCloexec = 1;
+    public const uint MfdAllowSealing = 2;
+    public const int FAddSeals = 1033; // F_ADD_SEALS
+    public const int FSealShrink = 2, FSealGrow = 4, FSealWrite = 8, FSealSeal = 1;
+
+    [LibraryImport(LibraryName, EntryPoint = "memfd_create", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial int MemfdCreate(string name, uint flags);
+
+    [LibraryImport(LibraryName, EntryPoint = "ftruncate", SetLastError = true)]
+    internal static partial int Ftruncate(int fd, long length);
+
+    [LibraryImport(LibraryName, EntryPoint = "close", SetLastError = true)]
+    internal static partial int Close(int fd);
+
     [LibraryImport(LibraryName, EntryPoint = "statvfs", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     internal static partial int StatVfs(string path, out StatVfs buffer);
 

@@ -177,3 +177,42 @@ internal struct FuseOperations
         RemoveXattr, OpenDir, ReadDir, ReleaseDir, FsyncDir, Init, Destroy, Access, Create, Lock,
         Utimens, Bmap, Ioctl, Poll, WriteBuf, ReadBuf, Flock, Fallocate, CopyFileRange, Lseek;
 }
+
+/// <summary>struct fuse_buf (40 bytes): memory (<see cref="Mem"/>) or a descriptor (<see cref="Fd"/>, read at <see cref="Pos"/>).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct FuseBuf
+{
+    /// <summary>enum fuse_buf_flags.</summary>
+    public const int IsFd = 1 << 1;
+    public const int FdSeek = 1 << 2;
+    public const int FdRetry = 1 << 3;
+
+    public nuint Size;
+    public int Flags;
+    public void* Mem;
+    public int Fd;
+    public long Pos;
+}
+
+/// <summary>struct fuse_bufvec: a header and a C flexible-style array of buffers starting at <see cref="Buf"/>.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct FuseBufVec
+{
+    public nuint Count;
+    public nuint Idx;
+    public nuint Off;
+    public FuseBuf Buf;
+}
+
+/// <summary>FUSE_CAP_* bits of struct fuse_conn_info (capable / want) that we use.</summary>
+public static class FuseCapabilities
+{
+    /// <summary>Replies may be spliced to /dev/fuse (needed for read_buf's descriptor buffers to go without a copy).</summary>
+    public const uint SpliceWrite = 1u << 7;
+
+    /// <summary>Pages may be moved instead of copied when splicing to /dev/fuse.</summary>
+    public const uint SpliceMove = 1u << 8;
+
+    /// <summary>Requests (write data) may be spliced from /dev/fuse into a pipe.</summary>
+    public const uint SpliceRead = 1u << 9;
+}

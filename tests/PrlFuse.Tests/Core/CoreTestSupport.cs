@@ -56,6 +56,7 @@ public static class CoreTestSupport
 
         var actual = new byte[maxLength + 8192];
         var want = new byte[maxLength + 8192];
+        var pieces = new HostPiece[8192];
         foreach (var (offset, length) in ranges)
         {
             int n = view.Read(actual.AsSpan(0, length), offset);
@@ -66,6 +67,35 @@ public static class CoreTestSupport
             if (diff != n)
             {
                 Assert.Fail($"read of {length} bytes at {offset}: byte at guest offset {offset + diff} is 0x{actual[diff]:x2}, expected 0x{want[diff]:x2}");
+            }
+
+            // MapRange must describe the same bytes: read each piece from its file (zeros where it has none).
+            actual.AsSpan(0, n).Fill(0xA5);
+            int pieceCount = view.MapRange(offset, n, pieces);
+            Assert.True(pieceCount > 0 || n == 0, $"MapRange({offset}, {n}) returned {pieceCount}");
+            int pos = 0;
+            foreach (var piece in pieces.AsSpan(0, Math.Max(pieceCount, 0)))
+            {
+                Assert.True(piece.Length > 0);
+                var target = actual.AsSpan(pos, piece.Length);
+                if (piece.File is null)
+                {
+                    target.Clear();
+                }
+                else
+                {
+                    Assert.True(piece.HostOffset + piece.Length <= piece.File.Length, "a file piece past the end of its file");
+                    Assert.Equal(piece.Length, piece.File.Read(target, piece.HostOffset));
+                }
+
+                pos += piece.Length;
+            }
+
+            Assert.Equal(n, pos);
+            diff = actual.AsSpan(0, n).CommonPrefixLength(want.AsSpan(0, n));
+            if (diff != n)
+            {
+                Assert.Fail($"MapRange of {length} bytes at {offset}: byte at guest offset {offset + diff} is 0x{actual[diff]:x2}, expected 0x{want[diff]:x2}");
             }
         }
     }

@@ -53,6 +53,15 @@ public sealed class NativeLayoutTests
             OFF(struct fuse_config, entry_timeout); OFF(struct fuse_config, negative_timeout);
             OFF(struct fuse_config, attr_timeout); OFF(struct fuse_config, use_ino);
             OFF(struct fuse_config, direct_io); OFF(struct fuse_config, kernel_cache);
+            SIZE(struct fuse_buf); SIZE(struct fuse_bufvec);
+            OFF(struct fuse_buf, size); OFF(struct fuse_buf, flags); OFF(struct fuse_buf, mem);
+            OFF(struct fuse_buf, fd); OFF(struct fuse_buf, pos);
+            OFF(struct fuse_bufvec, count); OFF(struct fuse_bufvec, idx); OFF(struct fuse_bufvec, off);
+            OFF(struct fuse_bufvec, buf);
+            printf("FUSE_BUF_IS_FD=%d\nFUSE_BUF_FD_SEEK=%d\nFUSE_BUF_FD_RETRY=%d\n",
+                (int)FUSE_BUF_IS_FD, (int)FUSE_BUF_FD_SEEK, (int)FUSE_BUF_FD_RETRY);
+            printf("FUSE_CAP_SPLICE_WRITE=%d\nFUSE_CAP_SPLICE_MOVE=%d\nFUSE_CAP_SPLICE_READ=%d\n",
+                (int)FUSE_CAP_SPLICE_WRITE, (int)FUSE_CAP_SPLICE_MOVE, (int)FUSE_CAP_SPLICE_READ);
         #define OP(f) OFF(struct fuse_operations, f)
             OP(getattr); OP(readlink); OP(mknod); OP(mkdir); OP(unlink); OP(rmdir); OP(symlink); OP(rename);
             OP(link); OP(chmod); OP(chown); OP(truncate); OP(open); OP(read); OP(write); OP(statfs);
@@ -253,6 +262,28 @@ public sealed class NativeLayoutTests
         Same("sizeof struct fuse_loop_config_v1", Unsafe.SizeOf<FuseLoopConfigV1>());
         Same("struct fuse_loop_config_v1.clone_fd", Off<FuseLoopConfigV1>(nameof(FuseLoopConfigV1.CloneFd)));
         Same("struct fuse_loop_config_v1.max_idle_threads", Off<FuseLoopConfigV1>(nameof(FuseLoopConfigV1.MaxIdleThreads)));
+    }
+
+    [Fact]
+    public void BufferVectorMatchesLibfuse()
+    {
+        Same("sizeof struct fuse_buf", Unsafe.SizeOf<FuseBuf>());
+        Same("struct fuse_buf.size", Off<FuseBuf>(nameof(FuseBuf.Size)));
+        Same("struct fuse_buf.flags", Off<FuseBuf>(nameof(FuseBuf.Flags)));
+        Same("struct fuse_buf.mem", Off<FuseBuf>(nameof(FuseBuf.Mem)));
+        Same("struct fuse_buf.fd", Off<FuseBuf>(nameof(FuseBuf.Fd)));
+        Same("struct fuse_buf.pos", Off<FuseBuf>(nameof(FuseBuf.Pos)));
+        Same("sizeof struct fuse_bufvec", Unsafe.SizeOf<FuseBufVec>());
+        Same("struct fuse_bufvec.count", Off<FuseBufVec>(nameof(FuseBufVec.Count)));
+        Same("struct fuse_bufvec.idx", Off<FuseBufVec>(nameof(FuseBufVec.Idx)));
+        Same("struct fuse_bufvec.off", Off<FuseBufVec>(nameof(FuseBufVec.Off)));
+        Same("struct fuse_bufvec.buf", Off<FuseBufVec>(nameof(FuseBufVec.Buf)));
+        Same("FUSE_BUF_IS_FD", FuseBuf.IsFd);
+        Same("FUSE_BUF_FD_SEEK", FuseBuf.FdSeek);
+        Same("FUSE_BUF_FD_RETRY", FuseBuf.FdRetry);
+        Same("FUSE_CAP_SPLICE_WRITE", FuseCapabilities.SpliceWrite);
+        Same("FUSE_CAP_SPLICE_MOVE", FuseCapabilities.SpliceMove);
+        Same("FUSE_CAP_SPLICE_READ", FuseCapabilities.SpliceRead);
     }
 
     [Fact]
