@@ -41,6 +41,14 @@ internal static class UnmountCommand
 
         var daemons = DaemonsServing(mountpoint);
         int rc = FuseHost.Unmount(mountpoint);
+
+        // Files closed a moment ago can keep the mount busy briefly; a loop device or an open file keeps it busy.
+        for (int i = 0; i < 10 && rc == Errno.EBUSY && MountTable.LoopDevicesUnder(mountpoint).Count == 0; i++)
+        {
+            Thread.Sleep(100);
+            rc = FuseHost.Unmount(mountpoint);
+        }
+
         if (rc == Errno.EBUSY)
         {
             throw new PrlFuseException(mountpoint, "refused: " + DescribeUsers(mountpoint));

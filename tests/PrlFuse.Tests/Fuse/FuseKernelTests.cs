@@ -43,7 +43,7 @@ public sealed class FuseKernelTests
             }
         }
 
-        Assert.Equal(0, m.Host.TryUnmount());
+        Assert.Equal(0, m.UnmountWhenIdle());
         Assert.Equal(0, m.WaitForRun());
         Assert.True(m.Fs.DestroyCalled);
         Assert.Equal(0, m.Fs.HandleMismatches);
@@ -203,7 +203,7 @@ public sealed class FuseKernelTests
             Assert.True(buffer.AsSpan().SequenceEqual(m.Fs.ReadOnlyData.AsSpan(0, 4096)));
             Assert.False(m.RunHasReturned);
         }
-        Assert.Equal(0, m.Host.TryUnmount());
+        Assert.Equal(0, m.UnmountWhenIdle());
         Assert.Equal(0, m.WaitForRun());
         Assert.False(m.Host.IsMounted);
     }

@@ -63,6 +63,22 @@ internal sealed class MountedFileSystem : IDisposable
     }
 
     /// <summary>Waits for Run to return; returns its status.</summary>
+    /// <summary>
+    /// Unmounts once nothing uses the mount any more: just after the test closed its files the kernel may still
+    /// answer EBUSY for a moment, so a few retries; a mount that stays busy still fails.
+    /// </summary>
+    public int UnmountWhenIdle()
+    {
+        int rc = Host.TryUnmount();
+        for (int i = 0; i < 20 && rc == Errno.EBUSY; i++)
+        {
+            Thread.Sleep(50);
+            rc = Host.TryUnmount();
+        }
+
+        return rc;
+    }
+
     public int WaitForRun()
     {
         Assert.True(_loop.Join(Patience), "Run did not return after the unmount");
