@@ -280,6 +280,8 @@ public sealed partial class ExpandableImage
 
         File.Flush(dataOnly: true);
         Header = Header with { Flags = Header.Flags & ~ParallelsHeader.FlagEmpty };
+        _empty = false; // only now: the BAT it exposes is all zeros
+
     }
 
     private IEnumerable<long> BitmapClusterEnds()

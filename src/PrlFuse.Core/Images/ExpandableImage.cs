@@ -15,7 +15,14 @@ public sealed partial class ExpandableImage : ImageLayer
         Header = header;
         Bat = bat;
         DataOffsetBytes = dataOffsetBytes;
+        _clusterBytes = header.ClusterBytes;
+        _empty = header.IsEmpty;
     }
+
+    // What TryMap needs, on every read, kept apart from Header: the header is a 56-byte struct that the writer
+    // replaces (in_use, the empty flag), so the hot path neither copies it nor risks a torn copy.
+    private readonly long _clusterBytes;
+    private volatile bool _empty;
 
     public ParallelsHeader Header { get; private set; }
 
@@ -32,7 +39,7 @@ public sealed partial class ExpandableImage : ImageLayer
 
     public override long VirtualSize => checked((long)Header.SectorCount * 512);
 
-    public override long ClusterBytes => Header.ClusterBytes;
+    public override long ClusterBytes => _clusterBytes;
 
     /// <summary>Opened over an image not closed cleanly: read-only until repaired.</summary>
     public bool WasUnclean { get; private set; }
@@ -165,7 +172,7 @@ public sealed partial class ExpandableImage : ImageLayer
 
     public override bool TryMap(long offset, out long hostOffset, out long run)
     {
-        long clusterBytes = Header.ClusterBytes;
+        long clusterBytes = _clusterBytes;
         long cluster = offset / clusterBytes;
         if (cluster >= Bat.Count)
         {
@@ -178,12 +185,12 @@ public sealed partial class ExpandableImage : ImageLayer
 
         long within = offset - (cluster * clusterBytes);
         run = clusterBytes - within;
-        long host = Header.IsEmpty ? 0 : Bat.GetHostOffset(cluster);
+        long host = _empty ? 0 : Bat.GetHostOffset(cluster);
         hostOffset = host + within;
         return host != 0;
     }
 
-    public override long CountAllocatedClusters() => Header.IsEmpty ? 0 : Bat.CountAllocated();
+    public override long CountAllocatedClusters() => _empty ? 0 : Bat.CountAllocated();
 
     protected override void Dispose(bool disposing)
     {
