@@ -17,31 +17,31 @@ public static class DiskChecker
     {
         options ??= new ImageCheckOptions();
         var diskProblems = new List<CheckProblem>();
-        string source = Path.GetFullPath(path);
-        var images = new List<string>();
-        if (Directory.Exists(source))
+        string source;
+        DiskSourceKind kind;
+        try
         {
-            source = Path.Combine(source, "DiskDescriptor.xml");
-            if (!File.Exists(source))
-            {
-                diskProblems.Add(Error(source, CheckProblemKind.BadDescriptor, "folder has no DiskDescriptor.xml; give a Parallels disk bundle (NAME.hdd) or an .hds image"));
-                return new DiskCheckReport(source, diskProblems, [], repair ? [] : null);
-            }
+            (source, kind) = DiskSource.Resolve(path);
         }
-        else if (!File.Exists(source))
+        catch (PrlFuseException e) when (Directory.Exists(path))
         {
-            throw new PrlFuseException(source, "no such file or folder");
+            // A folder without a descriptor is a finding about the disk, reported like the others.
+            source = e.File ?? Path.GetFullPath(path);
+            diskProblems.Add(Error(source, CheckProblemKind.BadDescriptor, e.Problem));
+            return new DiskCheckReport(source, diskProblems, [], repair ? [] : null);
         }
 
-        if (IsBareImage(source))
+        var images = new List<string>();
+        if (kind == DiskSourceKind.ExpandableImage)
         {
             images.Add(source);
         }
-        else
+        else if (kind == DiskSourceKind.Descriptor)
         {
             FindImages(source, images, diskProblems);
         }
 
+        // A bare raw image has no metadata to check.
         var reports = new List<ImageCheckReport>();
         var after = repair ? new List<ImageCheckReport>() : null;
         for (int i = 0; i < images.Count; i++)
@@ -71,19 +71,6 @@ public static class DiskChecker
         }
 
         return new DiskCheckReport(source, diskProblems, reports, after);
-    }
-
-    private static bool IsBareImage(string file)
-    {
-        if (file.EndsWith(".xml", StringComparison.OrdinalIgnoreCase))
-        {
-            return false;
-        }
-
-        Span<byte> head = stackalloc byte[16];
-        using var handle = File.OpenHandle(file);
-        int n = RandomAccess.Read(handle, head, 0);
-        return ParallelsHeader.HasMagic(head[..n]);
     }
 
     /// <summary>The expandable images the descriptor lists (each once), with descriptor and file problems as errors.</summary>

@@ -92,46 +92,11 @@ public sealed class VirtualDisk : IDisposable
     public static VirtualDisk Open(string path, DiskOpenOptions? options = null)
     {
         options ??= new DiskOpenOptions();
-        string full = Path.GetFullPath(path);
-        if (Directory.Exists(full))
-        {
-            string xml = Path.Combine(full, "DiskDescriptor.xml");
-            if (!File.Exists(xml))
-            {
-                throw new PrlFuseException(full, "folder has no DiskDescriptor.xml; give a Parallels disk bundle (NAME.hdd) or an .hds image");
-            }
-
-            full = xml;
-        }
-        else if (!File.Exists(full))
-        {
-            throw new PrlFuseException(full, "no such file or folder");
-        }
-
-        PathRules.CheckRegularFile(full);
-        bool bare = !LooksLikeXml(full);
+        var (full, kind) = DiskSource.Resolve(path);
+        bool bare = kind != DiskSourceKind.Descriptor;
         DiskDescriptor descriptor = bare ? DescribeBareImage(full, options) : DescriptorParser.ParseFile(full);
         var tree = SnapshotTree.Build(descriptor, full);
         return OpenImages(full, bare, descriptor, tree, options);
-    }
-
-    private static bool LooksLikeXml(string path)
-    {
-        if (path.EndsWith(".xml", StringComparison.OrdinalIgnoreCase))
-        {
-            return true;
-        }
-
-        Span<byte> head = stackalloc byte[64];
-        using var handle = File.OpenHandle(path);
-        int n = RandomAccess.Read(handle, head, 0);
-        if (ParallelsHeader.HasMagic(head[..n]))
-        {
-            return false;
-        }
-
-        var text = head[..n].TrimStart((byte)0xEF).TrimStart((byte)0xBB).TrimStart((byte)0xBF).TrimStart(" \t\r\n"u8);
-        return text.StartsWith("<?xml"u8) || text.StartsWith("<Parallels_disk_image"u8) || text.StartsWith("<Virtuozzo_disk_image"u8);
     }
 
     /// <summary>A bare image is a one-image disk with no snapshots: the predefined top GUID, one storage.</summary>
