@@ -155,20 +155,27 @@ fi
 # --- writes: fresh empty 2 GiB images (unallocated clusters) and copies of base.hds (allocated clusters) ------------
 if want write; then
   declare -A WR
-  for side in prl peer limit; do
-    su=(); sa=(); rw=()
-    log "writes: $side"
-    for ((i = 0; i < RUNS; i++)); do
+  # Unallocated: the sides take turns run by run. Writing new clusters means new page-cache memory, and what that costs
+  # here swings with the machine's memory state (in a VM that returns freed pages to the host, 0.3-7 GB/s for the same
+  # raw-file write minutes apart); turns expose every side to the same swings.
+  declare -A SU
+  for ((i = 0; i < RUNS; i++)); do
+    for side in prl peer limit; do
       img=$W/w-$side-empty.hds; rm -f "$img"; sync # no dirty pages of the last run throttle this one
       case $side in
         prl) qemu-img create -q -f parallels "$img" $SIZE; prl_mount "$img" "$W/m-write"; f=$W/m-write/current.raw ;;
         peer) qemu-img create -q -f parallels "$img" $SIZE; mapfile -t bd < <(qsd_image "$img" on); qsd_start "$W/qsd-write" on "${bd[@]}"; f=$W/qsd-write ;;
         limit) rm -f "$SHM/w.raw"; truncate -s $SIZE "$SHM/w.raw"; f=$SHM/w.raw ;;
       esac
-      su+=("$(fio_run wbw --filename="$f" --rw=write --bs=1M --direct=1 --ioengine=psync --size=$SIZE)")
+      SU[$side]+="$(fio_run wbw --filename="$f" --rw=write --bs=1M --direct=1 --ioengine=psync --size=$SIZE) "
       case $side in prl) prl_unmount "$W/m-write" ;; peer) qsd_stop ;; esac
-      rm -f "$img"
+      rm -f "$img" "$SHM/w.raw"
     done
+  done
+  for side in prl peer limit; do
+    read -r -a su <<< "${SU[$side]}"
+    sa=(); rw=()
+    log "writes: $side"
     img=$W/w-$side-copy.hds
     case $side in
       prl) cp "$BASE" "$img"; prl_mount "$img" "$W/m-write"; f=$W/m-write/current.raw ;;

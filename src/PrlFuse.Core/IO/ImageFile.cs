@@ -39,6 +39,13 @@ public abstract class ImageFile : IDisposable
     /// </summary>
     public virtual void Allocate(long from, long to) => SetLength(to);
 
+    /// <summary>
+    /// Asks the host to bring [offset, offset + length) into its page cache now (a hint; no effect where unsupported).
+    /// </summary>
+    public virtual void Prefetch(long offset, long length)
+    {
+    }
+
     /// <summary>Makes written data durable: fdatasync when <paramref name="dataOnly"/>, else fsync.</summary>
     public abstract void Flush(bool dataOnly);
 
@@ -136,6 +143,23 @@ public sealed class PositionalImageFile : ImageFile
     {
         RandomAccess.SetLength(_handle, length);
         Volatile.Write(ref _length, length);
+    }
+
+    /// <summary>
+    /// WILLNEED in steps: the kernel caps one readahead at the device's readahead window (8 MiB here), so a single call
+    /// over a large range brings in only its start. On a range that was just fallocated the kernel fills the pages with
+    /// zeros without any I/O.
+    /// </summary>
+    public override void Prefetch(long offset, long length)
+    {
+        const long Step = 2L << 20;
+        for (long at = offset; at < offset + length; at += Step)
+        {
+            if (PosixSync.FadviseWillNeed(_handle, at, Math.Min(Step, offset + length - at)) != 0)
+            {
+                return;
+            }
+        }
     }
 
     public override void Allocate(long from, long to)

@@ -3,7 +3,7 @@ using Microsoft.Win32.SafeHandles;
 
 namespace PrlFuse.Core.IO;
 
-/// <summary>fsync, fdatasync and fallocate: the BCL has fsync only (Flush(true)); we want the cheaper fdatasync for data.</summary>
+/// <summary>fsync, fdatasync, fallocate and fadvise: the BCL has fsync only (Flush(true)); we want the cheaper fdatasync for data.</summary>
 internal static partial class PosixSync
 {
     [LibraryImport("libc", EntryPoint = "fsync", SetLastError = true)]
@@ -18,6 +18,12 @@ internal static partial class PosixSync
     /// <summary>fallocate(2) mode 0 (reserve, extend the size): 0 or the errno.</summary>
     public static int Fallocate(SafeFileHandle fd, long offset, long length) =>
         FallocateNative(fd, 0, offset, length) == 0 ? 0 : Marshal.GetLastPInvokeError();
+
+    [LibraryImport("libc", EntryPoint = "posix_fadvise")]
+    private static partial int FadviseNative(SafeFileHandle fd, long offset, long length, int advice);
+
+    /// <summary>posix_fadvise(POSIX_FADV_WILLNEED): 0 or the error number (posix_fadvise returns it, errno is untouched).</summary>
+    public static int FadviseWillNeed(SafeFileHandle fd, long offset, long length) => FadviseNative(fd, offset, length, 3);
 
     /// <summary>Returns 0 or the errno.</summary>
     public static int FSync(SafeFileHandle fd) => FsyncNative(fd) == 0 ? 0 : Marshal.GetLastPInvokeError();
