@@ -112,6 +112,9 @@ public sealed class BundleFileSystem : IFuseFileSystem
 
     public bool ProvidesReadBuf => _options.Splice;
 
+    /// <summary>Largest write request (see Init).</summary>
+    public const uint MaxWriteBytes = 512 * 1024;
+
     public void Init(FuseInitContext context)
     {
         // Without it libfuse copies file pieces through a buffer (still correct, no gain). SPLICE_MOVE is not wanted:
@@ -120,6 +123,18 @@ public sealed class BundleFileSystem : IFuseFileSystem
         {
             context.Want |= FuseCapabilities.SpliceWrite;
         }
+
+        // A file opened O_DIRECT is served without the direct_io flag (see Open): the kernel then cuts one request
+        // into max_write pieces and, with async DIO, sends them all at once, so several FUSE threads copy and write
+        // the pieces of a single writer's 1 MiB request in parallel. 512 KiB: sequential O_DIRECT 1 MiB writes 3.4-3.8
+        // -> 4.4-5.2 GB/s here (256 KiB: 5.2-5.4), while a buffered writer, whose pieces go one after another through
+        // direct_io, loses about 5% (256 KiB: 12%).
+        if ((context.Capable & FuseCapabilities.AsyncDio) != 0)
+        {
+            context.Want |= FuseCapabilities.AsyncDio;
+        }
+
+        context.MaxWrite = Math.Min(context.MaxWrite, MaxWriteBytes);
 
         // Many queued requests from a loop device: let the kernel keep more in flight.
         context.MaxBackground = 64;
@@ -225,8 +240,11 @@ public sealed class BundleFileSystem : IFuseFileSystem
                 }
 
                 fileInfo.Handle = (ulong)i + 1;
-                fileInfo.DirectIo = _options.DirectIo;
-                fileInfo.KeepCache = !_options.DirectIo && !_files[i].Writable;
+                // An O_DIRECT open bypasses the kernel's page cache without the flag, and only without it does the kernel
+                // send the pieces of one request in parallel (async DIO; see Init).
+                bool direct = _options.DirectIo && (fileInfo.Flags & OpenFlags.Direct) == 0;
+                fileInfo.DirectIo = direct;
+                fileInfo.KeepCache = !direct && !_files[i].Writable;
                 return 0;
             }
         }

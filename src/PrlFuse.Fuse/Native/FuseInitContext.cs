@@ -18,7 +18,11 @@ public readonly unsafe ref struct FuseInitContext
 
     public uint ProtocolMajor => U32(_conn, FuseConnInfoOffsets.ProtoMajor);
     public uint ProtocolMinor => U32(_conn, FuseConnInfoOffsets.ProtoMinor);
-    public uint MaxWrite => U32(_conn, FuseConnInfoOffsets.MaxWrite);
+    public uint MaxWrite
+    {
+        get => U32(_conn, FuseConnInfoOffsets.MaxWrite);
+        set => U32(_conn, FuseConnInfoOffsets.MaxWrite) = value;
+    }
     /// <summary>
     /// Largest read request; 0 means no limit beyond max_pages. To limit it, pass the same value as the max_read
     /// mount option too: libfuse refuses the connection when the two differ.

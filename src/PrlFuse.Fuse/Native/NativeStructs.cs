@@ -88,6 +88,10 @@ public static class OpenFlags
     public const int ReadOnly = 0;
     public const int WriteOnly = 1;
     public const int ReadWrite = 2;
+
+    /// <summary>O_DIRECT: 040000 on x86 and most architectures, 0200000 on ARM.</summary>
+    public static readonly int Direct =
+        RuntimeInformation.ProcessArchitecture is Architecture.Arm64 or Architecture.Arm ? 0x10000 : 0x4000;
 }
 
 /// <summary>The stable head of struct fuse_file_info. Never allocated by us, only reached through libfuse's pointer.</summary>
@@ -215,4 +219,7 @@ public static class FuseCapabilities
 
     /// <summary>Requests (write data) may be spliced from /dev/fuse into a pipe.</summary>
     public const uint SpliceRead = 1u << 9;
+
+    /// <summary>The kernel may send the pieces of one O_DIRECT request as several requests at once.</summary>
+    public const uint AsyncDio = 1u << 15;
 }
