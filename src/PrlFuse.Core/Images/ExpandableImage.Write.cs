@@ -183,7 +183,6 @@ public sealed partial class ExpandableImage
             {
                 if (host + clusterBytes > _fileEnd)
                 {
-                    long from = _fileEnd;
                     long target = Math.Max(host + clusterBytes, _fileEnd + GrowthChunkBytes);
                     try
                     {
@@ -200,7 +199,6 @@ public sealed partial class ExpandableImage
 
                     Volatile.Write(ref _fileEnd, target);
                     fileEnd = target;
-                    StartPrefetch(from, target - from);
                 }
             }
         }
@@ -261,22 +259,6 @@ public sealed partial class ExpandableImage
             this,
             preferLocal: false);
     }
-
-    /// <summary>Brings a range just grown into the page cache on a background thread (see <see cref="GrowAhead"/>).</summary>
-    private void StartPrefetch(long offset, long length) =>
-        ThreadPool.UnsafeQueueUserWorkItem(
-            static state =>
-            {
-                try
-                {
-                    state.Image.File.Prefetch(state.Offset, state.Length);
-                }
-                catch (ObjectDisposedException)
-                {
-                }
-            },
-            (Image: this, Offset: offset, Length: length),
-            preferLocal: false);
 
     /// <summary>
     /// Returns a reserved slot that was never published, when it is still the last one (an allocation racing past it
