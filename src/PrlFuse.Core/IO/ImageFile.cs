@@ -46,6 +46,19 @@ public abstract class ImageFile : IDisposable
     {
     }
 
+    /// <summary>
+    /// Opens the path for writes that bypass the host page cache (see <see cref="TryWriteDirect"/>); false where the
+    /// file or its filesystem does not allow it.
+    /// </summary>
+    public virtual bool EnableDirectWrites() => false;
+
+    /// <summary>
+    /// Writes <paramref name="buffer"/> at <paramref name="offset"/> bypassing the host page cache (O_DIRECT) when
+    /// direct writes are enabled and the range suits them (large, block-aligned); false when it did not, and then the
+    /// caller writes it with <see cref="Write"/>. Durability is the same as <see cref="Write"/>: <see cref="Flush"/>.
+    /// </summary>
+    public virtual bool TryWriteDirect(ReadOnlySpan<byte> buffer, long offset) => false;
+
     /// <summary>Makes written data durable: fdatasync when <paramref name="dataOnly"/>, else fsync.</summary>
     public abstract void Flush(bool dataOnly);
 
@@ -80,7 +93,26 @@ public abstract class ImageFile : IDisposable
 /// <summary>An <see cref="ImageFile"/> over one shared <see cref="SafeFileHandle"/> with <see cref="RandomAccess"/>.</summary>
 public sealed class PositionalImageFile : ImageFile
 {
+    /// <summary>Offsets and lengths of direct writes are multiples of this (any block device's logical block and the page).</summary>
+    public const int DirectAlignment = 4096;
+
+    /// <summary>
+    /// Smaller writes stay buffered: a direct write waits for the device, and for small pieces the page cache (which
+    /// merges them) is cheaper than the wait.
+    /// </summary>
+    public const int DirectMinBytes = 128 * 1024;
+
+    /// <summary>Direct writes are copied through a per-thread aligned buffer of this size, in pieces of at most this.</summary>
+    private const int BounceBytes = 1 << 20;
+
+    [ThreadStatic]
+    private static byte[]? t_bounce;
+
+    [ThreadStatic]
+    private static int t_bounceSkew;
+
     private readonly SafeFileHandle _handle;
+    private SafeFileHandle? _direct;
     private long _length;
     private bool _noFallocate;
 
@@ -128,7 +160,84 @@ public sealed class PositionalImageFile : ImageFile
     public override void Write(ReadOnlySpan<byte> buffer, long offset)
     {
         RandomAccess.Write(_handle, buffer, offset);
-        long end = offset + buffer.Length;
+        GrowLength(offset + buffer.Length);
+    }
+
+    public override void SetLength(long length)
+    {
+        RandomAccess.SetLength(_handle, length);
+        Volatile.Write(ref _length, length);
+    }
+
+    /// <summary>
+    /// A second handle on the same open file (through /proc/self/fd, so a rename cannot swap the file) with O_DIRECT.
+    /// Filesystems without O_DIRECT refuse the open, and writes stay buffered.
+    /// </summary>
+    public override bool EnableDirectWrites()
+    {
+        if (!Writable)
+        {
+            return false;
+        }
+
+        if (Volatile.Read(ref _direct) is null)
+        {
+            var direct = PosixSync.OpenDirectForWrite($"/proc/self/fd/{_handle.DangerousGetHandle()}", out _);
+            if (direct is not null && Interlocked.CompareExchange(ref _direct, direct, null) is not null)
+            {
+                direct.Dispose();
+            }
+        }
+
+        return Volatile.Read(ref _direct) is not null;
+    }
+
+    public override bool TryWriteDirect(ReadOnlySpan<byte> buffer, long offset)
+    {
+        var direct = Volatile.Read(ref _direct);
+        if (direct is null || buffer.Length < DirectMinBytes || ((offset | (long)buffer.Length) & (DirectAlignment - 1)) != 0)
+        {
+            return false;
+        }
+
+        // O_DIRECT needs an aligned source too; the caller's buffer (a FUSE request's payload) is not.
+        var bounce = BounceBuffer();
+        try
+        {
+            for (int done = 0; done < buffer.Length;)
+            {
+                int n = Math.Min(bounce.Length, buffer.Length - done);
+                buffer.Slice(done, n).CopyTo(bounce);
+                RandomAccess.Write(direct, bounce[..n], offset + done);
+                done += n;
+            }
+        }
+        catch (IOException e) when (e.HResult == 22 /* EINVAL: the filesystem wants another alignment */)
+        {
+            // Whatever part was written is written again, buffered, by the caller; later writes stay buffered.
+            Interlocked.CompareExchange(ref _direct, null, direct);
+            return false;
+        }
+
+        GrowLength(offset + buffer.Length);
+        return true;
+    }
+
+    private static Span<byte> BounceBuffer()
+    {
+        if (t_bounce is null)
+        {
+            // Pinned, so its address (and the alignment found in it) never changes.
+            t_bounce = GC.AllocateUninitializedArray<byte>(BounceBytes + DirectAlignment, pinned: true);
+            long address = (long)System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(t_bounce, 0);
+            t_bounceSkew = (int)((DirectAlignment - (address & (DirectAlignment - 1))) & (DirectAlignment - 1));
+        }
+
+        return t_bounce.AsSpan(t_bounceSkew, BounceBytes);
+    }
+
+    private void GrowLength(long end)
+    {
         long current;
         while (end > (current = Volatile.Read(ref _length)))
         {
@@ -137,12 +246,6 @@ public sealed class PositionalImageFile : ImageFile
                 break;
             }
         }
-    }
-
-    public override void SetLength(long length)
-    {
-        RandomAccess.SetLength(_handle, length);
-        Volatile.Write(ref _length, length);
     }
 
     /// <summary>
@@ -191,6 +294,7 @@ public sealed class PositionalImageFile : ImageFile
     {
         if (disposing)
         {
+            _direct?.Dispose();
             _handle.Dispose();
         }
     }

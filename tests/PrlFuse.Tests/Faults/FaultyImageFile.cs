@@ -25,6 +25,9 @@ public sealed class FaultPlan
 
     public bool FailFlush { get; init; }
 
+    /// <summary>A failing write first writes the first half of its bytes (a write cut short by the device).</summary>
+    public bool WriteHalfFirst { get; init; }
+
     public int Errno { get; init; } = EIO;
 
     public int MaxHits { get; set; } = int.MaxValue;
@@ -101,6 +104,11 @@ public sealed class FaultyImageFile(ImageFile inner, FaultPlan plan) : ImageFile
     {
         if (plan.FailWrites && plan.Fires(offset, buffer.Length))
         {
+            if (plan.WriteHalfFirst)
+            {
+                inner.Write(buffer[..(buffer.Length / 2)], offset);
+            }
+
             throw new IOException($"{Path}: injected write error at {offset} (errno {plan.Errno})", plan.Errno);
         }
 

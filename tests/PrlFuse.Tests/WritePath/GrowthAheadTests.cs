@@ -6,8 +6,8 @@ using PrlFuse.Tests.Support;
 namespace PrlFuse.Tests.WritePath;
 
 /// <summary>
-/// The top image grows one chunk ahead of its allocator in the background (fallocated and brought into the page
-/// cache); a clean close trims it all away, and what was written reads back.
+/// The top image grows one chunk ahead of its allocator in the background (fallocated, and brought into the page
+/// cache where writes are not direct); a clean close trims it all away, and what was written reads back.
 /// </summary>
 public sealed class GrowthAheadTests
 {

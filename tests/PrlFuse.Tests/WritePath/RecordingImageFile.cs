@@ -6,7 +6,11 @@ namespace PrlFuse.Tests.WritePath;
 internal abstract record FileOp(int Seq);
 
 /// <summary>A write: <see cref="StartSeq"/> when it began, <see cref="FileOp.Seq"/> when the bytes had reached the file.</summary>
-internal sealed record WriteOp(int Seq, int StartSeq, long Offset, byte[] Data) : FileOp(Seq);
+internal sealed record WriteOp(int Seq, int StartSeq, long Offset, byte[] Data) : FileOp(Seq)
+{
+    /// <summary>Written past the host page cache (O_DIRECT).</summary>
+    public bool Direct { get; init; }
+}
 
 internal sealed record SetLengthOp(int Seq, long Length) : FileOp(Seq);
 
@@ -78,6 +82,20 @@ internal sealed class RecordingImageFile : ImageFile
         int start = _log.Next();
         _inner.Write(buffer, offset);
         _log.Add(new WriteOp(_log.Next(), start, offset, buffer.ToArray()));
+    }
+
+    public override bool EnableDirectWrites() => _inner.EnableDirectWrites();
+
+    public override bool TryWriteDirect(ReadOnlySpan<byte> buffer, long offset)
+    {
+        int start = _log.Next();
+        if (!_inner.TryWriteDirect(buffer, offset))
+        {
+            return false;
+        }
+
+        _log.Add(new WriteOp(_log.Next(), start, offset, buffer.ToArray()) { Direct = true });
+        return true;
     }
 
     public override void SetLength(long length)
