@@ -5,6 +5,7 @@ using Errno = PrlFuse.Fuse.Native.Errno;
 using OpenFlags = Mono.Unix.Native.OpenFlags;
 using PrlFuse.Core;
 using PrlFuse.Core.Engine;
+using PrlFuse.Core.IO;
 using PrlFuse.Core.Images;
 using PrlFuse.Fuse;
 using PrlFuse.Fuse.Native;
@@ -121,6 +122,11 @@ internal static class MountCommand
             yield return "--no-splice";
         }
 
+        if (o.BufferedWrites)
+        {
+            yield return "--buffered-writes";
+        }
+
         if (o.AllowOutsideImages)
         {
             yield return "--allow-outside-images";
@@ -217,7 +223,13 @@ internal static class MountCommand
             RepairFirst(o.Disk, notices);
         }
 
-        var disk = VirtualDisk.Open(o.Disk, new DiskOpenOptions { ReadOnly = o.ReadOnly, CacheBytes = cacheBytes, AllowImagesOutsideBundle = o.AllowOutsideImages });
+        var openOptions = new DiskOpenOptions { ReadOnly = o.ReadOnly, CacheBytes = cacheBytes, AllowImagesOutsideBundle = o.AllowOutsideImages };
+        if (o.BufferedWrites)
+        {
+            openOptions = openOptions with { OpenFile = static (path, writable) => PositionalImageFile.Open(path, writable, exclusive: false, directWrites: false) };
+        }
+
+        var disk = VirtualDisk.Open(o.Disk, openOptions);
         int exit;
         try
         {

@@ -62,6 +62,9 @@ internal sealed class MountOptions : DiskOptions
     [Option("page-cache", HelpText = "Let the kernel page cache hold file data (default: direct I/O, best for loop devices).")]
     public bool PageCache { get; set; }
 
+    [Option("buffered-writes", HelpText = "Write space the top image grows through the host page cache too (default: large writes there go direct, past it; faster on fast disks, slower for bursts on slow ones).")]
+    public bool BufferedWrites { get; set; }
+
     [Option("no-splice", HelpText = "Copy read data through the daemon instead of splicing it from the image files' page cache.")]
     public bool NoSplice { get; set; }
 

@@ -113,6 +113,7 @@ public sealed class PositionalImageFile : ImageFile
 
     private readonly SafeFileHandle _handle;
     private SafeFileHandle? _direct;
+    private bool _directAllowed = true;
     private long _length;
     private bool _noFallocate;
 
@@ -128,12 +129,14 @@ public sealed class PositionalImageFile : ImageFile
     /// <summary>
     /// Opens an image. A writer shares the file with readers only; <paramref name="exclusive"/> shares it with no one
     /// (the file lock then fails while another PrlFuse has the image open, e.g. a repair while mounted).
+    /// <paramref name="directWrites"/> false keeps every write in the page cache (<see cref="EnableDirectWrites"/>
+    /// then refuses).
     /// </summary>
-    public static PositionalImageFile Open(string path, bool writable, bool exclusive)
+    public static PositionalImageFile Open(string path, bool writable, bool exclusive, bool directWrites = true)
     {
         var share = exclusive ? FileShare.None : writable ? FileShare.Read : FileShare.ReadWrite | FileShare.Delete;
         var handle = File.OpenHandle(path, FileMode.Open, writable ? FileAccess.ReadWrite : FileAccess.Read, share, FileOptions.None);
-        return new PositionalImageFile(path, handle, writable);
+        return new PositionalImageFile(path, handle, writable) { _directAllowed = directWrites };
     }
 
     public override long Length => Volatile.Read(ref _length);
@@ -175,7 +178,7 @@ public sealed class PositionalImageFile : ImageFile
     /// </summary>
     public override bool EnableDirectWrites()
     {
-        if (!Writable)
+        if (!Writable || !_directAllowed)
         {
             return false;
         }

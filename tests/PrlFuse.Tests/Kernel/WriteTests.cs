@@ -74,6 +74,69 @@ public sealed class WriteTests
         }
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void LargeWritesIntoGrownSpaceGoPastThePageCacheUnlessBufferedWritesIsAsked(bool buffered)
+    {
+        using var temp = new TempFolder();
+        string image = temp.Combine("disk.hds");
+        ProcessRunner.Run("qemu-img", "create", "-q", "-f", "parallels", "-o", "cluster_size=1M", image, "256M");
+        string mountpoint = temp.Combine("mnt");
+        var expected = new byte[256 << 20];
+        var random = new Random(buffered ? 3 : 4);
+        string expectedPath = temp.Combine("expected.raw");
+        using (var mount = new PrlFuseMount(image, mountpoint, buffered ? ["--buffered-writes"] : []))
+        {
+            // Through the mount's direct_io these reach the daemon as 512 KiB requests: halves of new clusters, the
+            // second half into a cluster the first allocated; then a partial and an unaligned write into new clusters.
+            using (var handle = File.OpenHandle(mount.Current, FileMode.Open, FileAccess.Write, FileShare.ReadWrite))
+            {
+                foreach (var (offset, length) in new (long, int)[] { (0, 8 << 20), (20L << 20, 1 << 20), ((40L << 20) + (256 << 10), 512 << 10), ((60L << 20) + 1000, 300_000) })
+                {
+                    var data = new byte[length];
+                    random.NextBytes(data);
+                    RandomAccess.Write(handle, data, offset);
+                    data.CopyTo(expected, offset);
+                }
+            }
+
+            File.WriteAllBytes(expectedPath, expected);
+
+            Assert.Equal(!buffered, DaemonHasDirectHandle(mount.DaemonPid(), image));
+            Assert.Equal(-1, Hashing.FirstDifference(expectedPath, mount.Current));
+            Assert.Equal(0, mount.Unmount().ExitCode);
+        }
+
+        var check = ProcessRunner.Run("qemu-img", ["check", "-f", "parallels", image], check: false);
+        Assert.True(check.ExitCode == 0, check.Stdout + check.Stderr);
+        string raw = temp.Combine("qemu.raw");
+        ProcessRunner.Run("qemu-img", "convert", "-f", "parallels", "-O", "raw", image, raw);
+        Assert.Equal(-1, Hashing.FirstDifference(expectedPath, raw));
+    }
+
+    /// <summary>Whether the process has <paramref name="path"/> open with O_DIRECT (from /proc/PID/fdinfo).</summary>
+    private static bool DaemonHasDirectHandle(int pid, string path)
+    {
+        int direct = System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture
+            is System.Runtime.InteropServices.Architecture.Arm64 or System.Runtime.InteropServices.Architecture.Arm ? 0x10000 : 0x4000;
+        foreach (string fd in Directory.GetFiles($"/proc/{pid}/fd"))
+        {
+            if (new FileInfo(fd).LinkTarget != path)
+            {
+                continue;
+            }
+
+            string flags = File.ReadAllLines($"/proc/{pid}/fdinfo/{Path.GetFileName(fd)}").First(l => l.StartsWith("flags:", StringComparison.Ordinal));
+            if ((Convert.ToInt32(flags["flags:".Length..].Trim(), 8) & direct) != 0)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
     public sealed record Tree(string Root, Dictionary<string, string> Files);
 
     /// <summary>A folder of files of random sizes and content, with their checksums.</summary>

@@ -44,6 +44,12 @@ public sealed class FreshSpaceTests
         Assert.Equal(3 << 20, file.Read(back, 3 << 20));
         Assert.True(back.AsSpan().SequenceEqual(payload[..(3 << 20)]));
         Assert.True(new byte[512 << 10].AsSpan().SequenceEqual(File.ReadAllBytes(path).AsSpan(0, 512 << 10)), "bytes before the first write changed");
+
+        using var buffered = PositionalImageFile.Open(path, writable: true, exclusive: false, directWrites: false);
+        Assert.False(buffered.EnableDirectWrites());
+        Assert.False(buffered.TryWriteDirect(payload[..(256 << 10)], 0));
+        using var readOnly = PositionalImageFile.Open(path, writable: false);
+        Assert.False(readOnly.EnableDirectWrites());
     }
 
     [Fact]
