@@ -102,8 +102,11 @@ public sealed class PositionalImageFile : ImageFile
     /// </summary>
     public const int DirectMinBytes = 128 * 1024;
 
-    /// <summary>Direct writes are copied through a per-thread aligned buffer of this size, in pieces of at most this.</summary>
-    private const int BounceBytes = 1 << 20;
+    /// <summary>
+    /// Direct writes are copied through a per-thread aligned buffer of this size, in pieces of at most this: the
+    /// largest FUSE write request (max_write), so a request is one device write.
+    /// </summary>
+    private const int BounceBytes = 512 << 10;
 
     [ThreadStatic]
     private static byte[]? t_bounce;
