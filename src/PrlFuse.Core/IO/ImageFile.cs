@@ -166,7 +166,7 @@ public sealed class PositionalImageFile : ImageFile
     public override void Write(ReadOnlySpan<byte> buffer, long offset)
     {
         RandomAccess.Write(_handle, buffer, offset);
-        GrowLength(offset + buffer.Length);
+        Atomic.RaiseTo(ref _length, offset + buffer.Length);
     }
 
     public override void SetLength(long length)
@@ -225,7 +225,7 @@ public sealed class PositionalImageFile : ImageFile
             return false;
         }
 
-        GrowLength(offset + buffer.Length);
+        Atomic.RaiseTo(ref _length, offset + buffer.Length);
         return true;
     }
 
@@ -242,17 +242,6 @@ public sealed class PositionalImageFile : ImageFile
         return t_bounce.AsSpan(t_bounceSkew, BounceBytes);
     }
 
-    private void GrowLength(long end)
-    {
-        long current;
-        while (end > (current = Volatile.Read(ref _length)))
-        {
-            if (Interlocked.CompareExchange(ref _length, end, current) == current)
-            {
-                break;
-            }
-        }
-    }
 
     /// <summary>
     /// WILLNEED in steps: the kernel caps one readahead at the device's readahead window (8 MiB here), so a single call

@@ -306,16 +306,7 @@ public sealed partial class ExpandableImage
     {
         // The slot may hold part of the failed write now: it is fresh no more. Marked before it is handed back, so an
         // allocator that gets it again cannot take it for zeros.
-        long end = host + ClusterBytes;
-        long current;
-        while (end > (current = Volatile.Read(ref _freshFrom)))
-        {
-            if (Interlocked.CompareExchange(ref _freshFrom, end, current) == current)
-            {
-                break;
-            }
-        }
-
+        Atomic.RaiseTo(ref _freshFrom, host + ClusterBytes);
         Interlocked.CompareExchange(ref _nextFree, host, host + ClusterBytes);
     }
 
