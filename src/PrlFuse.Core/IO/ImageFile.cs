@@ -117,6 +117,7 @@ public sealed class PositionalImageFile : ImageFile
     private readonly SafeFileHandle _handle;
     private SafeFileHandle? _direct;
     private bool _directAllowed = true;
+    private volatile bool _directRefused;
     private long _length;
     private bool _noFallocate;
 
@@ -188,7 +189,7 @@ public sealed class PositionalImageFile : ImageFile
 
         if (Volatile.Read(ref _direct) is null)
         {
-            var direct = PosixSync.OpenDirectForWrite($"/proc/self/fd/{_handle.DangerousGetHandle()}", out _);
+            var direct = PosixSync.OpenDirectForWrite($"/proc/self/fd/{_handle.DangerousGetHandle()}");
             if (direct is not null && Interlocked.CompareExchange(ref _direct, direct, null) is not null)
             {
                 direct.Dispose();
@@ -201,7 +202,7 @@ public sealed class PositionalImageFile : ImageFile
     public override bool TryWriteDirect(ReadOnlySpan<byte> buffer, long offset)
     {
         var direct = Volatile.Read(ref _direct);
-        if (direct is null || buffer.Length < DirectMinBytes || ((offset | (long)buffer.Length) & (DirectAlignment - 1)) != 0)
+        if (direct is null || _directRefused || buffer.Length < DirectMinBytes || ((offset | (long)buffer.Length) & (DirectAlignment - 1)) != 0)
         {
             return false;
         }
@@ -220,8 +221,9 @@ public sealed class PositionalImageFile : ImageFile
         }
         catch (IOException e) when (e.HResult == 22 /* EINVAL: the filesystem wants another alignment */)
         {
-            // Whatever part was written is written again, buffered, by the caller; later writes stay buffered.
-            Interlocked.CompareExchange(ref _direct, null, direct);
+            // Whatever part was written is written again, buffered, by the caller; later writes stay buffered. The
+            // handle stays open until Dispose: other threads may be writing through it right now.
+            _directRefused = true;
             return false;
         }
 
@@ -241,7 +243,6 @@ public sealed class PositionalImageFile : ImageFile
 
         return t_bounce.AsSpan(t_bounceSkew, BounceBytes);
     }
-
 
     /// <summary>
     /// WILLNEED in steps: the kernel caps one readahead at the device's readahead window (8 MiB here), so a single call

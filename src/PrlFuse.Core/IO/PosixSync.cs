@@ -25,14 +25,14 @@ internal static partial class PosixSync
     /// <summary>posix_fadvise(POSIX_FADV_WILLNEED): 0 or the error number (posix_fadvise returns it, errno is untouched).</summary>
     public static int FadviseWillNeed(SafeFileHandle fd, long offset, long length) => FadviseNative(fd, offset, length, 3);
 
-    [LibraryImport("libc", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    [LibraryImport("libc", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8)]
     private static partial int OpenNative(string path, int flags);
 
     /// <summary>
-    /// Opens <paramref name="path"/> read-write with O_DIRECT (and O_CLOEXEC): the handle, or null with the errno when
-    /// the file or its filesystem refuses it.
+    /// Opens <paramref name="path"/> read-write with O_DIRECT (and O_CLOEXEC): the handle, or null when the file or its
+    /// filesystem refuses it (the caller then writes buffered; why does not change that).
     /// </summary>
-    public static SafeFileHandle? OpenDirectForWrite(string path, out int errno)
+    public static SafeFileHandle? OpenDirectForWrite(string path)
     {
         const int ReadWrite = 2;
         const int CloseOnExec = 0x80000;
@@ -40,14 +40,7 @@ internal static partial class PosixSync
         // O_DIRECT differs between architectures (asm-generic 0x4000; arm and arm64 0x10000).
         int direct = RuntimeInformation.ProcessArchitecture is Architecture.Arm64 or Architecture.Arm ? 0x10000 : 0x4000;
         int fd = OpenNative(path, ReadWrite | CloseOnExec | direct);
-        if (fd < 0)
-        {
-            errno = Marshal.GetLastPInvokeError();
-            return null;
-        }
-
-        errno = 0;
-        return new SafeFileHandle(fd, ownsHandle: true);
+        return fd < 0 ? null : new SafeFileHandle(fd, ownsHandle: true);
     }
 
     /// <summary>Returns 0 or the errno.</summary>
