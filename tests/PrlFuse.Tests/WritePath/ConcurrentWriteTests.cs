@@ -12,7 +12,7 @@ namespace PrlFuse.Tests.WritePath;
 /// <summary>
 /// Several writers and readers at once on the top of a chain: writers racing on the same unallocated clusters with
 /// whole sectors of distinct patterns (every sector ends as one of the values written to it, never torn), writers on
-/// disjoint ranges (no write lost), readers that never see a torn sector, and a flusher. No cluster is allocated
+/// disjoint ranges (no write lost), readers that see only bytes written to the sector they read, and a flusher. No cluster is allocated
 /// twice: qemu-img check and our checker are clean afterwards and qemu reads what we read.
 /// </summary>
 public sealed class ConcurrentWriteTests
@@ -26,6 +26,10 @@ public sealed class ConcurrentWriteTests
     {
         using var temp = new TempFolder();
         var chain = QemuChain.Build(temp.Path, 2, [64 * 2048], seed);
+
+        // Data everywhere below (the built chain is mostly zeros): a read of a new cluster before its data is in the
+        // file then shows zeros, which are foreign, instead of passing for the original.
+        ProcessRunner.Run("qemu-io", "-f", "parallels", "-c", $"write -P 92 0 {64 * 2048 * 512}", Path.Combine(chain.Bundle, chain.Levels[0].Files[0]));
         byte[] original = chain.OracleView(1, temp.Path);
         byte[] model = (byte[])original.Clone();
         var written = new ConcurrentDictionary<long, ConcurrentBag<(int Writer, int Seq)>>();
@@ -96,7 +100,10 @@ public sealed class ConcurrentWriteTests
                 }));
             }
 
-            // Readers: every sector of the racing clusters is the original or one whole pattern, never a mix.
+            // Readers: every 8-byte word of the racing clusters is the original's or one written to that very sector
+            // (writes are registered before they start). Whole sectors are not asked of a read that overlaps a write in
+            // flight: the host page cache copies without a lock against readers, so such a read may see part of the
+            // write (the disk's guarantee; see README). Once the writers are done, every sector is checked whole below.
             for (int r = 0; r < 2; r++)
             {
                 int reader = r;
@@ -112,9 +119,10 @@ public sealed class ConcurrentWriteTests
                         {
                             long sector = (c * cluster / Sector) + k;
                             var s = buffer.AsSpan(k * Sector, Sector);
-                            if (!s.SequenceEqual(original.AsSpan((int)(sector * Sector), Sector)) && !IsPattern(s, sector))
+                            if (!s.SequenceEqual(original.AsSpan((int)(sector * Sector), Sector)) && !IsPattern(s, sector)
+                                && ForeignWord(s, original.AsSpan((int)(sector * Sector), Sector), sector, written) is int word)
                             {
-                                errors.Enqueue($"reader {reader}: sector {sector} is torn or foreign");
+                                errors.Enqueue($"reader {reader}: word {word} of sector {sector} is neither the original nor written to it");
                                 return;
                             }
                         }
@@ -191,6 +199,30 @@ public sealed class ConcurrentWriteTests
         BinaryPrimitives.WriteInt64LittleEndian(sector, index);
         BinaryPrimitives.WriteInt32LittleEndian(sector[8..], writer);
         BinaryPrimitives.WriteInt32LittleEndian(sector[12..], seq);
+    }
+
+    /// <summary>The first 8-byte word of <paramref name="sector"/> that is neither the original's nor that word of a pattern written to it, or null.</summary>
+    private static int? ForeignWord(ReadOnlySpan<byte> sector, ReadOnlySpan<byte> original, long index, ConcurrentDictionary<long, ConcurrentBag<(int Writer, int Seq)>> written)
+    {
+        var candidates = written.TryGetValue(index, out var bag) ? bag.ToArray() : [];
+        Span<byte> expected = stackalloc byte[Sector];
+        var ok = new bool[Sector / 8];
+        for (int w = 0; w < ok.Length; w++)
+        {
+            ok[w] = sector.Slice(w * 8, 8).SequenceEqual(original.Slice(w * 8, 8));
+        }
+
+        foreach (var (writer, seq) in candidates)
+        {
+            Pattern(expected, index, writer, seq);
+            for (int w = 0; w < ok.Length; w++)
+            {
+                ok[w] |= sector.Slice(w * 8, 8).SequenceEqual(expected.Slice(w * 8, 8));
+            }
+        }
+
+        int first = Array.IndexOf(ok, false);
+        return first < 0 ? null : first;
     }
 
     private static bool IsPattern(ReadOnlySpan<byte> sector, long index)
