@@ -1,8 +1,5 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
-using Mono.Unix.Native;
-using Errno = PrlFuse.Fuse.Native.Errno;
-using OpenFlags = Mono.Unix.Native.OpenFlags;
 using PrlFuse.Core;
 using PrlFuse.Core.Engine;
 using PrlFuse.Core.IO;
@@ -211,7 +208,7 @@ internal static class MountCommand
         if (o.DaemonChild)
         {
             // Our own session: the daemon outlives the terminal and the command that started it.
-            Syscall.setsid();
+            Posix.SetSid();
         }
 
         // A daemon child's stdout goes to the waiting parent, which shows these lines to the user.
@@ -304,8 +301,8 @@ internal static class MountCommand
         {
             DirectIo = !o.PageCache,
             Splice = !o.NoSplice,
-            Uid = Syscall.getuid(),
-            Gid = Syscall.getgid(),
+            Uid = Posix.GetUid(),
+            Gid = Posix.GetGid(),
             Log = message => Console.Error.WriteLine($"prlfuse: {message}"),
         });
         var options = new FuseMountOptions
@@ -389,15 +386,15 @@ internal static class MountCommand
         Console.Out.WriteLine(ReadyLine);
         Console.Out.Flush();
         Console.Error.Flush();
-        int devNull = Syscall.open("/dev/null", OpenFlags.O_RDWR);
+        int devNull = Posix.Open("/dev/null", Posix.OReadWrite, 0);
         int logFd = log is null
             ? devNull
-            : Syscall.open(log, OpenFlags.O_WRONLY | OpenFlags.O_CREAT | OpenFlags.O_APPEND, FilePermissions.S_IRUSR | FilePermissions.S_IWUSR);
+            : Posix.Open(log, Posix.OWriteOnly | Posix.OCreate | Posix.OAppend, 0x180);
         if (devNull >= 0)
         {
-            Syscall.dup2(devNull, 0);
-            Syscall.dup2(devNull, 1);
-            Syscall.dup2(logFd >= 0 ? logFd : devNull, 2);
+            Posix.Dup2(devNull, 0);
+            Posix.Dup2(devNull, 1);
+            Posix.Dup2(logFd >= 0 ? logFd : devNull, 2);
         }
     }
 }

@@ -1,5 +1,6 @@
 using System.Globalization;
 using PrlFuse.Core;
+using PrlFuse.Core.IO;
 using PrlFuse.Fuse;
 using PrlFuse.Fuse.Native;
 

@@ -219,7 +219,7 @@ public sealed class PositionalImageFile : ImageFile
                 done += n;
             }
         }
-        catch (IOException e) when (e.HResult == 22 /* EINVAL: the filesystem wants another alignment */)
+        catch (IOException e) when (e.HResult == Errno.EINVAL /* the filesystem wants another alignment */)
         {
             // Whatever part was written is written again, buffered, by the caller; later writes stay buffered. The
             // handle stays open until Dispose: other threads may be writing through it right now.
@@ -266,7 +266,7 @@ public sealed class PositionalImageFile : ImageFile
         // ENOSPC here is no error yet: the sparse extension below still lets writes that fit succeed.
         if (to > from && !_noFallocate && PosixSync.Fallocate(_handle, from, to - from) is int rc && rc != 0)
         {
-            _noFallocate = rc is 95 /* EOPNOTSUPP */ or 22 /* EINVAL */ or 38 /* ENOSYS */;
+            _noFallocate = rc is Errno.EOPNOTSUPP or Errno.EINVAL or Errno.ENOSYS;
         }
 
         SetLength(to);

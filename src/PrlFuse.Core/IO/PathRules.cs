@@ -7,7 +7,7 @@ namespace PrlFuse.Core.IO;
 /// did not mean. An image path must resolve, after symlinks, to a regular file inside the bundle folder, or be an
 /// absolute path the descriptor names that is a regular file. Device nodes, FIFOs and sockets are always refused.
 /// </summary>
-public static partial class PathRules
+public static class PathRules
 {
     private const uint TypeMask = 0xF000;
     private const uint RegularFile = 0x8000;
@@ -52,7 +52,7 @@ public static partial class PathRules
     public static unsafe string FileKind(string path)
     {
         byte* buffer = stackalloc byte[StatSize + 64];
-        if (Stat(path, buffer) != 0)
+        if (Posix.Stat(path, buffer) != 0)
         {
             return "missing file";
         }
@@ -73,7 +73,7 @@ public static partial class PathRules
     /// <summary>realpath(3): every symlink resolved; null when the path does not exist.</summary>
     public static unsafe string? RealPath(string path)
     {
-        IntPtr resolved = RealPathNative(path, IntPtr.Zero);
+        IntPtr resolved = Posix.RealPath(path, IntPtr.Zero);
         if (resolved == IntPtr.Zero)
         {
             return null;
@@ -88,10 +88,4 @@ public static partial class PathRules
             NativeMemory.Free((void*)resolved);
         }
     }
-
-    [LibraryImport("libc", EntryPoint = "realpath", StringMarshalling = StringMarshalling.Utf8)]
-    private static partial IntPtr RealPathNative(string path, IntPtr resolved);
-
-    [LibraryImport("libc", EntryPoint = "stat", StringMarshalling = StringMarshalling.Utf8)]
-    private static unsafe partial int Stat(string path, byte* buffer);
 }

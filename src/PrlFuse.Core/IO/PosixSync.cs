@@ -1,32 +1,18 @@
-using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 
 namespace PrlFuse.Core.IO;
 
 /// <summary>fsync, fdatasync, fallocate, fadvise and an O_DIRECT open: the BCL has fsync only (Flush(true)); we want the cheaper fdatasync for data.</summary>
-internal static partial class PosixSync
+internal static class PosixSync
 {
-    [LibraryImport("libc", EntryPoint = "fsync", SetLastError = true)]
-    private static partial int FsyncNative(SafeFileHandle fd);
-
-    [LibraryImport("libc", EntryPoint = "fdatasync", SetLastError = true)]
-    private static partial int FdatasyncNative(SafeFileHandle fd);
-
-    [LibraryImport("libc", EntryPoint = "fallocate", SetLastError = true)]
-    private static partial int FallocateNative(SafeFileHandle fd, int mode, long offset, long length);
+    private const int FadviseWillNeed_ = 3; // POSIX_FADV_WILLNEED
 
     /// <summary>fallocate(2) mode 0 (reserve, extend the size): 0 or the errno.</summary>
     public static int Fallocate(SafeFileHandle fd, long offset, long length) =>
-        FallocateNative(fd, 0, offset, length) == 0 ? 0 : Marshal.GetLastPInvokeError();
+        Posix.Fallocate(fd, 0, offset, length) == 0 ? 0 : Posix.LastError;
 
-    [LibraryImport("libc", EntryPoint = "posix_fadvise")]
-    private static partial int FadviseNative(SafeFileHandle fd, long offset, long length, int advice);
-
-    /// <summary>posix_fadvise(POSIX_FADV_WILLNEED): 0 or the error number (posix_fadvise returns it, errno is untouched).</summary>
-    public static int FadviseWillNeed(SafeFileHandle fd, long offset, long length) => FadviseNative(fd, offset, length, 3);
-
-    [LibraryImport("libc", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8)]
-    private static partial int OpenNative(string path, int flags);
+    /// <summary>posix_fadvise(POSIX_FADV_WILLNEED): 0 or the error number.</summary>
+    public static int FadviseWillNeed(SafeFileHandle fd, long offset, long length) => Posix.Fadvise(fd, offset, length, FadviseWillNeed_);
 
     /// <summary>
     /// Opens <paramref name="path"/> read-write with O_DIRECT (and O_CLOEXEC): the handle, or null when the file or its
@@ -34,18 +20,13 @@ internal static partial class PosixSync
     /// </summary>
     public static SafeFileHandle? OpenDirectForWrite(string path)
     {
-        const int ReadWrite = 2;
-        const int CloseOnExec = 0x80000;
-
-        // O_DIRECT differs between architectures (asm-generic 0x4000; arm and arm64 0x10000).
-        int direct = RuntimeInformation.ProcessArchitecture is Architecture.Arm64 or Architecture.Arm ? 0x10000 : 0x4000;
-        int fd = OpenNative(path, ReadWrite | CloseOnExec | direct);
+        int fd = Posix.Open(path, Posix.OReadWrite | Posix.OCloexec | Posix.ODirect, 0);
         return fd < 0 ? null : new SafeFileHandle(fd, ownsHandle: true);
     }
 
     /// <summary>Returns 0 or the errno.</summary>
-    public static int FSync(SafeFileHandle fd) => FsyncNative(fd) == 0 ? 0 : Marshal.GetLastPInvokeError();
+    public static int FSync(SafeFileHandle fd) => Posix.FSync(fd) == 0 ? 0 : Posix.LastError;
 
     /// <summary>Returns 0 or the errno.</summary>
-    public static int FDataSync(SafeFileHandle fd) => FdatasyncNative(fd) == 0 ? 0 : Marshal.GetLastPInvokeError();
+    public static int FDataSync(SafeFileHandle fd) => Posix.FDataSync(fd) == 0 ? 0 : Posix.LastError;
 }

@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Buffers.Binary;
 using System.Security.Cryptography;
 using PrlFuse.Core.Formats;
+using PrlFuse.Core.IO;
 
 namespace PrlFuse.Core.Images;
 
@@ -207,7 +208,7 @@ public sealed partial class ExpandableImage
         long host = Interlocked.Add(ref _nextFree, clusterBytes) - clusterBytes;
         if (host / Bat.UnitBytes > uint.MaxValue)
         {
-            throw new IOException($"{Path}: image is full: its BAT cannot address offset {host}", 27 /* EFBIG */);
+            throw new IOException($"{Path}: image is full: its BAT cannot address offset {host}", Errno.EFBIG);
         }
 
         long fileEnd = Volatile.Read(ref _fileEnd);

@@ -200,7 +200,7 @@ public sealed unsafe class FuseHost : IDisposable
     /// </summary>
     public int TryUnmount()
     {
-        if (Libc.Umount2(Mountpoint, 0) == 0)
+        if (Posix.Umount2(Mountpoint, 0) == 0)
         {
             return 0;
         }
@@ -211,7 +211,7 @@ public sealed unsafe class FuseHost : IDisposable
     /// <summary>Non-lazy unmount of any mount point (see <see cref="TryUnmount"/>): 0 or an errno such as EBUSY.</summary>
     public static int Unmount(string mountpoint)
     {
-        if (Libc.Umount2(mountpoint, 0) == 0)
+        if (Posix.Umount2(mountpoint, 0) == 0)
         {
             return 0;
         }
@@ -221,7 +221,7 @@ public sealed unsafe class FuseHost : IDisposable
 
     /// <summary>True if <paramref name="path"/> is a FUSE mount whose daemon is gone (statvfs gives ENOTCONN).</summary>
     public static bool IsStaleMount(string path) =>
-        Libc.StatVfs(path, out _) != 0 && Marshal.GetLastPInvokeError() == Errno.ENOTCONN;
+        Posix.StatVfs(path, out _) != 0 && Marshal.GetLastPInvokeError() == Errno.ENOTCONN;
 
     /// <summary>
     /// Detaches a stale mount (umount2 MNT_DETACH; fusermount3 -uz when not root). Returns 0 or an errno.
@@ -229,7 +229,7 @@ public sealed unsafe class FuseHost : IDisposable
     /// </summary>
     public static int ClearStaleMount(string path)
     {
-        if (Libc.Umount2(path, Libc.MntDetach) == 0)
+        if (Posix.Umount2(path, Posix.MntDetach) == 0)
         {
             return 0;
         }

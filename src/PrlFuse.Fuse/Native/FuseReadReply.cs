@@ -161,16 +161,16 @@ internal static class ZeroSource
     {
         try
         {
-            int fd = Libc.MemfdCreate("prlfuse-zeros", Libc.MfdCloexec | Libc.MfdAllowSealing);
+            int fd = Posix.MemfdCreate("prlfuse-zeros", Posix.MfdCloexec | Posix.MfdAllowSealing);
             if (fd < 0)
             {
                 return -1;
             }
 
-            if (Libc.Ftruncate(fd, Bytes) != 0
-                || Libc.Fcntl(fd, Libc.FAddSeals, Libc.FSealShrink | Libc.FSealGrow | Libc.FSealWrite | Libc.FSealSeal) != 0)
+            if (Posix.Ftruncate(fd, Bytes) != 0
+                || Posix.Fcntl(fd, Posix.FAddSeals, Posix.FSealShrink | Posix.FSealGrow | Posix.FSealWrite | Posix.FSealSeal) != 0)
             {
-                Libc.Close(fd);
+                Posix.Close(fd);
                 return -1;
             }
 

@@ -28,20 +28,20 @@ public static class FuseSplice
     public static unsafe uint? LargestSplicedRead(int pieces = 2)
     {
         int* fds = stackalloc int[2];
-        if (Libc.Pipe2(fds, Libc.OCloexec) != 0)
+        if (Posix.Pipe2(fds, Posix.OCloexec) != 0)
         {
             return null;
         }
 
         try
         {
-            if (Libc.Fcntl(fds[0], Libc.FSetPipeSize, PipeBytesFor(KernelMaxRead, pieces)) >= 0)
+            if (Posix.Fcntl(fds[0], Posix.FSetPipeSize, PipeBytesFor(KernelMaxRead, pieces)) >= 0)
             {
                 return null;
             }
 
             int max = ReadPipeMaxSize();
-            int size = max > 0 ? Libc.Fcntl(fds[0], Libc.FSetPipeSize, max) : -1;
+            int size = max > 0 ? Posix.Fcntl(fds[0], Posix.FSetPipeSize, max) : -1;
             if (size <= 0)
             {
                 return null;
@@ -52,8 +52,8 @@ public static class FuseSplice
         }
         finally
         {
-            Libc.Close(fds[0]);
-            Libc.Close(fds[1]);
+            Posix.Close(fds[0]);
+            Posix.Close(fds[1]);
         }
     }
 

@@ -114,7 +114,7 @@ public static unsafe class LibFuse
         {
             IntPtr p = version is null
                 ? (NativeLibrary.TryGetExport(h, name, out IntPtr q) ? q : IntPtr.Zero)
-                : Libc.DlVSym(h, name, version);
+                : Posix.DlVSym(h, name, version);
             if (p != IntPtr.Zero)
             {
                 return p;

@@ -52,26 +52,6 @@ public struct Stat
     [FieldOffset(104)] public TimeSpec ChangeTime;
 }
 
-/// <summary>glibc x86-64 struct statvfs (112 bytes).</summary>
-[StructLayout(LayoutKind.Explicit, Size = SizeInBytes)]
-public struct StatVfs
-{
-    public const int SizeInBytes = 112;
-
-    [FieldOffset(0)] public ulong BlockSize;
-    [FieldOffset(8)] public ulong FragmentSize;
-    /// <summary>Size of the filesystem in <see cref="FragmentSize"/> units.</summary>
-    [FieldOffset(16)] public ulong Blocks;
-    [FieldOffset(24)] public ulong BlocksFree;
-    [FieldOffset(32)] public ulong BlocksAvailable;
-    [FieldOffset(40)] public ulong Files;
-    [FieldOffset(48)] public ulong FilesFree;
-    [FieldOffset(56)] public ulong FilesAvailable;
-    [FieldOffset(64)] public ulong FsId;
-    [FieldOffset(72)] public ulong Flags;
-    [FieldOffset(80)] public ulong NameMax;
-}
-
 /// <summary>File type bits of <see cref="Stat.Mode"/> (S_IF*); OR them with the permission bits.</summary>
 public static class StatMode
 {

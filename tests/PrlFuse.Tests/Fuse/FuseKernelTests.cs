@@ -1,3 +1,4 @@
+using PrlFuse.Core.IO;
 using System.Runtime.InteropServices;
 using PrlFuse.Fuse.Native;
 
@@ -56,7 +57,7 @@ public sealed class FuseKernelTests
     {
         using var m = MountedFileSystem.Start();
 
-        Assert.Equal(0, Libc.StatVfs(m.Directory, out StatVfs st));
+        Assert.Equal(0, Posix.StatVfs(m.Directory, out StatVfs st));
         Assert.Equal(4096UL, st.BlockSize);
         Assert.Equal(1000UL, st.Blocks);
         Assert.Equal(250UL, st.BlocksFree);

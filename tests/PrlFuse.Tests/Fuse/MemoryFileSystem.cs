@@ -1,3 +1,4 @@
+using PrlFuse.Core.IO;
 using System.Collections.Concurrent;
 using PrlFuse.Fuse.Native;
 

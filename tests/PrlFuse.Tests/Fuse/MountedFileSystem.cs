@@ -1,3 +1,4 @@
+using PrlFuse.Core.IO;
 using System.Runtime.InteropServices;
 using PrlFuse.Fuse.Native;
 

@@ -1,3 +1,4 @@
+using PrlFuse.Core.IO;
 using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.CompilerServices;
@@ -293,7 +294,7 @@ public sealed class NativeLayoutTests
         Assert.NotEqual(IntPtr.Zero, LibFuse.Handle);
         // 3.14 here: the 3.12 loop with fuse_loop_cfg_* must be the one picked.
         Assert.True(LibFuse.UsesLoopConfig312);
-        Assert.NotEqual(IntPtr.Zero, Libc.DlVSym(LibFuse.Handle, "fuse_new", "FUSE_3.1"));
-        Assert.NotEqual(IntPtr.Zero, Libc.DlVSym(LibFuse.Handle, "fuse_loop_mt", "FUSE_3.12"));
+        Assert.NotEqual(IntPtr.Zero, Posix.DlVSym(LibFuse.Handle, "fuse_new", "FUSE_3.1"));
+        Assert.NotEqual(IntPtr.Zero, Posix.DlVSym(LibFuse.Handle, "fuse_loop_mt", "FUSE_3.12"));
     }
 }

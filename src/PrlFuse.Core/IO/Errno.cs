@@ -1,4 +1,4 @@
-namespace PrlFuse.Fuse.Native;
+namespace PrlFuse.Core.IO;
 
 /// <summary>Linux errno values. Filesystem callbacks return 0 or the negated value (e.g. <c>-Errno.ENOENT</c>).</summary>
 public static class Errno
