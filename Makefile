@@ -3,7 +3,7 @@ CONFIG ?= Release
 PREFIX ?= /usr/local
 DOTNET ?= dotnet
 
-.PHONY: all setup build test demo install bench soak fuzz clean
+.PHONY: all setup build test demo publish install uninstall bench soak fuzz clean
 
 all: build
 
@@ -19,10 +19,21 @@ test: setup
 demo: setup
 	bash scripts/demo.sh
 
-install: setup
-	$(DOTNET) publish src/PrlFuse.Cli -c Release -r linux-x64 --self-contained -p:PublishSingleFile=true -p:PublishReadyToRun=true -o artifacts/publish -nologo -v quiet
+# One self-contained file: it runs copied alone into any folder (no native helper beside it).
+publish:
+	$(DOTNET) publish src/PrlFuse.Cli -c Release -r linux-x64 --self-contained -p:PublishSingleFile=true -p:PublishReadyToRun=true -p:IncludeNativeLibrariesForSelfExtract=true -p:DebugType=none -o artifacts/publish -nologo -v quiet
+
+# The binary, the manual page prlfuse(1) and bash completion; `make uninstall` removes exactly these.
+INSTALLED = $(PREFIX)/bin/prlfuse $(PREFIX)/share/man/man1/prlfuse.1 $(PREFIX)/share/bash-completion/completions/prlfuse
+install: publish
 	install -D -m 0755 artifacts/publish/prlfuse $(PREFIX)/bin/prlfuse
-	@echo "installed $(PREFIX)/bin/prlfuse"
+	install -D -m 0644 docs/prlfuse.1 $(PREFIX)/share/man/man1/prlfuse.1
+	install -D -m 0644 scripts/prlfuse.bash-completion $(PREFIX)/share/bash-completion/completions/prlfuse
+	@echo "installed $(PREFIX)/bin/prlfuse, its manual page and bash completion"
+
+uninstall:
+	rm -f $(INSTALLED)
+	@echo "removed $(INSTALLED)"
 
 bench: setup
 	bash scripts/bench.sh

@@ -4,7 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 demo=$(pwd)/.demo
-prlfuse() { dotnet src/PrlFuse.Cli/bin/Release/net10.0/prlfuse.dll "$@"; }
+# The demo runs what a user runs: the binary `make install` produces (here into a private prefix).
+if [ -z "${PRLFUSE_BIN:-}" ]; then
+  echo "== 0. make install PREFIX=artifacts/demo-prefix (the single-file prlfuse, its man page and completion)"
+  make -s install PREFIX="$(pwd)/artifacts/demo-prefix" >/dev/null
+  PRLFUSE_BIN=$(pwd)/artifacts/demo-prefix/bin/prlfuse
+fi
+prlfuse() { "$PRLFUSE_BIN" "$@"; }
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 

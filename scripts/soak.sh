@@ -3,11 +3,11 @@
 # processes read the snapshot files, for DURATION seconds. Passes only if fio reports no verify error, fsck is clean,
 # `prlfuse check` is clean, the snapshot files never change, and the daemon's memory shows no growth trend.
 #   scripts/soak.sh [DURATION_SECONDS]      (default 600; CI runs 60)
-# PRLFUSE may name the command to run (default: the Release build via dotnet).
+# PRLFUSE may name the command to run (default: PRLFUSE_BIN, else the binary `make test` installs in artifacts/test-prefix).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-600}
-prlfuse() { ${PRLFUSE:-dotnet $(pwd)/src/PrlFuse.Cli/bin/Release/net10.0/prlfuse.dll} "$@"; }
+prlfuse() { ${PRLFUSE:-${PRLFUSE_BIN:-$(pwd)/artifacts/test-prefix/bin/prlfuse}} "$@"; }
 work=$(mktemp -d /tmp/prlfuse-soak.XXXXXX)
 bundle="$work/soak.hdd"; mnt="$work/mnt"; guest="$work/guest"
 mkdir -p "$bundle" "$mnt" "$guest"

@@ -2,6 +2,14 @@
 # Runs every test (unit, qemu oracle, real kernel FUSE/loop tests) and ends with "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# The end-to-end tests drive what users run: the binary `make install` puts in a prefix.
+prefix="$PWD/artifacts/test-prefix"
+if ! make -s install PREFIX="$prefix" >/dev/null; then
+  echo "test: make install PREFIX=$prefix failed"
+  echo "0 passed, 1 failed, 0 skipped"
+  exit 1
+fi
+export PRLFUSE_BIN="$prefix/bin/prlfuse"
 results=$(mktemp -d)
 dotnet test tests/PrlFuse.Tests -c Release --no-build -nologo \
   --logger "console;verbosity=normal" --logger "trx;LogFileName=results.trx" --results-directory "$results" "$@"

@@ -1,7 +1,7 @@
-using CommandLine;
-using CommandLine.Text;
+using System.Text;
+using PrlFuse.Cli.Arguments;
 using PrlFuse.Cli.Commands;
-using PrlFuse.Core;
+using PrlFuse.Cli.Output;
 
 namespace PrlFuse.Cli;
 
@@ -11,83 +11,135 @@ internal static class Program
     public const int ExitError = 1;
     public const int ExitUsage = 2;
 
+    public static string Version => typeof(Program).Assembly.GetName().Version?.ToString(3) ?? "0.0.0";
+
     private static int Main(string[] args)
     {
-        var parser = new Parser(s =>
+        if (args.Length == 0)
         {
-            s.HelpWriter = null;
-            s.CaseInsensitiveEnumValues = true;
-            s.AutoVersion = true;
-        });
-        var result = parser.ParseArguments<InfoOptions, ExportOptions, CheckOptions, MountOptions, UnmountOptions>(args);
-        return result.MapResult(
-            (InfoOptions o) => Run(o, () => InfoCommand.Run(o)),
-            (ExportOptions o) => Run(o, () => ExportCommand.Run(o)),
-            (CheckOptions o) => Run(o, () => CheckCommand.Run(o)),
-            (MountOptions o) => Run(o, () => MountCommand.Run(o)),
-            (UnmountOptions o) => Run(o, () => UnmountCommand.Run(o)),
-            errors => Usage(result, errors));
+            Console.Error.Write(GeneralHelp());
+            return ExitUsage;
+        }
+
+        string verb = args[0];
+        switch (verb)
+        {
+            case "-h" or "--help":
+                Console.Out.Write(GeneralHelp());
+                return ExitOk;
+            case "--version" or "-V":
+                Console.Out.WriteLine($"prlfuse {Version}");
+                return ExitOk;
+            case "help":
+                return Help(args.Length > 1 ? args[1] : null);
+        }
+
+        var command = CommandTable.Find(verb);
+        if (command is null)
+        {
+            return UsageError(null, verb.StartsWith('-') ? $"unknown option \"{verb}\" (options follow the command)" : $"unknown command \"{verb}\"");
+        }
+
+        object options;
+        try
+        {
+            options = command.Parse(args[1..], out bool help);
+            if (help)
+            {
+                Console.Out.Write(command.HelpText());
+                return ExitOk;
+            }
+        }
+        catch (UsageException e)
+        {
+            return UsageError(e.Command, e.Message);
+        }
+
+        return Run((CommonOptions)options, () => command.Run(options));
     }
 
-    /// <summary>Every command runs here: user errors become one line on stderr, never a stack trace unless --debug.</summary>
+    private static int Help(string? verb)
+    {
+        if (verb is null)
+        {
+            Console.Out.Write(GeneralHelp());
+            return ExitOk;
+        }
+
+        var command = CommandTable.Find(verb);
+        if (command is null)
+        {
+            return UsageError(null, $"unknown command \"{verb}\"");
+        }
+
+        Console.Out.Write(command.HelpText());
+        return ExitOk;
+    }
+
+    private static int UsageError(CommandSpec? command, string message)
+    {
+        string name = command is null ? "prlfuse" : "prlfuse " + command.Name;
+        Console.Error.WriteLine($"{name}: {message}");
+        Console.Error.WriteLine(command is null ? "Usage: prlfuse <command> [options]; see 'prlfuse --help'" : $"Usage: {command.UsageLine}; see '{name} --help'");
+        return ExitUsage;
+    }
+
+    internal static string GeneralHelp()
+    {
+        var sb = new StringBuilder();
+        sb.AppendLine($"prlfuse {Version}: opens Parallels disk bundles (.hdd) and shows every snapshot as a raw disk file.");
+        sb.AppendLine().AppendLine("Usage: prlfuse <command> [options] [arguments]").AppendLine().AppendLine("Commands:");
+        int width = CommandTable.Commands.Max(c => c.Name.Length) + 4;
+        foreach (var c in CommandTable.Commands)
+        {
+            CommandSpec.Wrap(sb, c.Summary, new string(' ', width + 2), "  " + c.Name.PadRight(width));
+        }
+
+        sb.AppendLine().AppendLine("'prlfuse <command> --help' (or 'prlfuse help <command>') shows a command's options and examples.");
+        sb.AppendLine("'prlfuse --version' prints the version. See also the manual page prlfuse(1).");
+        sb.AppendLine().AppendLine("Examples:");
+        foreach (var e in HelpFooter.Examples)
+        {
+            sb.Append("  ").AppendLine(e);
+        }
+
+        return sb.ToString();
+    }
+
+    /// <summary>Every command runs here: failures become one line on stderr, never a stack trace unless --debug.</summary>
     private static int Run(CommonOptions options, Func<int> command)
     {
         try
         {
             return command();
         }
-        catch (PrlFuseException e)
+        catch (UsageException e)
         {
-            return Fail(e.Message, e, options.Debug);
+            return UsageError(e.Command, e.Message);
         }
-        catch (IOException e)
-        {
-            return Fail(e.Message, e, options.Debug);
-        }
-        catch (UnauthorizedAccessException e)
-        {
-            return Fail(e.Message, e, options.Debug);
-        }
-#pragma warning disable CA1031 // The last line of defence: a bug is reported as one line too.
+#pragma warning disable CA1031 // The last line of defence: every failure is reported as one line.
         catch (Exception e)
 #pragma warning restore CA1031
         {
-            return Fail($"internal error ({e.GetType().Name}): {e.Message}; rerun with --debug and report it", e, options.Debug);
+            Console.Error.WriteLine($"prlfuse: {ErrorText.Describe(e)}");
+            if (options.Debug)
+            {
+                Console.Error.WriteLine(e.ToString());
+            }
+
+            return ExitError;
         }
     }
+}
 
-    private static int Fail(string message, Exception e, bool debug)
-    {
-        Console.Error.WriteLine($"prlfuse: {message}");
-        if (debug)
-        {
-            Console.Error.WriteLine(e.ToString());
-        }
-
-        return ExitError;
-    }
-
-    private static int Usage<T>(ParserResult<T> result, IEnumerable<Error> errors)
-    {
-        var list = errors.ToList();
-        bool help = list.Any(e => e.Tag is ErrorType.HelpRequestedError or ErrorType.HelpVerbRequestedError or ErrorType.VersionRequestedError);
-        var text = HelpText.AutoBuild(result, h =>
-        {
-            h.Heading = "prlfuse " + typeof(Program).Assembly.GetName().Version?.ToString(3);
-            h.Copyright = "Mounts Parallels disk bundles (.hdd) and shows every snapshot as a raw disk file.";
-            h.AddDashesToOption = true;
-            h.AdditionalNewLineAfterOption = false;
-            h.MaximumDisplayWidth = 100;
-            h.AddPostOptionsLines(HelpFooter.Lines);
-            return HelpText.DefaultParsingErrorsHandler(result, h);
-        }, e => e, verbsIndex: true);
-        if (help)
-        {
-            Console.Out.WriteLine(text);
-            return ExitOk;
-        }
-
-        Console.Error.WriteLine(text);
-        return ExitUsage;
-    }
+internal static class HelpFooter
+{
+    public static readonly string[] Examples =
+    [
+        "prlfuse info disk.hdd",
+        "prlfuse export disk.hdd --snapshot {986476cf-d62e-45d1-b355-86feca91376e} -o old.raw",
+        "prlfuse mount disk.hdd /mnt/x && mount -o loop,ro /mnt/x/snapshots/{GUID}.raw /mnt/old",
+        "prlfuse status",
+        "prlfuse unmount /mnt/x",
+    ];
 }

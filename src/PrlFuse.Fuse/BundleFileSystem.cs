@@ -23,6 +23,9 @@ public sealed record BundleFileSystemOptions
 
     /// <summary>Called when a callback hits an unexpected error (logged by the daemon).</summary>
     public Action<string>? Log { get; init; }
+
+    /// <summary>Called once the kernel's init request has been handled: from then on the mount answers.</summary>
+    public Action? OnInitialized { get; init; }
 }
 
 /// <summary>
@@ -110,6 +113,9 @@ public sealed class BundleFileSystem : IFuseFileSystem
     /// </summary>
     public const int SpliceMinBytes = 8 * 1024;
 
+    /// <summary>The top snapshot's file in the mount's root.</summary>
+    public const string CurrentFileName = "current.raw";
+
     public bool ProvidesReadBuf => _options.Splice;
 
     /// <summary>Largest write request (see Init).</summary>
@@ -144,6 +150,8 @@ public sealed class BundleFileSystem : IFuseFileSystem
         context.AttrTimeout = 10;
         context.EntryTimeout = 10;
         context.NegativeTimeout = 10;
+
+        _options.OnInitialized?.Invoke();
     }
 
     private FileEntry? Find(ReadOnlySpan<byte> path)

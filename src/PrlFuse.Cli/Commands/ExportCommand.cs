@@ -11,7 +11,12 @@ internal static class ExportCommand
 
     public static int Run(ExportOptions o)
     {
-        using var disk = VirtualDisk.Open(o.Disk, new DiskOpenOptions { CacheBytes = Sizes.Parse(o.CacheSize, "--cache-size"), AllowImagesOutsideBundle = o.AllowOutsideImages });
+        if (o.Output is null)
+        {
+            throw new Arguments.UsageException(CommandTable.Find("export"), "missing -o/--output FILE (where to write the raw disk; - for standard output)");
+        }
+
+        using var disk = VirtualDisk.Open(o.Disk, new DiskOpenOptions { CacheBytes = o.CacheBytes, AllowImagesOutsideBundle = o.AllowOutsideImages });
         var view = o.Snapshot is null ? disk.Top : disk.GetView(o.Snapshot);
         string output = Path.GetFullPath(o.Output);
         foreach (var layer in disk.Storages.SelectMany(s => s.Images.Values))

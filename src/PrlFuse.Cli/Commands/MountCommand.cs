@@ -11,15 +11,31 @@ namespace PrlFuse.Cli.Commands;
 
 /// <summary>
 /// `prlfuse mount`. Without --foreground the command starts itself again as a detached daemon (.NET cannot fork)
-/// and returns once the daemon reports, on a pipe, that the mount is ready or why it failed.
+/// and returns once the daemon reports, on a pipe, that the mount answers, or exits non-zero with the daemon's own
+/// message. The daemon works from "/" and checks that nothing it needs lies below the mountpoint before it mounts:
+/// a lookup of its own mountpoint before the loop serves would block it, and every process that stats mounts after it.
 /// </summary>
 internal static class MountCommand
 {
     private const string ReadyLine = "PRLFUSE-READY";
+
+    /// <summary>Test seam: a daemon started with this variable set fails right after fuse_mount, before it serves.</summary>
+    internal const string FaultAfterMountVariable = "PRLFUSE_FAULT_AFTER_MOUNT";
+
     private static readonly TimeSpan ReadyTimeout = TimeSpan.FromSeconds(60);
 
     public static int Run(MountOptions o)
     {
+        if (o.ForceShare && !o.ReadOnly)
+        {
+            throw new PrlFuseException(null, "--force-share opens images that another process may be writing, so it goes with --read-only only");
+        }
+
+        if (o.Repair && o.ReadOnly)
+        {
+            throw new PrlFuseException(null, "--repair writes the images, so it does not go with --read-only; run 'prlfuse check --repair' first if you want both");
+        }
+
         return o.Foreground || o.DaemonChild ? Serve(o) : StartDaemon(o);
     }
 
@@ -27,17 +43,21 @@ internal static class MountCommand
     {
         // Fail fast on what the parent can see, so the common mistakes need no daemon round trip.
         string mountpoint = CheckMountpoint(o.MountPoint, clearStale: false);
-        var psi = new ProcessStartInfo(Environment.ProcessPath!)
+        string program = Environment.ProcessPath ?? throw new PrlFuseException(null, "cannot find the prlfuse program to start the mount daemon");
+        var psi = new ProcessStartInfo(program)
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             RedirectStandardInput = true,
             UseShellExecute = false,
+            WorkingDirectory = "/",
         };
-        string self = Environment.GetCommandLineArgs()[0];
-        if (self.EndsWith(".dll", StringComparison.OrdinalIgnoreCase))
+
+        // Under `dotnet prlfuse.dll` the process is the host: it needs the assembly again. The apphost and the
+        // single-file binary are the program itself (there argv[0] is the dll or the binary, never to be repeated).
+        if (Path.GetFileNameWithoutExtension(program) == "dotnet")
         {
-            psi.ArgumentList.Add(self); // running as `dotnet prlfuse.dll`
+            psi.ArgumentList.Add(Path.GetFullPath(Environment.GetCommandLineArgs()[0]));
         }
 
         foreach (var arg in DaemonArguments(o, mountpoint))
@@ -59,6 +79,7 @@ internal static class MountCommand
             }
         };
         child.BeginErrorReadLine();
+
         // Before it is ready the daemon writes its notices (warnings, a cleared stale mount) on stdout: relay them.
         var deadline = DateTime.UtcNow + ReadyTimeout;
         while (DateTime.UtcNow < deadline)
@@ -71,6 +92,7 @@ internal static class MountCommand
 
             if (line.Result == ReadyLine)
             {
+                ConfirmAnswers(mountpoint);
                 return Program.ExitOk;
             }
 
@@ -80,12 +102,34 @@ internal static class MountCommand
         if (!child.WaitForExit(5000))
         {
             child.Kill(entireProcessTree: true);
-            throw new PrlFuseException(mountpoint, "the mount daemon did not become ready in time");
+            throw new PrlFuseException(mountpoint, "the mount daemon did not become ready in time; rerun with --foreground to see what it does");
         }
 
         child.WaitForExit();
-        Console.Error.Write(Snapshot(stderr));
+        string said = Snapshot(stderr);
+        if (said.Trim().Length == 0)
+        {
+            throw new PrlFuseException(mountpoint, $"the mount daemon exited with status {child.ExitCode} without saying why; rerun with --foreground --debug");
+        }
+
+        Console.Error.Write(said);
         return child.ExitCode == 0 ? Program.ExitError : child.ExitCode;
+    }
+
+    /// <summary>The daemon said it serves: the mount must answer a lookup before the command reports success.</summary>
+    private static void ConfirmAnswers(string mountpoint)
+    {
+        string current = Path.Combine(mountpoint, BundleFileSystem.CurrentFileName);
+        var probe = Task.Run(() => File.Exists(current));
+        if (!probe.Wait(TimeSpan.FromSeconds(30)))
+        {
+            throw new PrlFuseException(mountpoint, "the mount does not answer (the daemon hangs); see 'prlfuse status', and 'fusermount3 -uz' clears it");
+        }
+
+        if (!probe.Result)
+        {
+            throw new PrlFuseException(mountpoint, $"the daemon reported the mount ready, but {current} is not there; see the daemon's --log");
+        }
     }
 
     private static string Snapshot(System.Text.StringBuilder sb)
@@ -103,40 +147,24 @@ internal static class MountCommand
         yield return mountpoint;
         yield return "--daemon-child";
         yield return "--cache-size";
-        yield return o.CacheSize;
-        if (o.ReadOnly)
+        yield return o.CacheBytes.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        foreach (var (set, flag) in new[]
         {
-            yield return "--read-only";
+            (o.ReadOnly, "--read-only"), (o.PageCache, "--page-cache"), (o.NoSplice, "--no-splice"),
+            (o.BufferedWrites, "--buffered-writes"), (o.AllowOutsideImages, "--allow-outside-images"),
+            (o.Repair, "--repair"), (o.Debug, "--debug"), (o.ForceShare, "--force-share"),
+        })
+        {
+            if (set)
+            {
+                yield return flag;
+            }
         }
 
-        if (o.PageCache)
+        if (o.Format is not null)
         {
-            yield return "--page-cache";
-        }
-
-        if (o.NoSplice)
-        {
-            yield return "--no-splice";
-        }
-
-        if (o.BufferedWrites)
-        {
-            yield return "--buffered-writes";
-        }
-
-        if (o.AllowOutsideImages)
-        {
-            yield return "--allow-outside-images";
-        }
-
-        if (o.Repair)
-        {
-            yield return "--repair";
-        }
-
-        if (o.Debug)
-        {
-            yield return "--debug";
+            yield return "--format";
+            yield return o.Format;
         }
 
         if (o.Threads > 0)
@@ -151,11 +179,10 @@ internal static class MountCommand
             yield return Path.GetFullPath(o.Log);
         }
 
-        var fuseOptions = o.FuseOptions.ToList();
-        if (fuseOptions.Count > 0)
+        if (o.FuseOptions.Count > 0)
         {
             yield return "-o";
-            yield return string.Join(',', fuseOptions);
+            yield return string.Join(',', o.FuseOptions);
         }
     }
 
@@ -179,9 +206,14 @@ internal static class MountCommand
             (notices ?? Console.Error).WriteLine($"prlfuse: cleared a stale mount at {mountpoint} left by a daemon that was killed");
         }
 
+        if (File.Exists(mountpoint))
+        {
+            throw new PrlFuseException(mountpoint, "mountpoint is a file, not a folder; give an empty folder");
+        }
+
         if (!Directory.Exists(mountpoint))
         {
-            throw new PrlFuseException(mountpoint, "mountpoint does not exist; create the folder first");
+            throw new PrlFuseException(mountpoint, "mountpoint does not exist; create the folder first (mkdir)");
         }
 
         string? mounted = MountTable.FileSystemTypeAt(mountpoint);
@@ -203,6 +235,50 @@ internal static class MountCommand
         return mountpoint;
     }
 
+    /// <summary>
+    /// Refuses a mountpoint that would hide files or hold what the daemon needs: not empty (unless -o nonempty), the
+    /// bundle folder or a folder above the disk's descriptor, images or log, the program's own files, or "/".
+    /// </summary>
+    private static void CheckMountpointAgainstDisk(string mountpoint, VirtualDisk disk, MountOptions o)
+    {
+        string real = PathRules.RealPath(mountpoint) ?? mountpoint;
+        string bundle = Path.GetDirectoryName(disk.SourcePath) ?? "/";
+        Refuse(bundle, disk.IsBareImage ? "the folder of the image" : "the disk's bundle folder");
+        Refuse(disk.SourcePath, disk.IsBareImage ? "the disk's image" : "the disk's DiskDescriptor.xml");
+        foreach (var image in disk.Storages.SelectMany(s => s.Images.Values))
+        {
+            Refuse(image.Path, "an image of the disk");
+        }
+
+        if (o.Log is not null)
+        {
+            Refuse(o.Log, "the log file");
+        }
+
+        if (Environment.ProcessPath is { } program)
+        {
+            Refuse(program, "prlfuse's own program");
+        }
+
+        Refuse(AppContext.BaseDirectory, "prlfuse's own program files");
+        Refuse(Directory.GetCurrentDirectory(), "the daemon's working folder");
+
+        if (!o.FuseOptions.Contains("nonempty") && Directory.EnumerateFileSystemEntries(mountpoint).Any())
+        {
+            throw new PrlFuseException(mountpoint, "mountpoint is not empty: mounting would hide its files; use an empty folder (or -o nonempty to mount over them)");
+        }
+
+        void Refuse(string path, string what)
+        {
+            string target = PathRules.RealPath(path) ?? Path.GetFullPath(path);
+            target = Path.TrimEndingDirectorySeparator(target);
+            if (target == real || target.StartsWith(real == "/" ? "/" : real + "/", StringComparison.Ordinal))
+            {
+                throw new PrlFuseException(mountpoint, $"mountpoint is or holds {what} ({target}); the mount would hide it from the daemon that serves it; choose an empty folder elsewhere");
+            }
+        }
+    }
+
     private static int Serve(MountOptions o)
     {
         if (o.DaemonChild)
@@ -213,14 +289,20 @@ internal static class MountCommand
 
         // A daemon child's stdout goes to the waiting parent, which shows these lines to the user.
         var notices = o.DaemonChild ? Console.Out : Console.Error;
+        o.Disk = Path.GetFullPath(o.Disk);
+        o.MountPoint = Path.GetFullPath(o.MountPoint);
+        o.Log = o.Log is null ? null : Path.GetFullPath(o.Log);
+
+        // From here on no relative path is used; a working folder below the mountpoint would block the daemon.
+        Directory.SetCurrentDirectory("/");
+        var detach = o.DaemonChild ? Detach.Prepare(o.Log) : null;
         string mountpoint = CheckMountpoint(o.MountPoint, clearStale: true, notices);
-        long cacheBytes = Sizes.Parse(o.CacheSize, "--cache-size");
-        if (o.Repair && !o.ReadOnly)
+        if (o.Repair)
         {
             RepairFirst(o.Disk, notices);
         }
 
-        var openOptions = new DiskOpenOptions { ReadOnly = o.ReadOnly, CacheBytes = cacheBytes, AllowImagesOutsideBundle = o.AllowOutsideImages };
+        var openOptions = new DiskOpenOptions { ReadOnly = o.ReadOnly, CacheBytes = o.CacheBytes, AllowImagesOutsideBundle = o.AllowOutsideImages };
         if (o.BufferedWrites)
         {
             openOptions = openOptions with { OpenFile = static (path, writable) => PositionalImageFile.Open(path, writable, exclusive: false, directWrites: false) };
@@ -231,12 +313,13 @@ internal static class MountCommand
         try
         {
             RefuseUnwritableTop(disk, o);
+            CheckMountpointAgainstDisk(mountpoint, disk, o);
             foreach (var warning in disk.Warnings)
             {
                 notices.WriteLine($"prlfuse: warning: {warning}");
             }
 
-            exit = ServeDisk(disk, mountpoint, o);
+            exit = ServeDisk(disk, mountpoint, o, detach);
         }
         finally
         {
@@ -292,11 +375,13 @@ internal static class MountCommand
         throw new PrlFuseException(disk.SourcePath, "the top snapshot's image cannot be opened for writing; mount with --read-only");
     }
 
-    private static int ServeDisk(VirtualDisk disk, string mountpoint, MountOptions o)
+    private static int ServeDisk(VirtualDisk disk, string mountpoint, MountOptions o, Detach? detach)
     {
         var fuseOptions = o.FuseOptions.Select(x => x.Trim()).Where(x => x.Length > 0).ToList();
+        fuseOptions.RemoveAll(x => x == "nonempty"); // ours to check (see CheckMountpointAgainstDisk); libfuse 3 has no such option
         bool allowOther = fuseOptions.Remove("allow_other");
         bool defaultPermissions = fuseOptions.Remove("default_permissions") || allowOther;
+        using var serving = new ManualResetEventSlim();
         var fs = new BundleFileSystem(disk, new BundleFileSystemOptions
         {
             DirectIo = !o.PageCache,
@@ -304,10 +389,11 @@ internal static class MountCommand
             Uid = Posix.GetUid(),
             Gid = Posix.GetGid(),
             Log = message => Console.Error.WriteLine($"prlfuse: {message}"),
+            OnInitialized = () => serving.Set(),
         });
         var options = new FuseMountOptions
         {
-            FsName = Path.GetFullPath(o.Disk),
+            FsName = disk.SourcePath,
             AllowOther = allowOther,
             DefaultPermissions = defaultPermissions,
             ReadOnly = o.ReadOnly,
@@ -323,7 +409,9 @@ internal static class MountCommand
         if (fuseOptions.FirstOrDefault(x => x.StartsWith("max_read=", StringComparison.Ordinal)) is { } userMaxRead)
         {
             fuseOptions.Remove(userMaxRead);
-            options.MaxRead = uint.Parse(userMaxRead["max_read=".Length..], System.Globalization.CultureInfo.InvariantCulture);
+            options.MaxRead = uint.TryParse(userMaxRead["max_read=".Length..], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out uint maxRead) && maxRead >= 4096
+                ? maxRead
+                : throw new PrlFuseException(null, $"-o {userMaxRead}: max_read must be a number of bytes, at least 4096");
         }
         if (o.Threads > 0)
         {
@@ -337,15 +425,26 @@ internal static class MountCommand
 
         using var host = FuseHost.Mount(mountpoint, fs, options);
         using var signals = RegisterSignals(host, mountpoint);
-        if (o.DaemonChild)
+        if (Environment.GetEnvironmentVariable(FaultAfterMountVariable) is { Length: > 0 } fault)
         {
-            ReportReadyAndDetach(o.Log);
-        }
-        else
-        {
-            Console.Error.WriteLine($"prlfuse: mounted {disk.SourcePath} on {mountpoint}; Ctrl-C or 'prlfuse unmount {mountpoint}' ends it");
+            throw new PrlFuseException(mountpoint, $"injected failure after the mount ({FaultAfterMountVariable}={fault})");
         }
 
+        // Readiness is told once the kernel's init request has been answered, i.e. the loop serves.
+        var announce = new Thread(() =>
+        {
+            serving.Wait();
+            if (detach is not null)
+            {
+                detach.ReportReady();
+            }
+            else
+            {
+                Console.Error.WriteLine($"prlfuse: mounted {disk.SourcePath} on {mountpoint}; Ctrl-C or 'prlfuse unmount {mountpoint}' ends it");
+            }
+        })
+        { IsBackground = true, Name = "prlfuse-ready" };
+        announce.Start();
         int status = host.Run();
         disk.Flush();
         return status == 0 ? Program.ExitOk : Program.ExitError;
@@ -380,21 +479,51 @@ internal static class MountCommand
         public void Dispose() => list.ForEach(r => r.Dispose());
     }
 
-    /// <summary>Tells the waiting parent we are mounted, then points stdio away from its pipes.</summary>
-    private static void ReportReadyAndDetach(string? log)
+    /// <summary>
+    /// The daemon's way out of the parent's pipes: /dev/null and the log file are opened before the mount (so a
+    /// failure is still reported to the parent), and swapped in for stdio once readiness is told.
+    /// </summary>
+    private sealed class Detach
     {
-        Console.Out.WriteLine(ReadyLine);
-        Console.Out.Flush();
-        Console.Error.Flush();
-        int devNull = Posix.Open("/dev/null", Posix.OReadWrite, 0);
-        int logFd = log is null
-            ? devNull
-            : Posix.Open(log, Posix.OWriteOnly | Posix.OCreate | Posix.OAppend, 0x180);
-        if (devNull >= 0)
+        private readonly int _devNull;
+        private readonly int _log;
+
+        private Detach(int devNull, int log)
         {
-            Posix.Dup2(devNull, 0);
-            Posix.Dup2(devNull, 1);
-            Posix.Dup2(logFd >= 0 ? logFd : devNull, 2);
+            _devNull = devNull;
+            _log = log;
+        }
+
+        public static Detach Prepare(string? log)
+        {
+            int devNull = Posix.Open("/dev/null", Posix.OReadWrite | Posix.OCloexec, 0);
+            if (devNull < 0)
+            {
+                throw new PrlFuseException("/dev/null", $"cannot be opened (errno {Posix.LastError})");
+            }
+
+            int logFd = devNull;
+            if (log is not null)
+            {
+                logFd = Posix.Open(log, Posix.OWriteOnly | Posix.OCreate | Posix.OAppend | Posix.OCloexec, 0x180 /* 0600 */);
+                if (logFd < 0)
+                {
+                    throw new PrlFuseException(log, $"cannot open the log file (errno {Posix.LastError}); choose a writable path for --log");
+                }
+            }
+
+            return new Detach(devNull, logFd);
+        }
+
+        /// <summary>Tells the waiting parent we serve, then points stdio away from its pipes.</summary>
+        public void ReportReady()
+        {
+            Console.Out.WriteLine(ReadyLine);
+            Console.Out.Flush();
+            Console.Error.Flush();
+            Posix.Dup2(_devNull, 0);
+            Posix.Dup2(_devNull, 1);
+            Posix.Dup2(_log, 2);
         }
     }
 }

@@ -1,13 +1,35 @@
 using System.Globalization;
-using PrlFuse.Core;
 
 namespace PrlFuse.Cli.Commands;
 
 internal static class Sizes
 {
-    /// <summary>Parses "64M", "1G", "4096", "0".</summary>
-    public static long Parse(string text, string option)
+    public const long DefaultCacheBytes = 64L << 20;
+
+    /// <summary>The block cache is memory the daemon allocates up front: at most half the machine's, and 16 GiB.</summary>
+    public static long MaxCacheBytes => Math.Min(16L << 30, GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / 2);
+
+    /// <summary>--cache-size: a size from 0 to <see cref="MaxCacheBytes"/>; FormatException with the range otherwise.</summary>
+    public static long ParseCacheSize(string text)
     {
+        long max = MaxCacheBytes;
+        if (!TryParse(text, out long bytes))
+        {
+            throw new FormatException("is not a size (examples: 0, 4096, 64M, 1G)");
+        }
+
+        if (bytes > max)
+        {
+            throw new FormatException($"is too large: the cache may take 0 to {Human(max)} (half the memory, at most 16 GiB)");
+        }
+
+        return bytes;
+    }
+
+    /// <summary>Parses "64M", "1G", "4096", "0".</summary>
+    public static bool TryParse(string text, out long bytes)
+    {
+        bytes = 0;
         string t = text.Trim();
         long unit = 1;
         if (t.Length > 0 && char.IsLetter(t[^1]))
@@ -25,10 +47,11 @@ internal static class Sizes
 
         if (unit == 0 || !long.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out long n) || n > long.MaxValue / unit)
         {
-            throw new PrlFuseException(null, $"{option} \"{text}\" is not a size (examples: 0, 4096, 64M, 1G)");
+            return false;
         }
 
-        return n * unit;
+        bytes = n * unit;
+        return true;
     }
 
     public static string Human(long bytes)

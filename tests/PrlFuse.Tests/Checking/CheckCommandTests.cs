@@ -305,18 +305,17 @@ public sealed class CheckCommandTests
     {
         using var temp = new TempFolder();
         string image = TestImage.Create(temp.Path);
-        string dll = typeof(CheckCommand).Assembly.Location;
-        Assert.Equal(0, ProcessRunner.Run("dotnet", [dll, "check", image], check: false).ExitCode);
+        Assert.Equal(0, PrlFuseCli.Run("check", image).ExitCode);
         File.AppendAllText(image, new string('x', 1000));
-        var leak = ProcessRunner.Run("dotnet", [dll, "check", image], check: false);
+        var leak = PrlFuseCli.Run("check", image);
         Assert.Equal(3, leak.ExitCode);
         Assert.Contains("a.hds: LEAK", leak.Stdout, StringComparison.Ordinal);
         TestImage.SetInUse(image, TestImage.Ynot);
-        Assert.Equal(2, ProcessRunner.Run("dotnet", [dll, "check", image], check: false).ExitCode);
-        var repair = ProcessRunner.Run("dotnet", [dll, "check", "--repair", image], check: false);
+        Assert.Equal(2, PrlFuseCli.Run("check", image).ExitCode);
+        var repair = PrlFuseCli.Run("check", "--repair", image);
         Assert.True(repair.ExitCode == 0, repair.Stdout + repair.Stderr);
         Assert.Contains("Repaired 2 problems", repair.Stdout, StringComparison.Ordinal);
-        Assert.Equal(1, ProcessRunner.Run("dotnet", [dll, "check", Path.Combine(temp.Path, "nothing.hds")], check: false).ExitCode);
+        Assert.Equal(1, PrlFuseCli.Run("check", Path.Combine(temp.Path, "nothing.hds")).ExitCode);
     }
 
     internal static (int Exit, string Output) RunCheck(string disk, bool repair)

@@ -21,7 +21,7 @@ public sealed class SoakTests(Xunit.Abstractions.ITestOutputHelper output)
             [Path.Combine(root, "scripts", "soak.sh"), "60"],
             TimeSpan.FromMinutes(5),
             check: false,
-            env: new Dictionary<string, string> { ["PRLFUSE"] = $"dotnet {PrlFuseCli.Dll}" });
+            env: new Dictionary<string, string> { ["PRLFUSE"] = PrlFuseCli.Binary });
         output.WriteLine(result.Stdout);
         output.WriteLine(result.Stderr);
         Assert.True(result.ExitCode == 0, result.Stdout + result.Stderr);

@@ -2,13 +2,48 @@ using System.Security.Cryptography;
 
 namespace PrlFuse.Tests.Support;
 
-/// <summary>Runs the real prlfuse command (the CLI project's output, copied beside the tests).</summary>
+/// <summary>
+/// Runs prlfuse as users run it: the single-file binary that `make install` put in a prefix (scripts/test.sh installs
+/// it into artifacts/test-prefix and names it in PRLFUSE_BIN). The build tree's dll and apphost are only for the
+/// tests that show those start the same way.
+/// </summary>
 public static class PrlFuseCli
 {
+    private static readonly Lazy<string> s_binary = new(FindBinary);
+
+    /// <summary>The installed binary.</summary>
+    public static string Binary => s_binary.Value;
+
+    /// <summary>The CLI project's dll copied beside the tests (`dotnet prlfuse.dll`).</summary>
     public static string Dll => Path.Combine(AppContext.BaseDirectory, "prlfuse.dll");
 
+    /// <summary>The apphost `dotnet build` leaves beside the dll.</summary>
+    public static string AppHost => Path.Combine(AppContext.BaseDirectory, "prlfuse");
+
     public static ProcessRunner.Result Run(params string[] args) =>
-        ProcessRunner.Run("dotnet", [Dll, .. args], TimeSpan.FromMinutes(5), check: false);
+        ProcessRunner.Run(Binary, args, TimeSpan.FromMinutes(5), check: false);
+
+    public static ProcessRunner.Result Run(IDictionary<string, string> env, params string[] args) =>
+        ProcessRunner.Run(Binary, args, TimeSpan.FromMinutes(5), check: false, env: env);
+
+    private static string FindBinary()
+    {
+        if (Environment.GetEnvironmentVariable("PRLFUSE_BIN") is { Length: > 0 } bin)
+        {
+            return File.Exists(bin) ? bin : throw new InvalidOperationException($"PRLFUSE_BIN={bin} does not exist");
+        }
+
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            string candidate = Path.Combine(dir.FullName, "artifacts", "test-prefix", "bin", "prlfuse");
+            if (File.Exists(candidate))
+            {
+                return candidate;
+            }
+        }
+
+        throw new InvalidOperationException("no installed prlfuse: run the tests with 'make test' (it runs 'make install PREFIX=artifacts/test-prefix'), or set PRLFUSE_BIN");
+    }
 }
 
 /// <summary>A prlfuse mount made with the real command; unmounted (or torn down) when disposed, whatever happened.</summary>
@@ -17,10 +52,16 @@ public sealed class PrlFuseMount : IDisposable
     private readonly List<LoopMount> _loops = [];
 
     public PrlFuseMount(string disk, string mountpoint, params string[] options)
+        : this(PrlFuseCli.Binary, [], disk, mountpoint, options)
+    {
+    }
+
+    /// <summary>Mounts with another way of starting prlfuse: <paramref name="program"/> and its leading arguments.</summary>
+    public PrlFuseMount(string program, string[] leading, string disk, string mountpoint, params string[] options)
     {
         Directory.CreateDirectory(mountpoint);
         Mountpoint = mountpoint;
-        var result = PrlFuseCli.Run(["mount", disk, mountpoint, .. options]);
+        var result = ProcessRunner.Run(program, [.. leading, "mount", disk, mountpoint, .. options], TimeSpan.FromMinutes(5), check: false);
         Assert.True(result.ExitCode == 0, $"prlfuse mount failed ({result.ExitCode}): {result.Stderr}");
         Assert.True(File.Exists(Path.Combine(mountpoint, "current.raw")), "mount returned before current.raw was visible");
     }

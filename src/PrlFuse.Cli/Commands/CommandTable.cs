@@ -1,0 +1,146 @@
+using PrlFuse.Cli.Arguments;
+using static PrlFuse.Cli.Arguments.Spec;
+
+namespace PrlFuse.Cli.Commands;
+
+/// <summary>Every command with its own options, help and examples: the one table the parser, --help and the man page follow.</summary>
+internal static class CommandTable
+{
+    public const int MaxThreads = 64;
+
+    private const string DiskHelp = "A bundle folder (NAME.hdd), its DiskDescriptor.xml, or a bare image (.hds, or a raw disk file).";
+
+    public static readonly IReadOnlyList<CommandSpec> Commands =
+    [
+        new CommandSpec
+        {
+            Name = "info",
+            Summary = "Show a disk's geometry, storages, images, snapshot tree (the top, i.e. the current state, marked) and warnings.",
+            Description = ["A damaged image is shown with its problems as warnings. A disk in use is reported with who uses it."],
+            Positionals = [Positional<InfoOptions>("disk", DiskHelp, (o, v) => o.Disk = v)],
+            Options =
+            [
+                Flag<InfoOptions>("json", null, "Print the same information as JSON (errors too, as {\"error\": ...}).", o => o.Json = true),
+                .. DiskSourceOptions<InfoOptions>(),
+                Debug<InfoOptions>(),
+            ],
+            Examples = ["prlfuse info disk.hdd", "prlfuse info --json disk.hdd/DiskDescriptor.xml"],
+            Create = () => new InfoOptions(),
+            Run = o => InfoCommand.Run((InfoOptions)o),
+        },
+        new CommandSpec
+        {
+            Name = "export",
+            Summary = "Write one snapshot of a disk as a raw disk image.",
+            Description =
+            [
+                "A regular file is written under a temporary name, made durable and renamed (sparse where unallocated). An existing block device, character device or FIFO is written in place (a block device must hold the whole disk); a symlink is followed. '-o -' writes to standard output.",
+            ],
+            Positionals = [Positional<ExportOptions>("disk", DiskHelp, (o, v) => o.Disk = v)],
+            Options =
+            [
+                Value<ExportOptions>("output", 'o', "FILE", "Where to write: a file, a device, a FIFO, or - for standard output (required).", (o, v) => o.Output = v),
+                Value<ExportOptions>("snapshot", 's', "GUID", "The snapshot, with or without braces, any case (default: the top, the current state).", (o, v) => o.Snapshot = v),
+                CacheSize<ExportOptions>((o, v) => o.CacheBytes = v),
+                .. DiskSourceOptions<ExportOptions>(),
+                Debug<ExportOptions>(),
+            ],
+            Examples =
+            [
+                "prlfuse export disk.hdd -o current.raw",
+                "prlfuse export disk.hdd --snapshot {986476cf-d62e-45d1-b355-86feca91376e} -o old.raw",
+                "prlfuse export disk.hdd -o - | gzip > disk.raw.gz",
+            ],
+            Create = () => new ExportOptions(),
+            Run = o => ExportCommand.Run((ExportOptions)o),
+        },
+        new CommandSpec
+        {
+            Name = "check",
+            Summary = "Check every image of a disk as 'qemu-img check' does, and the descriptor.",
+            Description = ["Exit status: 0 clean, 2 corruptions found, 3 only leaked space, 1 the check itself failed. A plain check never writes."],
+            Positionals = [Positional<CheckOptions>("disk", DiskHelp, (o, v) => o.Disk = v)],
+            Options =
+            [
+                Flag<CheckOptions>("repair", 'r', "Repair what is found, crash-safely: copy duplicated clusters, clear entries outside the file, trim leaks, mark clean. Refused while the disk is in use.", o => o.Repair = true),
+                .. DiskSourceOptions<CheckOptions>(),
+                Debug<CheckOptions>(),
+            ],
+            Examples = ["prlfuse check disk.hdd", "prlfuse check --repair disk.hdd"],
+            Create = () => new CheckOptions(),
+            Run = o => CheckCommand.Run((CheckOptions)o),
+        },
+        new CommandSpec
+        {
+            Name = "mount",
+            Summary = "Mount a disk: MOUNTPOINT/current.raw is the top snapshot (the current state, read-write), MOUNTPOINT/snapshots/{GUID}.raw every other one (read-only).",
+            Description =
+            [
+                "The command returns once the mount answers; the daemon serves in the background until 'prlfuse unmount'. The mountpoint must be an empty folder that holds neither the disk's files nor the current folder.",
+                "The disk's images are locked as QEMU locks them: a disk that another writer (QEMU or prlfuse) holds is refused.",
+            ],
+            Positionals =
+            [
+                Positional<MountOptions>("disk", DiskHelp, (o, v) => o.Disk = v),
+                Positional<MountOptions>("mountpoint", "An existing empty folder.", (o, v) => o.MountPoint = v),
+            ],
+            Options =
+            [
+                Flag<MountOptions>("read-only", 'r', "Serve current.raw read-only too; no image is opened for writing.", o => o.ReadOnly = true),
+                Flag<MountOptions>("foreground", 'f', "Stay in the foreground (systemd, debugging) instead of returning once mounted.", o => o.Foreground = true),
+                Value<MountOptions>("options", 'o', "OPT[,OPT]", "FUSE mount options (allow_other, default_permissions, nonempty, ...); may be repeated.", (o, v) => o.FuseOptions.AddRange(v.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))),
+                Flag<MountOptions>("repair", null, "Repair the images first if needed (after a crash), as 'prlfuse check --repair' does.", o => o.Repair = true),
+                CacheSize<MountOptions>((o, v) => o.CacheBytes = v),
+                Value<MountOptions>("threads", null, "N", $"FUSE worker threads, 0 to {MaxThreads} (default 0: automatic).", (o, v) => o.Threads = Count(v, 0, MaxThreads)),
+                Flag<MountOptions>("page-cache", null, "Let the kernel page cache hold file data (needed for mmap; default: direct I/O, best for loop devices).", o => o.PageCache = true),
+                Flag<MountOptions>("buffered-writes", null, "Write space the top image grows through the host page cache too (default: large writes there go direct).", o => o.BufferedWrites = true),
+                Flag<MountOptions>("no-splice", null, "Copy read data through the daemon instead of splicing it from the images' page cache.", o => o.NoSplice = true),
+                Value<MountOptions>("log", null, "FILE", "Append the background daemon's messages to FILE (default: discarded).", (o, v) => o.Log = v),
+                .. DiskSourceOptions<MountOptions>(),
+                Flag<MountOptions>("debug", null, "Show stack traces of errors, and with --foreground libfuse's request log.", o => o.Debug = true),
+                Flag<MountOptions>("daemon-child", null, "", o => o.DaemonChild = true, hidden: true),
+            ],
+            Examples =
+            [
+                "prlfuse mount disk.hdd /mnt/x",
+                "mount -o loop,ro /mnt/x/snapshots/{GUID}.raw /mnt/old",
+                "prlfuse mount -o allow_other --read-only disk.hdd /mnt/x",
+                "prlfuse unmount /mnt/x",
+            ],
+            Create = () => new MountOptions(),
+            Run = o => MountCommand.Run((MountOptions)o),
+        },
+        new CommandSpec
+        {
+            Name = "unmount",
+            Aliases = ["umount"],
+            Summary = "Unmount a prlfuse mount and wait until its images are closed cleanly; refused while a loop device or an open file still uses it.",
+            Positionals = [Positional<UnmountOptions>("mountpoint", "The folder the disk is mounted on.", (o, v) => o.MountPoint = v)],
+            Options = [Debug<UnmountOptions>()],
+            Examples = ["prlfuse unmount /mnt/x"],
+            Create = () => new UnmountOptions(),
+            Run = o => UnmountCommand.Run((UnmountOptions)o),
+        },
+    ];
+
+    public static CommandSpec? Find(string verb) => Commands.FirstOrDefault(c => c.Name == verb || c.Aliases.Contains(verb));
+
+    private static OptionSpec[] DiskSourceOptions<T>()
+        where T : DiskOptions =>
+    [
+        Flag<T>("force-share", 'U', "Open images that another process holds for writing, read-only, as 'qemu-img -U' does (the data may be inconsistent).", o => o.ForceShare = true),
+        Value<T>("format", null, "FORMAT", "What a bare image file is: parallels or raw (default: recognised from its content).", (o, v) => o.Format = v switch
+        {
+            "raw" or "parallels" => v,
+            _ => throw new FormatException("must be raw or parallels"),
+        }),
+        Flag<T>("allow-outside-images", null, "Let relative image paths in DiskDescriptor.xml lead outside the bundle folder (device nodes, FIFOs and sockets are always refused).", o => o.AllowOutsideImages = true),
+    ];
+
+    private static OptionSpec CacheSize<T>(Action<T, long> set) =>
+        Value<T>("cache-size", null, "SIZE", $"Block cache shared by all snapshot files: bytes, or with K, M, G; 0 turns it off (default 64M, at most {Sizes.Human(Sizes.MaxCacheBytes)}).", (o, v) => set(o, Sizes.ParseCacheSize(v)));
+
+    private static OptionSpec Debug<T>()
+        where T : CommonOptions =>
+        Flag<T>("debug", null, "Show the stack trace of an error.", o => o.Debug = true);
+}
