@@ -121,6 +121,15 @@ internal static class CommandTable
             Create = () => new UnmountOptions(),
             Run = o => UnmountCommand.Run((UnmountOptions)o),
         },
+        new CommandSpec
+        {
+            Name = "status",
+            Summary = "List the active prlfuse mounts: mountpoint, disk, read-only or not, daemon PID, open files and loop devices using them.",
+            Options = [Flag<StatusOptions>("json", null, "Print the same as JSON.", o => o.Json = true), Debug<StatusOptions>()],
+            Examples = ["prlfuse status", "prlfuse status --json"],
+            Create = () => new StatusOptions(),
+            Run = o => StatusCommand.Run(((StatusOptions)o).Json),
+        },
     ];
 
     public static CommandSpec? Find(string verb) => Commands.FirstOrDefault(c => c.Name == verb || c.Aliases.Contains(verb));

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using PrlFuse.Core;
 using PrlFuse.Core.Descriptor;
 using PrlFuse.Core.Engine;
 using PrlFuse.Core.Images;
@@ -9,16 +10,56 @@ namespace PrlFuse.Cli.Commands;
 
 internal static class InfoCommand
 {
-    public static int Run(InfoOptions o)
+    /// <summary>Indentation of the snapshot tree stops growing here; deeper levels show their depth as a number.</summary>
+    internal const int TreeIndentCap = 16;
+
+    public static int Run(InfoOptions o) => Run(o.Disk, o.Json, o.AllowOutsideImages, Console.Out);
+
+    /// <summary>
+    /// Prints the disk's description. With <paramref name="json"/>, an error is JSON on <paramref name="output"/> too
+    /// (exit 1), so a script reading stdout always gets JSON.
+    /// </summary>
+    public static int Run(string diskPath, bool json, bool allowOutsideImages, TextWriter output)
     {
-        using var disk = VirtualDisk.Open(o.Disk, new DiskOpenOptions { CacheBytes = 0, AllowImagesOutsideBundle = o.AllowOutsideImages });
-        if (o.Json)
+        if (!json)
         {
-            Console.Out.WriteLine(ToJson(disk).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            using var disk = VirtualDisk.Open(diskPath, new DiskOpenOptions { CacheBytes = 0, AllowImagesOutsideBundle = allowOutsideImages });
+            WriteText(disk, output);
             return Program.ExitOk;
         }
 
-        var console = Output.Terminal.Stdout;
+        try
+        {
+            using var disk = VirtualDisk.Open(diskPath, new DiskOpenOptions { CacheBytes = 0, AllowImagesOutsideBundle = allowOutsideImages });
+            output.WriteLine(ToJson(disk).ToJsonString(Indented));
+            return Program.ExitOk;
+        }
+        catch (PrlFuseException e)
+        {
+            return JsonError(output, e.Message, e.File);
+        }
+        catch (IOException e)
+        {
+            return JsonError(output, e.Message, null);
+        }
+        catch (UnauthorizedAccessException e)
+        {
+            return JsonError(output, e.Message, null);
+        }
+    }
+
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+
+    private static int JsonError(TextWriter output, string message, string? path)
+    {
+        var error = new JsonObject { ["error"] = new JsonObject { ["message"] = message, ["path"] = path } };
+        output.WriteLine(error.ToJsonString(Indented));
+        return Program.ExitError;
+    }
+
+    private static void WriteText(VirtualDisk disk, TextWriter output)
+    {
+        var console = ReferenceEquals(output, Console.Out) ? Output.Terminal.Stdout : Output.Terminal.Create(output, redirected: true);
         var p = disk.Descriptor.Parameters;
         console.MarkupLine($"[bold]Disk[/] {Markup.Escape(disk.SourcePath)}");
         console.MarkupLine($"  size      {disk.Size} bytes ({Sizes.Human(disk.Size)}), {p.DiskSizeSectors} sectors");
@@ -40,17 +81,21 @@ internal static class InfoCommand
         }
 
         console.MarkupLine("[bold]Snapshots[/] (* = top, the current state)");
-        console.Write(BuildTree(disk));
-        if (disk.Warnings.Length > 0)
+
+        // Plain lines straight to the writer: a console widget would wrap a deep line at the terminal's width.
+        foreach (string line in TreeLines(disk.Tree, TreeIndentCap))
         {
-            console.MarkupLine("[bold yellow]Warnings[/]");
-            foreach (var w in disk.Warnings)
-            {
-                console.MarkupLine($"  [yellow]![/] {Markup.Escape(w)}");
-            }
+            output.WriteLine(line);
         }
 
-        return Program.ExitOk;
+        if (disk.DiskWarnings.Length > 0)
+        {
+            console.MarkupLine("[bold yellow]Warnings[/]");
+            foreach (var w in disk.DiskWarnings)
+            {
+                console.MarkupLine($"  [yellow]![/] {Markup.Escape(w.Message)} [dim]({Markup.Escape(w.Code)})[/]");
+            }
+        }
     }
 
     private sealed record ImageFacts(string Type, bool Clean, string Extension, string InUse);
@@ -59,10 +104,10 @@ internal static class InfoCommand
     {
         if (layer is not ExpandableImage e)
         {
-            return new ImageFacts("plain (raw)", true, "-", "");
+            return new ImageFacts("plain (raw)", true, "none", "");
         }
 
-        string ext = "-";
+        string ext = "none";
         if (e.ExtensionError is not null)
         {
             ext = "broken: " + e.ExtensionError;
@@ -80,22 +125,83 @@ internal static class InfoCommand
         return new ImageFacts($"expandable {e.Header.Magic}", !e.Header.IsUnclean, ext, $" (in_use {e.Header.InUseText})");
     }
 
-    private static Tree BuildTree(VirtualDisk disk)
+    /// <summary>
+    /// The snapshot tree as text lines, root first, children by GUID. Indentation grows to <paramref name="cap"/>
+    /// levels; a line deeper than that shows "[depth N]": its parent is the nearest line above at depth N-1.
+    /// </summary>
+    internal static List<string> TreeLines(SnapshotTree tree, int cap)
     {
-        var t = disk.Tree;
-        var tree = new Tree(Label(t.Root));
-        Add(tree, t.Root);
-        return tree;
-
-        string Label(Guid g) => Markup.Escape(DiskDescriptor.FormatGuid(g)) + (g == t.Top ? " [green]*[/]" : "");
-
-        void Add(IHasTreeNodes node, Guid g)
+        var lines = new List<string>();
+        var lastAt = new List<bool>();
+        var stack = new Stack<(Guid Guid, int Depth, bool Last)>();
+        stack.Push((tree.Root, 0, true));
+        var sb = new System.Text.StringBuilder();
+        while (stack.Count > 0)
         {
-            foreach (var c in t.ChildrenOf(g).OrderBy(x => x))
+            var (g, depth, last) = stack.Pop();
+            while (lastAt.Count <= depth)
             {
-                Add(node.AddNode(Label(c)), c);
+                lastAt.Add(false);
+            }
+
+            lastAt[depth] = last;
+            sb.Clear();
+            if (depth > 0)
+            {
+                for (int level = 1; level < Math.Min(depth, cap); level++)
+                {
+                    sb.Append(lastAt[level] ? "    " : "\u2502   ");
+                }
+
+                sb.Append(last ? "\u2514\u2500\u2500 " : "\u251c\u2500\u2500 ");
+                if (depth > cap)
+                {
+                    sb.Append(System.Globalization.CultureInfo.InvariantCulture, $"[depth {depth}] ");
+                }
+            }
+
+            sb.Append(DiskDescriptor.FormatGuid(g));
+            if (g == tree.Top)
+            {
+                sb.Append(" *");
+            }
+
+            lines.Add(sb.ToString());
+            var children = tree.ChildrenOf(g).Order().ToList();
+            for (int i = children.Count - 1; i >= 0; i--)
+            {
+                stack.Push((children[i], depth + 1, i == children.Count - 1));
             }
         }
+
+        return lines;
+    }
+
+    /// <summary>The format extension, or null when the image has none.</summary>
+    private static JsonObject? ExtensionJson(ExpandableImage e)
+    {
+        if (e.Extension is null && e.ExtensionError is null)
+        {
+            return null;
+        }
+
+        JsonObject? bitmap = null;
+        if (e.Extension?.DirtyBitmap is { } bm)
+        {
+            bitmap = new JsonObject
+            {
+                ["id"] = DiskDescriptor.FormatGuid(bm.Id),
+                ["granularitySectors"] = bm.GranularitySectors,
+                ["dirtyClusters"] = e.DecodeDirtyClusters()!.Count(d => d),
+            };
+        }
+
+        return new JsonObject
+        {
+            ["features"] = new JsonArray((e.Extension?.Features ?? []).Select(f => (JsonNode?)JsonValue.Create(f.Name)).ToArray()),
+            ["dirtyBitmap"] = bitmap,
+            ["error"] = e.ExtensionError,
+        };
     }
 
     private static JsonObject ToJson(VirtualDisk disk)
@@ -107,7 +213,7 @@ internal static class InfoCommand
             var images = new JsonArray();
             foreach (var (guid, layer) in storage.Images)
             {
-                var i = Describe(layer);
+                var e = layer as ExpandableImage;
                 var image = new JsonObject
                 {
                     ["snapshot"] = DiskDescriptor.FormatGuid(guid),
@@ -117,16 +223,14 @@ internal static class InfoCommand
                     ["allocatedClusters"] = layer.CountAllocatedClusters(),
                     ["virtualSize"] = layer.VirtualSize,
                     ["fileSize"] = layer.File.Length,
-                    ["clean"] = i.Clean,
-                };
-                if (layer is ExpandableImage e)
-                {
-                    image["magic"] = e.Header.Magic.ToString();
-                    image["inUse"] = e.Header.InUseText;
-                    image["dataOffsetSectors"] = e.DataOffsetBytes / 512;
-                    image["extension"] = i.Extension;
-                }
+                    ["clean"] = e is null || !e.Header.IsUnclean,
 
+                    // Every image has every key; what a raw image has not got is null.
+                    ["magic"] = e?.Header.Magic.ToString(),
+                    ["inUse"] = e?.Header.InUseText,
+                    ["dataOffsetSectors"] = e is null ? null : e.DataOffsetBytes / 512,
+                    ["extension"] = e is null ? null : ExtensionJson(e),
+                };
                 images.Add(image);
             }
 
@@ -164,7 +268,7 @@ internal static class InfoCommand
             ["top"] = DiskDescriptor.FormatGuid(disk.Tree.Top),
             ["storages"] = storages,
             ["snapshots"] = snapshots,
-            ["warnings"] = new JsonArray(disk.Warnings.Select(w => (JsonNode?)JsonValue.Create(w)).ToArray()),
+            ["warnings"] = new JsonArray(disk.DiskWarnings.Select(w => (JsonNode?)new JsonObject { ["code"] = w.Code, ["message"] = w.Message }).ToArray()),
         };
     }
 }

@@ -1,4 +1,3 @@
-using System.Globalization;
 using PrlFuse.Core;
 using PrlFuse.Core.IO;
 using PrlFuse.Fuse;
@@ -40,7 +39,7 @@ internal static class UnmountCommand
             throw new PrlFuseException(mountpoint, $"is a {type} mount, not a prlfuse one; use umount");
         }
 
-        var daemons = DaemonsServing(mountpoint);
+        var daemons = MountRegistry.DaemonsServing(mountpoint);
         int rc = FuseHost.Unmount(mountpoint);
 
         // Files closed a moment ago can keep the mount busy briefly; a loop device or an open file keeps it busy.
@@ -84,37 +83,5 @@ internal static class UnmountCommand
 
         string list = string.Join(", ", loops.Select(l => $"{l.Device} uses {l.BackingFile}"));
         return $"{list}; unmount the filesystems on them and detach them (losetup -d) first";
-    }
-
-    /// <summary>prlfuse daemons serving this mountpoint, found by their command line.</summary>
-    private static List<int> DaemonsServing(string mountpoint)
-    {
-        var pids = new List<int>();
-        foreach (var dir in Directory.GetDirectories("/proc"))
-        {
-            if (!int.TryParse(Path.GetFileName(dir), NumberStyles.None, CultureInfo.InvariantCulture, out int pid) || pid == Environment.ProcessId)
-            {
-                continue;
-            }
-
-            try
-            {
-                var args = File.ReadAllText(Path.Combine(dir, "cmdline")).Split('\0');
-                int verb = Array.IndexOf(args, "mount");
-                if (verb >= 0 && args.Any(a => a.EndsWith("prlfuse", StringComparison.Ordinal) || a.EndsWith("prlfuse.dll", StringComparison.Ordinal))
-                    && args.Skip(verb + 1).Any(a => a == mountpoint))
-                {
-                    pids.Add(pid);
-                }
-            }
-            catch (IOException)
-            {
-            }
-            catch (UnauthorizedAccessException)
-            {
-            }
-        }
-
-        return pids;
     }
 }

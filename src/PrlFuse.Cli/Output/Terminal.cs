@@ -7,7 +7,8 @@ internal static class Terminal
 {
     public static IAnsiConsole Stdout { get; } = Create(Console.Out, Console.IsOutputRedirected);
 
-    private static IAnsiConsole Create(TextWriter writer, bool redirected)
+    /// <summary>A console over any writer; <paramref name="redirected"/> turns colours and terminal width off.</summary>
+    public static IAnsiConsole Create(TextWriter writer, bool redirected)
     {
         var console = AnsiConsole.Create(new AnsiConsoleSettings
         {

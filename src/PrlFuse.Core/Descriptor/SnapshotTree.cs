@@ -12,14 +12,15 @@ public sealed class SnapshotTree
     private readonly Dictionary<Guid, ShotDescriptor> _shots;
     private readonly Dictionary<Guid, List<Guid>> _children;
 
-    private SnapshotTree(DiskDescriptor descriptor, Dictionary<Guid, ShotDescriptor> shots, Dictionary<Guid, List<Guid>> children, Guid root, Guid top, ImmutableArray<string> warnings)
+    private SnapshotTree(DiskDescriptor descriptor, Dictionary<Guid, ShotDescriptor> shots, Dictionary<Guid, List<Guid>> children, Guid root, Guid top, ImmutableArray<DiskWarning> warnings)
     {
         Descriptor = descriptor;
         _shots = shots;
         _children = children;
         Root = root;
         Top = top;
-        Warnings = warnings;
+        DiskWarnings = warnings;
+        Warnings = warnings.Select(w => w.Message).ToImmutableArray();
     }
 
     public DiskDescriptor Descriptor { get; }
@@ -28,7 +29,11 @@ public sealed class SnapshotTree
 
     public Guid Top { get; }
 
+    /// <summary>The warnings' messages.</summary>
     public ImmutableArray<string> Warnings { get; }
+
+    /// <summary>The warnings with their codes.</summary>
+    public ImmutableArray<DiskWarning> DiskWarnings { get; }
 
     public IEnumerable<Guid> Snapshots => _shots.Keys;
 
@@ -52,11 +57,11 @@ public sealed class SnapshotTree
 
     public static SnapshotTree Build(DiskDescriptor d, string fileName)
     {
-        var warnings = ImmutableArray.CreateBuilder<string>();
+        var warnings = ImmutableArray.CreateBuilder<DiskWarning>();
         var p = d.Parameters;
         if (p.Cylinders * p.Heads * p.Sectors != p.DiskSizeSectors)
         {
-            warnings.Add($"Disk_size {p.DiskSizeSectors} is not Cylinders*Heads*Sectors ({p.Cylinders}*{p.Heads}*{p.Sectors}); the disk size is taken from Disk_size");
+            warnings.Add(new(WarningCodes.GeometryMismatch, $"Disk_size {p.DiskSizeSectors} is not Cylinders*Heads*Sectors ({p.Cylinders}*{p.Heads}*{p.Sectors}); the disk size is taken from Disk_size"));
         }
 
         CheckTiling(d, fileName);
@@ -145,7 +150,7 @@ public sealed class SnapshotTree
 
                 if (!shots.ContainsKey(image.Guid))
                 {
-                    warnings.Add($"storage {s}: image {F(image.Guid)} ({image.File}) belongs to no snapshot and is ignored");
+                    warnings.Add(new(WarningCodes.OrphanImage, $"storage {s}: image {F(image.Guid)} ({image.File}) belongs to no snapshot and is ignored"));
                 }
             }
 
@@ -169,7 +174,7 @@ public sealed class SnapshotTree
         Guid top = ChooseTop(d, shots, children, fileName);
         if (ChildrenOfTop(children, top))
         {
-            warnings.Add($"the top snapshot {F(top)} has child snapshots; it is served read-only so they keep their content");
+            warnings.Add(new(WarningCodes.TopHasChildren, $"the top snapshot {F(top)} has child snapshots; it is served read-only so they keep their content"));
         }
 
         return new SnapshotTree(d, shots, children, roots[0], top, warnings.ToImmutable());

@@ -39,7 +39,7 @@ public sealed class VirtualDisk : IDisposable
     private readonly List<ImageLayer> _opened;
     private readonly Dictionary<Guid, SnapshotView> _views;
 
-    private VirtualDisk(string sourcePath, bool isBareImage, DiskDescriptor descriptor, SnapshotTree tree, List<ImageLayer> opened, IReadOnlyList<OpenStorage> storages, Dictionary<Guid, SnapshotView> views, BlockCache? cache, ImmutableArray<string> warnings)
+    private VirtualDisk(string sourcePath, bool isBareImage, DiskDescriptor descriptor, SnapshotTree tree, List<ImageLayer> opened, IReadOnlyList<OpenStorage> storages, Dictionary<Guid, SnapshotView> views, BlockCache? cache, ImmutableArray<DiskWarning> warnings)
     {
         SourcePath = sourcePath;
         IsBareImage = isBareImage;
@@ -49,7 +49,8 @@ public sealed class VirtualDisk : IDisposable
         Storages = storages;
         _views = views;
         Cache = cache;
-        Warnings = warnings;
+        DiskWarnings = warnings;
+        Warnings = warnings.Select(w => w.Message).ToImmutableArray();
     }
 
     /// <summary>The descriptor file, or the image file for a bare image.</summary>
@@ -65,8 +66,11 @@ public sealed class VirtualDisk : IDisposable
 
     public BlockCache? Cache { get; }
 
-    /// <summary>Everything odd but usable, from the descriptor and each image.</summary>
+    /// <summary>Everything odd but usable, from the descriptor and each image: the messages.</summary>
     public ImmutableArray<string> Warnings { get; }
+
+    /// <summary>The same warnings with their stable codes (<see cref="WarningCodes"/>).</summary>
+    public ImmutableArray<DiskWarning> DiskWarnings { get; }
 
     public long Size => Descriptor.DiskSizeBytes;
 
@@ -144,8 +148,8 @@ public sealed class VirtualDisk : IDisposable
 
     private static VirtualDisk OpenImages(string source, bool bare, DiskDescriptor descriptor, SnapshotTree tree, DiskOpenOptions options)
     {
-        var warnings = ImmutableArray.CreateBuilder<string>();
-        warnings.AddRange(tree.Warnings);
+        var warnings = ImmutableArray.CreateBuilder<DiskWarning>();
+        warnings.AddRange(tree.DiskWarnings);
         var opened = new List<ImageLayer>();
         BlockCache? cache = null;
         try
@@ -166,7 +170,7 @@ public sealed class VirtualDisk : IDisposable
                     opened.Add(layer);
                     layer.CacheId = opened.Count;
                     images[guid] = layer;
-                    warnings.AddRange(layer.Warnings);
+                    warnings.AddRange(layer.DiskWarnings);
                 }
 
                 storages.Add(new OpenStorage(s, sd, images));
@@ -212,7 +216,7 @@ public sealed class VirtualDisk : IDisposable
     /// Relative paths are relative to the descriptor. An absolute path that no longer exists falls back to the
     /// same file name in the bundle folder, because bundles are moved between machines.
     /// </summary>
-    private static string ResolveImagePath(string bundle, string file, string descriptorPath, ImmutableArray<string>.Builder warnings)
+    private static string ResolveImagePath(string bundle, string file, string descriptorPath, ImmutableArray<DiskWarning>.Builder warnings)
     {
         if (!Path.IsPathRooted(file))
         {
@@ -227,14 +231,14 @@ public sealed class VirtualDisk : IDisposable
         string local = Path.Combine(bundle, Path.GetFileName(file));
         if (File.Exists(local))
         {
-            warnings.Add($"{Path.GetFileName(descriptorPath)}: image path {file} does not exist; using {Path.GetFileName(file)} in the bundle folder");
+            warnings.Add(new(WarningCodes.StaleAbsolutePath, $"{Path.GetFileName(descriptorPath)}: image path {file} does not exist; using {Path.GetFileName(file)} in the bundle folder"));
             return local;
         }
 
         throw new PrlFuseException(descriptorPath, $"image {file} does not exist, nor does {local}");
     }
 
-    private static ImageLayer OpenLayer(string path, ImageDescriptor id, StorageDescriptor sd, int storageIndex, bool writable, DiskOpenOptions options, ImmutableArray<string>.Builder warnings)
+    private static ImageLayer OpenLayer(string path, ImageDescriptor id, StorageDescriptor sd, int storageIndex, bool writable, DiskOpenOptions options, ImmutableArray<DiskWarning>.Builder warnings)
     {
         if (!File.Exists(path))
         {
@@ -265,12 +269,12 @@ public sealed class VirtualDisk : IDisposable
 
             if (image.Header.ClusterSectors != sd.BlockSizeSectors)
             {
-                warnings.Add($"{Path.GetFileName(path)}: cluster size {image.Header.ClusterSectors} sectors differs from the storage's Blocksize {sd.BlockSizeSectors}; the image's own header is used");
+                warnings.Add(new(WarningCodes.ClusterSizeMismatch, $"{Path.GetFileName(path)}: cluster size {image.Header.ClusterSectors} sectors differs from the storage's Blocksize {sd.BlockSizeSectors}; the image's own header is used"));
             }
 
             if (image.VirtualSize < sd.LengthBytes)
             {
-                warnings.Add($"{Path.GetFileName(path)}: image holds {image.VirtualSize} bytes, less than its storage ({sd.LengthBytes} bytes); the rest reads as unallocated");
+                warnings.Add(new(WarningCodes.ImageSmallerThanStorage, $"{Path.GetFileName(path)}: image holds {image.VirtualSize} bytes, less than its storage ({sd.LengthBytes} bytes); the rest reads as unallocated"));
             }
 
             return image;

@@ -14,6 +14,7 @@ public static class PathRules
     private const uint Directory = 0x4000;
     private const int StatSize = 144;
     private const int StatModeOffset = 24;
+    private const int StatInodeOffset = 8;
 
     /// <summary>Checks an image path; <paramref name="namedAbsolute"/> says the descriptor named this absolute path.</summary>
     public static void CheckImagePath(string path, string bundleFolder, bool namedAbsolute, string descriptorPath, bool allowAnywhere)
@@ -68,6 +69,21 @@ public static class PathRules
             0xC000 => "socket",
             _ => "special file",
         };
+    }
+
+    /// <summary>
+    /// The (device, inode) pair of what <paramref name="path"/> leads to after symlinks, or null when it does not exist:
+    /// two paths are the same file (hard links, bind mounts, symlinks) exactly when these are equal.
+    /// </summary>
+    public static unsafe (ulong Device, ulong Inode)? Identity(string path)
+    {
+        byte* buffer = stackalloc byte[StatSize + 64];
+        if (Posix.Stat(path, buffer) != 0)
+        {
+            return null;
+        }
+
+        return (*(ulong*)buffer, *(ulong*)(buffer + StatInodeOffset));
     }
 
     /// <summary>realpath(3): every symlink resolved; null when the path does not exist.</summary>

@@ -18,6 +18,9 @@ public static unsafe partial class Posix
     /// <summary>O_DIRECT differs between architectures (asm-generic 0x4000; arm and arm64 0x10000).</summary>
     public static int ODirect => RuntimeInformation.ProcessArchitecture is Architecture.Arm64 or Architecture.Arm ? 0x10000 : 0x4000;
 
+    /// <summary>O_DIRECTORY differs the same way (asm-generic 0x10000; arm and arm64 0x4000).</summary>
+    public static int ODirectory => RuntimeInformation.ProcessArchitecture is Architecture.Arm64 or Architecture.Arm ? 0x4000 : 0x10000;
+
     public const int MntDetach = 2; // MNT_DETACH for umount2
     public const int FSetPipeSize = 1031; // F_SETPIPE_SZ
     public const uint MfdCloexec = 1;
@@ -95,6 +98,12 @@ public static unsafe partial class Posix
 
     [LibraryImport(LibraryName, EntryPoint = "fsync", SetLastError = true)]
     public static partial int FSync(SafeFileHandle fd);
+
+    [LibraryImport(LibraryName, EntryPoint = "fsync", SetLastError = true)]
+    public static partial int FSyncFd(int fd);
+
+    [LibraryImport(LibraryName, EntryPoint = "lseek", SetLastError = true)]
+    public static partial long LSeek(SafeFileHandle fd, long offset, int whence);
 
     [LibraryImport(LibraryName, EntryPoint = "fdatasync", SetLastError = true)]
     public static partial int FDataSync(SafeFileHandle fd);

@@ -24,6 +24,35 @@ internal static class PosixSync
         return fd < 0 ? null : new SafeFileHandle(fd, ownsHandle: true);
     }
 
+    /// <summary>
+    /// The size of a block device: fstat reports 0 for one (what .NET's Length uses), lseek to the end gives its
+    /// capacity. -1 when the device cannot seek.
+    /// </summary>
+    public static long DeviceSize(SafeFileHandle fd)
+    {
+        const int SeekEnd = 2;
+        long size = Posix.LSeek(fd, 0, SeekEnd);
+        Posix.LSeek(fd, 0, 0);
+        return size;
+    }
+
+    /// <summary>
+    /// fsync of a folder, so a rename in it is durable (a file's own fsync does not cover its name). .NET cannot
+    /// open a folder, hence open(O_RDONLY|O_DIRECTORY) here. Returns 0 or the errno.
+    /// </summary>
+    public static int FSyncFolder(string path)
+    {
+        int fd = Posix.Open(path, Posix.OReadOnly | Posix.ODirectory | Posix.OCloexec, 0);
+        if (fd < 0)
+        {
+            return Posix.LastError;
+        }
+
+        int rc = Posix.FSyncFd(fd) == 0 ? 0 : Posix.LastError;
+        Posix.Close(fd);
+        return rc;
+    }
+
     /// <summary>Returns 0 or the errno.</summary>
     public static int FSync(SafeFileHandle fd) => Posix.FSync(fd) == 0 ? 0 : Posix.LastError;
 

@@ -82,12 +82,12 @@ public sealed partial class ExpandableImage
             // A write into a new cluster builds the whole cluster in memory: a hostile tracks field (up to 2 GiB) would
             // make every such write allocate that much.
             WriteBlockedReason = $"cluster size of {ClusterBytes} bytes is larger than PrlFuse writes ({MaxWritableClusterBytes >> 20} MiB); it is served read-only";
-            AddWarning(WriteBlockedReason);
+            AddWarning(WarningCodes.ClusterTooLargeToWrite, WriteBlockedReason);
         }
         else if (Extension is { } ext && ext.Features.Any(f => !f.IsDirtyBitmap && (f.Flags & ExtensionFeature.FlagNecessary) != 0))
         {
             WriteBlockedReason = "image has a format extension feature marked NECESSARY that PrlFuse does not know; it is served read-only";
-            AddWarning(WriteBlockedReason);
+            AddWarning(WarningCodes.UnknownNecessaryFeature, WriteBlockedReason);
         }
     }
 

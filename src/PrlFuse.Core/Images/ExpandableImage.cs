@@ -115,12 +115,12 @@ public sealed partial class ExpandableImage : ImageLayer
         image.WasUnclean = header.IsUnclean;
         if (header.IsUnclean)
         {
-            image.AddWarning("image was not closed cleanly (in_use is \"Ynot\"); it is opened read-only until 'prlfuse check --repair'");
+            image.AddWarning(WarningCodes.NotClosedCleanly, "image was not closed cleanly (in_use is \"Ynot\"); it is opened read-only until 'prlfuse check --repair'");
         }
 
         if (header.IsEmpty)
         {
-            image.AddWarning("the empty-image flag is set: the image reads as unallocated");
+            image.AddWarning(WarningCodes.EmptyImageFlag, "the empty-image flag is set: the image reads as unallocated");
         }
 
         image.LoadExtension(fileLength);
@@ -142,7 +142,7 @@ public sealed partial class ExpandableImage : ImageLayer
             || cluster > 64 << 20)
         {
             ExtensionError = $"format extension offset {Header.ExtensionOffsetSectors} is outside the data area";
-            AddWarning(ExtensionError);
+            AddWarning(WarningCodes.BrokenExtension, ExtensionError);
             return;
         }
 
@@ -151,7 +151,7 @@ public sealed partial class ExpandableImage : ImageLayer
         if (!FormatExtension.TryRead(buffer, out var extension, out string error))
         {
             ExtensionError = error;
-            AddWarning(error);
+            AddWarning(WarningCodes.BrokenExtension, error);
             return;
         }
 
@@ -159,7 +159,7 @@ public sealed partial class ExpandableImage : ImageLayer
         if (!extension!.ChecksumValid)
         {
             ExtensionError = error;
-            AddWarning(error);
+            AddWarning(WarningCodes.BrokenExtension, error);
         }
     }
 

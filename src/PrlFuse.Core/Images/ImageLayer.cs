@@ -18,7 +18,7 @@ public enum ImageKind
 /// </summary>
 public abstract class ImageLayer : IDisposable
 {
-    private readonly List<string> _warnings = [];
+    private readonly List<DiskWarning> _warnings = [];
 
     protected ImageLayer(ImageFile file)
     {
@@ -43,7 +43,11 @@ public abstract class ImageLayer : IDisposable
     /// <summary>True when no write can change this image's content, so cached blocks never go stale.</summary>
     public virtual bool IsImmutable => !File.Writable;
 
-    public IReadOnlyList<string> Warnings => _warnings;
+    /// <summary>The warnings' messages.</summary>
+    public IReadOnlyList<string> Warnings => [.. _warnings.Select(w => w.Message)];
+
+    /// <summary>The warnings with their codes.</summary>
+    public IReadOnlyList<DiskWarning> DiskWarnings => _warnings;
 
     /// <summary>
     /// Maps a guest offset. Returns true with the host offset when this layer holds the data; either way
@@ -53,7 +57,7 @@ public abstract class ImageLayer : IDisposable
 
     public abstract long CountAllocatedClusters();
 
-    protected void AddWarning(string warning) => _warnings.Add($"{System.IO.Path.GetFileName(Path)}: {warning}");
+    protected void AddWarning(string code, string warning) => _warnings.Add(new DiskWarning(code, $"{System.IO.Path.GetFileName(Path)}: {warning}"));
 
     public void Dispose()
     {
