@@ -76,6 +76,24 @@ public sealed class ImageLockTests : IDisposable
     }
 
     [Fact]
+    public void A_refused_lock_takes_nothing_and_the_same_handle_can_then_share()
+    {
+        string image = _temp.Combine("r.hds");
+        ProcessRunner.Run("qemu-img", "create", "-q", "-f", "parallels", image, "8M");
+        using var holder = QemuHolder.Start(image);
+        var qemu = ProcLocks.Bytes(image);
+        using var file = PositionalImageFile.Open(image, writable: false);
+        var e = Assert.Throws<ImageInUseException>(() => ImageLock.Acquire(file, ImageLockMode.ReadOnly));
+        Assert.Equal(image, e.ImagePath);
+        Assert.Equal(qemu, ProcLocks.Bytes(image)); // what it took before the check found the writer is released
+
+        var state = ImageLock.Acquire(file, ImageLockMode.ForceShare);
+        Assert.True(state is { Locked: true, OtherWriter: true });
+        Assert.Same(state, file.LockState);
+        Assert.Equal(qemu.Append(100).Order(), ProcLocks.Bytes(image));
+    }
+
+    [Fact]
     public void Our_writer_keeps_qemu_out_as_a_qemu_writer_would()
     {
         var (chain, basePath, top) = Chain(801);
