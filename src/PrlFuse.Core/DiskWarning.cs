@@ -33,6 +33,12 @@ public static class WarningCodes
     /// <summary>An image was not closed cleanly (in_use "Ynot").</summary>
     public const string NotClosedCleanly = "not-closed-cleanly";
 
+    /// <summary>Opened force-shared while another process writes the image.</summary>
+    public const string InUseByOtherWriter = "in-use-by-other-writer";
+
+    /// <summary>The filesystem holding an image takes no open-file-description locks: it is not locked against QEMU.</summary>
+    public const string NoImageLocks = "no-image-locks";
+
     /// <summary>An image's empty flag is set.</summary>
     public const string EmptyImageFlag = "empty-image-flag";
 

@@ -1,3 +1,5 @@
+using PrlFuse.Core.IO;
+
 namespace PrlFuse.Core;
 
 /// <summary>
@@ -54,3 +56,37 @@ public sealed class DescriptorException(string file, string message, Exception? 
 /// <summary>An image file is not a valid Parallels image (or not a usable raw image).</summary>
 public sealed class ImageFormatException(string file, string message, Exception? inner = null)
     : PrlFuseException(file, message, inner);
+
+/// <summary>
+/// An image file is in use by another process (QEMU, another prlfuse, or another open in this process) whose image locks
+/// conflict with the ones asked for. <see cref="PrlFuseException.File"/> is the image's full path, so a caller can
+/// find out whether the holder is one of its own mounts.
+/// </summary>
+public sealed class ImageInUseException : PrlFuseException
+{
+    public ImageInUseException(string imagePath, LockConflict conflict, bool heldByWriter, ImageLockMode requested)
+        : base(imagePath, $"image is in use: {ImageLock.DescribeHolder(conflict, heldByWriter)}; {ImageLock.Advice(conflict, heldByWriter, requested)}")
+    {
+        Conflict = conflict;
+        HeldByWriter = heldByWriter;
+        RequestedMode = requested;
+    }
+
+    /// <summary>The image file (full path as opened).</summary>
+    public string ImagePath => File!;
+
+    /// <summary>The first lock rule broken, in QEMU's order.</summary>
+    public LockConflict Conflict { get; }
+
+    /// <summary>Another process holds the write permission (lock byte 101): a QEMU or prlfuse writer.</summary>
+    public bool HeldByWriter { get; }
+
+    /// <summary>The mode that was refused.</summary>
+    public ImageLockMode RequestedMode { get; }
+
+    /// <summary>Who is in the way, in words, without the advice.</summary>
+    public string Holder => ImageLock.DescribeHolder(Conflict, HeldByWriter);
+
+    /// <summary>What QEMU says for the same conflict, e.g. <c>Failed to get "write" lock</c>.</summary>
+    public string QemuMessage => Conflict.QemuMessage;
+}

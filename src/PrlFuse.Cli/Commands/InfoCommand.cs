@@ -76,7 +76,7 @@ internal static class InfoCommand
                 long clusters = (layer.VirtualSize + layer.ClusterBytes - 1) / layer.ClusterBytes;
                 console.MarkupLine($"  {Markup.Escape(DiskDescriptor.FormatGuid(guid))}  {Markup.Escape(Path.GetFileName(layer.Path))}");
                 console.MarkupLine($"      {Markup.Escape(i.Type)}, cluster {Sizes.Human(layer.ClusterBytes)}, {layer.CountAllocatedClusters()} of {clusters} clusters allocated, file {Sizes.Human(layer.File.Length)}");
-                console.MarkupLine($"      {(i.Clean ? "clean" : "[red]not closed cleanly[/]")}{Markup.Escape(i.InUse)}, extension: {Markup.Escape(i.Extension)}");
+                console.MarkupLine($"      {(layer.InUseByOtherWriter ? "[yellow]in use by another writer[/]" : i.Clean ? "clean" : "[red]not closed cleanly[/]")}{Markup.Escape(i.InUse)}, extension: {Markup.Escape(i.Extension)}");
             }
         }
 
@@ -122,7 +122,8 @@ internal static class InfoCommand
             }
         }
 
-        return new ImageFacts($"expandable {e.Header.Magic}", !e.Header.IsUnclean, ext, $" (in_use {e.Header.InUseText})");
+        // A live writer's "Ynot" (a force-share open beside it) is neither clean nor a crash: see InUseByOtherWriter.
+        return new ImageFacts($"expandable {e.Header.Magic}", !e.WasUnclean && !e.InUseByOtherWriter, ext, $" (in_use {e.Header.InUseText})");
     }
 
     /// <summary>
@@ -223,7 +224,8 @@ internal static class InfoCommand
                     ["allocatedClusters"] = layer.CountAllocatedClusters(),
                     ["virtualSize"] = layer.VirtualSize,
                     ["fileSize"] = layer.File.Length,
-                    ["clean"] = e is null || !e.Header.IsUnclean,
+                    ["clean"] = e is null || (!e.WasUnclean && !e.InUseByOtherWriter),
+                    ["inUseByOtherWriter"] = layer.InUseByOtherWriter,
 
                     // Every image has every key; what a raw image has not got is null.
                     ["magic"] = e?.Header.Magic.ToString(),

@@ -30,6 +30,12 @@ public enum CheckProblemKind
     BadImage,
     BadDescriptor,
     MissingImage,
+
+    /// <summary>
+    /// Another process holds the image's write lock (or another lock in the way): a check reads it force-shared and says
+    /// so (its findings may be a moment of a changing image; "not closed cleanly" is not reported), a repair is refused.
+    /// </summary>
+    InUse,
 }
 
 /// <summary>

@@ -16,6 +16,11 @@ public static class DiskChecker
     public static DiskCheckReport Check(string path, bool repair = false, ImageCheckOptions? options = null, ImageStarting? starting = null)
     {
         options ??= new ImageCheckOptions();
+        if (repair && options.ForceShare)
+        {
+            throw new PrlFuseException(null, "--force-share cannot be combined with --repair: a repair writes");
+        }
+
         var diskProblems = new List<CheckProblem>();
         string source;
         DiskSourceKind kind;
@@ -59,6 +64,14 @@ public static class DiskChecker
                 {
                     reports.Add(ImageChecker.Check(images[i], options));
                 }
+            }
+            catch (ImageInUseException e)
+            {
+                // A repair (or a check that not even force-share lets in, which no writer causes): nothing was written.
+                string what = repair ? $"image is in use: {e.Holder}; repair refused: close it first" : e.Problem;
+                var refused = new ImageCheckReport(images[i], [new CheckProblem(images[i], CheckProblemKind.InUse, CheckSeverity.Error, "image", what)]);
+                reports.Add(refused);
+                after?.Add(refused);
             }
             catch (Exception e) when (e is PrlFuseException or IOException or UnauthorizedAccessException)
             {

@@ -15,6 +15,12 @@ public sealed record ImageCheckOptions
 
     /// <summary>Called with (done, total) work units while a large image is checked or repaired.</summary>
     public Action<long, long>? Progress { get; init; }
+
+    /// <summary>
+    /// Check with force-share locks from the start (as <c>qemu-img check -U</c>); a plain check falls back to them by
+    /// itself when a writer holds an image. Not for a repair.
+    /// </summary>
+    public bool ForceShare { get; init; }
 }
 
 /// <summary>
@@ -38,22 +44,59 @@ public static class ImageChecker
     /// <summary>What a clean close writes to in_use (as QEMU does: 0, a value every reader takes as clean).</summary>
     public const uint RepairedInUse = 0;
 
-    /// <summary>Checks one image; never writes (the file is opened read-only).</summary>
+    /// <summary>
+    /// Checks one image; never writes (the file is opened read-only). It is locked as a QEMU reader locks it; while
+    /// another process writes it (holds the write lock), it is read force-shared instead and the report starts with a
+    /// <see cref="CheckProblemKind.InUse"/> error.
+    /// </summary>
     public static ImageCheckReport Check(string path, ImageCheckOptions? options = null)
     {
         options ??= new ImageCheckOptions();
         using var file = Open(path, writable: false, options);
-        return Analyze(file, path, options.Progress).ToReport(repaired: false);
+        string? holder = LockForCheck(file, options.ForceShare);
+        return Analyze(file, path, options.Progress, holder).ToReport(repaired: false);
     }
 
-    /// <summary>Repairs what <see cref="Check"/> finds, then checks again.</summary>
+    /// <summary>Who holds the image when it is in use by another writer (then locked force-share), else null.</summary>
+    private static string? LockForCheck(ImageFile file, bool forceShare)
+    {
+        if (!forceShare)
+        {
+            try
+            {
+                ImageLock.Acquire(file, ImageLockMode.ReadOnly);
+                return null;
+            }
+            catch (ImageInUseException e)
+            {
+                // Not refused outright: what can be read is worth reporting, and that it is in use first of all.
+                ImageLock.Acquire(file, ImageLockMode.ForceShare);
+                return e.Holder;
+            }
+        }
+
+        return ImageLock.Acquire(file, ImageLockMode.ForceShare).OtherWriter
+            ? ImageLock.DescribeHolder(new LockConflict(QemuPermission.Write, LockConflictKind.Held), heldByWriter: true)
+            : null;
+    }
+
+    /// <summary>
+    /// Repairs what <see cref="Check"/> finds, then checks again. The image is locked as a QEMU writer locks it first:
+    /// <see cref="ImageInUseException"/> while any other process has it open without force-share.
+    /// </summary>
     public static ImageRepairResult Repair(string path, ImageCheckOptions? options = null)
     {
         options ??= new ImageCheckOptions();
+        if (options.ForceShare)
+        {
+            throw new PrlFuseException(path, "a repair writes: it cannot be combined with --force-share");
+        }
+
         ImageCheckReport repair;
         using (var file = Open(path, writable: true, options))
         {
-            var analysis = Analyze(file, path, options.Progress);
+            ImageLock.Acquire(file, ImageLockMode.ReadWrite);
+            var analysis = Analyze(file, path, options.Progress, holder: null);
             if (analysis.Fatal || !analysis.Problems.Any(p => p.Repairable))
             {
                 repair = analysis.ToReport(repaired: false);
@@ -118,9 +161,15 @@ public static class ImageChecker
             };
     }
 
-    private static Analysis Analyze(ImageFile file, string path, Action<long, long>? progress)
+    /// <param name="holder">Who writes the image meanwhile (it was locked force-share), or null.</param>
+    private static Analysis Analyze(ImageFile file, string path, Action<long, long>? progress, string? holder)
     {
         var a = new Analysis(path);
+        if (holder is not null)
+        {
+            a.Add(CheckProblemKind.InUse, CheckSeverity.Error, "image", $"image is in use: {holder}; it was read force-shared, so what follows may be a moment of a changing image (close it for a reliable check)");
+        }
+
         long length = file.Length;
         a.FileLength = length;
         Span<byte> headerBytes = stackalloc byte[ParallelsHeader.Size];
@@ -146,8 +195,8 @@ public static class ImageChecker
             a.Add(CheckProblemKind.BadImage, CheckSeverity.Error, "header nb_sectors (offset 36)", $"BAT of {header.BatEntries} clusters is too small for a disk of {header.SectorCount} sectors (not repairable)");
         }
 
-        // 1. Not closed cleanly.
-        if (header.IsUnclean)
+        // 1. Not closed cleanly (a live writer's "Ynot" is no sign of a crash).
+        if (header.IsUnclean && holder is null)
         {
             a.Add(CheckProblemKind.NotClosedCleanly, CheckSeverity.Corruption, $"header in_use (offset {ParallelsHeader.OffsetInUse})", "image was not closed correctly (in_use is \"Ynot\"); repair marks it clean");
         }

@@ -23,7 +23,18 @@ public sealed record DiskOpenOptions
     /// </summary>
     public bool AllowImagesOutsideBundle { get; init; }
 
-    /// <summary>Opens image files; tests substitute one that injects faults.</summary>
+    /// <summary>
+    /// Read-only and sharing every permission with other users of the images, as <c>qemu-img -U</c>: the disk opens
+    /// beside a writer (QEMU or prlfuse), with the warning "in use by another writer; data may be inconsistent" on
+    /// each image it holds. Only with <see cref="ReadOnly"/>. Without it, a read-only open takes QEMU's read-only locks
+    /// and fails with <see cref="ImageInUseException"/> while anyone writes an image.
+    /// </summary>
+    public bool ForceShare { get; init; }
+
+    /// <summary>
+    /// Opens image files; tests substitute one that injects faults. Files with an operating-system handle
+    /// (<see cref="ImageFile.Handle"/>) get QEMU's image locks on it; others are not locked.
+    /// </summary>
     public Func<string, bool, ImageFile> OpenFile { get; init; } = PositionalImageFile.Open;
 }
 
@@ -96,6 +107,11 @@ public sealed class VirtualDisk : IDisposable
     public static VirtualDisk Open(string path, DiskOpenOptions? options = null)
     {
         options ??= new DiskOpenOptions();
+        if (options.ForceShare && !options.ReadOnly)
+        {
+            throw new PrlFuseException(null, "--force-share opens read-only: it cannot be combined with writing (add --read-only, or drop --force-share)");
+        }
+
         var (full, kind) = DiskSource.Resolve(path);
         bool bare = kind != DiskSourceKind.Descriptor;
         DiskDescriptor descriptor = bare ? DescribeBareImage(full, options) : DescriptorParser.ParseFile(full);
@@ -107,6 +123,10 @@ public sealed class VirtualDisk : IDisposable
     private static DiskDescriptor DescribeBareImage(string path, DiskOpenOptions options)
     {
         using var file = options.OpenFile(path, false);
+
+        // Locked like any read-only open before its header is read: a writer's half-written header is not taken for
+        // the image's geometry, and a refusal says who holds the image.
+        ImageLock.Acquire(file, ReadOnlyLockMode(options));
         Span<byte> head = stackalloc byte[ParallelsHeader.Size];
         int n = file.Read(head, 0);
         long sectors;
@@ -248,6 +268,8 @@ public sealed class VirtualDisk : IDisposable
         ImageFile file = OpenFile(path, writable, options);
         try
         {
+            // The lock comes before the header is read: "Ynot" then means a crash only when no writer holds the image.
+            var locked = Lock(file, writable ? ImageLockMode.ReadWrite : ReadOnlyLockMode(options), warnings);
             if (id.Type == ImageType.Plain)
             {
                 if (file.Length < sd.LengthBytes)
@@ -255,16 +277,28 @@ public sealed class VirtualDisk : IDisposable
                     throw new ImageFormatException(path, $"raw image is {file.Length} bytes, smaller than its storage ({sd.LengthBytes} bytes)");
                 }
 
-                return new PlainImage(file, sd.LengthBytes);
+                var plain = new PlainImage(file, sd.LengthBytes);
+                if (locked.OtherWriter)
+                {
+                    plain.MarkInUseByOtherWriter();
+                }
+
+                return plain;
             }
 
-            var image = ExpandableImage.Open(file);
+            var image = ExpandableImage.Open(file, locked.OtherWriter);
             if (writable && image.WasUnclean)
             {
                 // Never write over an image whose last writer died: repair first.
                 image.Dispose();
                 file = OpenFile(path, false, options);
+                Lock(file, ImageLockMode.ReadOnly, warnings: null);
                 image = ExpandableImage.Open(file);
+            }
+            else if (writable && image.WriteBlockedReason is not null)
+            {
+                // Served read-only: hold what a reader holds, so QEMU readers are not kept out for nothing.
+                ImageLock.Acquire(file, ImageLockMode.ReadOnly);
             }
 
             if (image.Header.ClusterSectors != sd.BlockSizeSectors)
@@ -284,6 +318,20 @@ public sealed class VirtualDisk : IDisposable
             file.Dispose();
             throw;
         }
+    }
+
+    private static ImageLockMode ReadOnlyLockMode(DiskOpenOptions options) => options.ForceShare ? ImageLockMode.ForceShare : ImageLockMode.ReadOnly;
+
+    /// <summary>QEMU's image locks on the file (see <see cref="ImageLock"/>); throws <see cref="ImageInUseException"/>.</summary>
+    private static ImageLockState Lock(ImageFile file, ImageLockMode mode, ImmutableArray<DiskWarning>.Builder? warnings)
+    {
+        var state = ImageLock.Acquire(file, mode);
+        if (state.NotLockedReason is { } reason)
+        {
+            warnings?.Add(new(WarningCodes.NoImageLocks, $"{Path.GetFileName(file.Path)}: {reason}"));
+        }
+
+        return state;
     }
 
     private static ImageFile OpenFile(string path, bool writable, DiskOpenOptions options)

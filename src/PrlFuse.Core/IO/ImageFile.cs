@@ -26,6 +26,9 @@ public abstract class ImageFile : IDisposable
     /// </summary>
     public virtual SafeFileHandle? Handle => null;
 
+    /// <summary>The QEMU-compatible image lock taken on <see cref="Handle"/> (see <see cref="ImageLock"/>), or null when none was asked for.</summary>
+    public ImageLockState? LockState { get; internal set; }
+
     /// <summary>Reads up to <paramref name="buffer"/>.Length bytes at <paramref name="offset"/>; fewer only at the end of the file.</summary>
     public abstract int Read(Span<byte> buffer, long offset);
 

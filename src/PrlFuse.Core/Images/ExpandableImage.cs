@@ -41,14 +41,18 @@ public sealed partial class ExpandableImage : ImageLayer
 
     public override long ClusterBytes => _clusterBytes;
 
-    /// <summary>Opened over an image not closed cleanly: read-only until repaired.</summary>
+    /// <summary>
+    /// Opened over an image not closed cleanly: read-only until repaired. Never set while another writer holds the
+    /// image (<see cref="ImageLayer.InUseByOtherWriter"/>): its "Ynot" is that writer's.
+    /// </summary>
     public bool WasUnclean { get; private set; }
 
     /// <summary>
     /// Reads and validates header and BAT. The file's own length bounds every size the header claims before
-    /// anything is allocated for it.
+    /// anything is allocated for it. <paramref name="inUseByOtherWriter"/>: the file is locked force-share beside a
+    /// writer (see <see cref="ImageLayer.InUseByOtherWriter"/>), so "Ynot" is no sign of a crash.
     /// </summary>
-    public static ExpandableImage Open(ImageFile file)
+    public static ExpandableImage Open(ImageFile file, bool inUseByOtherWriter = false)
     {
         string name = file.Path;
         long fileLength = file.Length;
@@ -112,8 +116,13 @@ public sealed partial class ExpandableImage : ImageLayer
         }
 
         var image = new ExpandableImage(file, header, bat, dataOffsetBytes);
-        image.WasUnclean = header.IsUnclean;
-        if (header.IsUnclean)
+        if (inUseByOtherWriter)
+        {
+            image.MarkInUseByOtherWriter();
+        }
+
+        image.WasUnclean = header.IsUnclean && !inUseByOtherWriter;
+        if (image.WasUnclean)
         {
             image.AddWarning(WarningCodes.NotClosedCleanly, "image was not closed cleanly (in_use is \"Ynot\"); it is opened read-only until 'prlfuse check --repair'");
         }

@@ -50,6 +50,24 @@ public abstract class ImageLayer : IDisposable
     public IReadOnlyList<DiskWarning> DiskWarnings => _warnings;
 
     /// <summary>
+    /// Opened with force-share while another process holds the image's write lock: what is read may change or be
+    /// inconsistent, and an in_use of "Ynot" belongs to that writer, not to a crash.
+    /// </summary>
+    public bool InUseByOtherWriter { get; private protected set; }
+
+    /// <summary>The warning an image gets when <see cref="InUseByOtherWriter"/>.</summary>
+    public const string InUseWarning = "in use by another writer; data may be inconsistent";
+
+    internal void MarkInUseByOtherWriter()
+    {
+        if (!InUseByOtherWriter)
+        {
+            InUseByOtherWriter = true;
+            AddWarning(WarningCodes.InUseByOtherWriter, InUseWarning);
+        }
+    }
+
+    /// <summary>
     /// Maps a guest offset. Returns true with the host offset when this layer holds the data; either way
     /// <paramref name="run"/> is how many bytes from <paramref name="offset"/> keep the same answer (at least 1).
     /// </summary>

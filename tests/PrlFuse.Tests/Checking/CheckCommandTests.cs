@@ -292,11 +292,15 @@ public sealed class CheckCommandTests
         {
             var (exit, output) = RunCheck(image, repair: true);
             Assert.Equal(1, exit);
-            Assert.Contains("still mounted", output, StringComparison.Ordinal);
+            Assert.Contains("image is in use: another process holds the \"write\" lock", output, StringComparison.Ordinal);
+            Assert.Contains("repair refused", output, StringComparison.Ordinal);
             Assert.Equal(hash, TestImage.Hash(image));
 
-            // A plain check still works alongside.
-            Assert.Equal(3, RunCheck(image, repair: false).Exit);
+            // A plain check still works alongside: it reports what it reads (the leak), and first that the image is in use.
+            var (plainExit, plain) = RunCheck(image, repair: false);
+            Assert.Equal(1, plainExit);
+            Assert.Contains("CHECK-ERROR image: image is in use", plain, StringComparison.Ordinal);
+            Assert.Contains("LEAK", plain, StringComparison.Ordinal);
         }
     }
 
