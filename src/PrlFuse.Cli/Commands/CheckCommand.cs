@@ -13,10 +13,20 @@ internal static class CheckCommand
     /// <summary>Images larger than this get a progress bar (when stderr is a terminal).</summary>
     private const long ProgressThresholdBytes = 1L << 30;
 
-    public static int Run(CheckOptions o) => Run(o.Disk, o.Repair, Console.Out, Console.IsErrorRedirected);
+    public static int Run(CheckOptions o) => Run(o.Disk, o.Repair, Console.Out, Console.IsErrorRedirected, o.ForceShare);
 
-    public static int Run(string disk, bool repair, TextWriter output, bool stderrRedirected = true)
+    public static int Run(string disk, bool repair, TextWriter output, bool stderrRedirected = true, bool forceShare = false)
     {
+        if (repair && forceShare)
+        {
+            throw new Core.PrlFuseException(disk, "--repair writes the images, so it does not go with --force-share");
+        }
+
+        foreach (var user in Output.InUse.OurMounts(MountedFiles(disk)))
+        {
+            output.WriteLine($"{disk}: in use, {user}" + (repair ? "; unmount it before a repair" : "; checked read-only as it is now"));
+        }
+
         DiskCheckReport report;
         bool large = !stderrRedirected && AnsiConsole.Profile.Capabilities.Interactive && HasLargeImage(disk);
         if (large)
@@ -29,6 +39,7 @@ internal static class CheckCommand
                     ProgressTask? task = null;
                     var options = new ImageCheckOptions
                     {
+                        ForceShare = forceShare,
                         Progress = (done, total) =>
                         {
                             if (task is not null)
@@ -51,11 +62,29 @@ internal static class CheckCommand
         }
         else
         {
-            report = DiskChecker.Check(disk, repair);
+            report = DiskChecker.Check(disk, repair, new ImageCheckOptions { ForceShare = forceShare });
         }
 
         Print(report, output);
         return report.ExitCode;
+    }
+
+    /// <summary>The disk's descriptor and images, as far as they can be found, for the mount lookup.</summary>
+    private static List<string> MountedFiles(string disk)
+    {
+        var files = new List<string> { disk };
+        try
+        {
+            var (path, _) = Core.Descriptor.DiskSource.Resolve(disk);
+            files.Add(path);
+            files.AddRange(Directory.GetFiles(Path.GetDirectoryName(path) ?? "/", "*.hds"));
+        }
+        catch (Core.PrlFuseException)
+        {
+            // The checker says what is wrong with the disk itself.
+        }
+
+        return files;
     }
 
     private static bool HasLargeImage(string disk)
@@ -91,8 +120,18 @@ internal static class CheckCommand
             }
         }
 
-        if (report.After is { } after)
+        bool inUse = images.Concat(report.After ?? []).SelectMany(i => i.Problems).Any(p => p.Kind == CheckProblemKind.InUse);
+        if (report.After is { } refusedAfter && inUse && report.RepairedCount == 0)
         {
+            output.WriteLine("Repair refused: an image is in use (see below); nothing was written.");
+            foreach (var p in refusedAfter.SelectMany(i => i.Problems).Where(p => p.Severity != CheckSeverity.Warning))
+            {
+                output.WriteLine(p.ToLine());
+            }
+        }
+        else if (report.After is { } after2)
+        {
+            var after = after2;
             output.WriteLine($"Repaired {report.RepairedCount} problem{(report.RepairedCount == 1 ? "" : "s")} in {images.Count} image{(images.Count == 1 ? "" : "s")}; checking again.");
             foreach (var p in after.SelectMany(i => i.Problems).Where(p => p.Severity != CheckSeverity.Warning))
             {

@@ -13,26 +13,32 @@ internal static class InfoCommand
     /// <summary>Indentation of the snapshot tree stops growing here; deeper levels show their depth as a number.</summary>
     internal const int TreeIndentCap = 16;
 
-    public static int Run(InfoOptions o) => Run(o.Disk, o.Json, o.AllowOutsideImages, Console.Out);
+    public static int Run(InfoOptions o) => Run(o.Disk, o.Json, o.AllowOutsideImages, Console.Out, o.ForceShare);
 
     /// <summary>
     /// Prints the disk's description. With <paramref name="json"/>, an error is JSON on <paramref name="output"/> too
     /// (exit 1), so a script reading stdout always gets JSON.
     /// </summary>
-    public static int Run(string diskPath, bool json, bool allowOutsideImages, TextWriter output)
+    public static int Run(string diskPath, bool json, bool allowOutsideImages, TextWriter output, bool forceShare = false)
     {
         if (!json)
         {
-            using var disk = VirtualDisk.Open(diskPath, new DiskOpenOptions { CacheBytes = 0, AllowImagesOutsideBundle = allowOutsideImages });
-            WriteText(disk, output);
+            using var disk = Open(diskPath, allowOutsideImages, forceShare, out var users);
+            WriteText(disk, output, users);
             return Program.ExitOk;
         }
 
         try
         {
-            using var disk = VirtualDisk.Open(diskPath, new DiskOpenOptions { CacheBytes = 0, AllowImagesOutsideBundle = allowOutsideImages });
-            output.WriteLine(ToJson(disk).ToJsonString(Indented));
+            using var disk = Open(diskPath, allowOutsideImages, forceShare, out var users);
+            var root = ToJson(disk);
+            root["inUse"] = new JsonArray([.. users.Select(u => (JsonNode?)JsonValue.Create(u))]);
+            output.WriteLine(root.ToJsonString(Indented));
             return Program.ExitOk;
+        }
+        catch (ImageInUseException e)
+        {
+            return JsonError(output, Output.InUse.Explain(e), e.File);
         }
         catch (PrlFuseException e)
         {
@@ -50,6 +56,33 @@ internal static class InfoCommand
 
     private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
+    /// <summary>
+    /// Opens the disk to describe it. A disk that a writer holds is still described, as it is now (force-shared,
+    /// read-only): <paramref name="users"/> then says who uses it, by mountpoint when it is one of our mounts.
+    /// </summary>
+    private static VirtualDisk Open(string diskPath, bool allowOutsideImages, bool forceShare, out List<string> users)
+    {
+        var options = new DiskOpenOptions { CacheBytes = 0, AllowImagesOutsideBundle = allowOutsideImages, ForceShare = forceShare };
+        VirtualDisk disk;
+        try
+        {
+            disk = VirtualDisk.Open(diskPath, options);
+        }
+        catch (ImageInUseException e) when (!forceShare && e.HeldByWriter)
+        {
+            disk = VirtualDisk.Open(diskPath, options with { ForceShare = true });
+        }
+
+        var files = disk.Storages.SelectMany(s => s.Images.Values).Select(l => l.Path).Append(disk.SourcePath).ToList();
+        users = [.. Output.InUse.OurMounts(files)];
+        if (users.Count == 0 && disk.Storages.SelectMany(s => s.Images.Values).FirstOrDefault(l => l.InUseByOtherWriter) is { } held)
+        {
+            users.Add($"{Path.GetFileName(held.Path)} is open for writing in another process (QEMU or prlfuse); shown as it is now, may be inconsistent");
+        }
+
+        return disk;
+    }
+
     private static int JsonError(TextWriter output, string message, string? path)
     {
         var error = new JsonObject { ["error"] = new JsonObject { ["message"] = message, ["path"] = path } };
@@ -57,7 +90,7 @@ internal static class InfoCommand
         return Program.ExitError;
     }
 
-    private static void WriteText(VirtualDisk disk, TextWriter output)
+    private static void WriteText(VirtualDisk disk, TextWriter output, List<string> users)
     {
         var console = ReferenceEquals(output, Console.Out) ? Output.Terminal.Stdout : Output.Terminal.Create(output, redirected: true);
         var p = disk.Descriptor.Parameters;
@@ -65,6 +98,10 @@ internal static class InfoCommand
         console.MarkupLine($"  size      {disk.Size} bytes ({Sizes.Human(disk.Size)}), {p.DiskSizeSectors} sectors");
         console.MarkupLine($"  geometry  {p.Cylinders} cylinders, {p.Heads} heads, {p.Sectors} sectors/track");
         console.MarkupLine($"  storages  {disk.Storages.Count}{(disk.Storages.Count > 1 ? " (split disk)" : "")}, snapshots {disk.Views.Count}");
+        foreach (var user in users)
+        {
+            console.MarkupLine($"  in use    {Markup.Escape(user)}");
+        }
 
         foreach (var storage in disk.Storages)
         {

@@ -14,6 +14,8 @@ internal static partial class ErrorText
         string? path = QuotedPath(e.Message);
         switch (e)
         {
+            case ImageInUseException inUse:
+                return InUse.Explain(inUse);
             case PrlFuseException:
                 return e.Message;
             case DirectoryNotFoundException:

@@ -1,0 +1,31 @@
+using PrlFuse.Core;
+using PrlFuse.Fuse;
+
+namespace PrlFuse.Cli.Output;
+
+/// <summary>Who uses a disk, in words: our own mounts by mountpoint (from the kernel's tables), else the lock holder.</summary>
+internal static class InUse
+{
+    /// <summary>"mounted read-write at /mnt/x by prlfuse (daemon PID 123)" for each of our mounts serving these files.</summary>
+    public static IReadOnlyList<string> OurMounts(IEnumerable<string> files) =>
+        [.. MountRegistry.MountsUsing(files).Select(Describe)];
+
+    public static string Describe(PrlFuseMountInfo m) =>
+        $"mounted {(m.ReadOnly ? "read-only" : "read-write")} at {m.Mountpoint} by prlfuse" + (m.DaemonPid is { } pid ? $" (daemon PID {pid})" : "");
+
+    /// <summary>The one-line message for a refused lock: our mount by name when it is one, and QEMU's own words otherwise.</summary>
+    public static string Explain(ImageInUseException e)
+    {
+        var ours = MountRegistry.MountsUsing([e.ImagePath]);
+        if (ours.Count > 0)
+        {
+            var m = ours[0];
+            string advice = m.ReadOnly
+                ? $"unmount it first ('prlfuse unmount {m.Mountpoint}'), or open it read-only beside it"
+                : $"unmount it first ('prlfuse unmount {m.Mountpoint}'), or use --read-only --force-share to inspect it as it is now";
+            return $"{e.ImagePath}: disk is in use: {Describe(m)}; {advice}";
+        }
+
+        return $"{e.Message} (QEMU says: {e.QemuMessage})";
+    }
+}
