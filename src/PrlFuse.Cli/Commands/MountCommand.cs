@@ -393,7 +393,7 @@ internal static class MountCommand
         });
         var options = new FuseMountOptions
         {
-            FsName = disk.SourcePath,
+            FsName = o.Disk, // what the user named (made absolute): status shows it
             AllowOther = allowOther,
             DefaultPermissions = defaultPermissions,
             ReadOnly = o.ReadOnly,
