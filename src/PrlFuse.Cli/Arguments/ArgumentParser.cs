@@ -49,8 +49,14 @@ internal sealed class CommandSpec
     /// <summary>Parses the arguments after the verb into a fresh options object.</summary>
     public object Parse(IReadOnlyList<string> args, out bool helpRequested)
     {
-        helpRequested = false;
+        // -h anywhere before "--" asks for help, whatever else is on the line (a mistyped argument too).
+        helpRequested = args.TakeWhile(a => a != "--").Any(a => a is "-h" or "--help");
         var target = Create();
+        if (helpRequested)
+        {
+            return target;
+        }
+
         int positional = 0;
         bool optionsEnded = false;
         for (int i = 0; i < args.Count; i++)
@@ -64,12 +70,6 @@ internal sealed class CommandSpec
 
             if (!optionsEnded && arg.Length > 1 && arg[0] == '-')
             {
-                if (arg is "-h" or "--help")
-                {
-                    helpRequested = true;
-                    return target;
-                }
-
                 i = ParseOption(target, args, i);
                 continue;
             }

@@ -554,5 +554,19 @@ public sealed partial class ExpandableImage
 
     partial void OnDispose();
 
+    /// <summary>
+    /// Stops growth ahead and waits for one in flight: its fallocate or fadvise holds a reference to the handle, which
+    /// would keep the file (and its image locks) open past Dispose, so an immediate reopen would find it "in use".
+    /// </summary>
+    private void StopGrowthAhead()
+    {
+        lock (_growLock)
+        {
+            _closed = true;
+        }
+
+        SpinWait.SpinUntil(() => Volatile.Read(ref _growingAhead) == 0);
+    }
+
     partial void OnDispose() => _flushLock.Dispose();
 }

@@ -211,6 +211,7 @@ public sealed partial class ExpandableImage : ImageLayer
             }
             finally
             {
+                StopGrowthAhead();
                 OnDispose();
                 base.Dispose(disposing);
             }
