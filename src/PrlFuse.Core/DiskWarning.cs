@@ -39,6 +39,12 @@ public static class WarningCodes
     /// <summary>The filesystem holding an image takes no open-file-description locks: it is not locked against QEMU.</summary>
     public const string NoImageLocks = "no-image-locks";
 
+    /// <summary>An expandable image opened alone is an overlay in the descriptor beside it: its parents are not included.</summary>
+    public const string OverlayWithoutParents = "overlay-without-parents";
+
+    /// <summary>A file read as raw with --format raw whose size is not a whole number of sectors.</summary>
+    public const string RawTailNotServed = "raw-tail-not-served";
+
     /// <summary>An image's empty flag is set.</summary>
     public const string EmptyImageFlag = "empty-image-flag";
 

@@ -63,7 +63,7 @@ internal static class CommandTable
             Options =
             [
                 Flag<CheckOptions>("repair", 'r', "Repair what is found, crash-safely: copy duplicated clusters, clear entries outside the file, trim leaks, mark clean. Refused while the disk is in use.", o => o.Repair = true),
-                .. DiskSourceOptions<CheckOptions>(),
+                .. DiskSourceOptions<CheckOptions>(format: false),
                 Debug<CheckOptions>(),
             ],
             Examples = ["prlfuse check disk.hdd", "prlfuse check --repair disk.hdd"],
@@ -134,15 +134,18 @@ internal static class CommandTable
 
     public static CommandSpec? Find(string verb) => Commands.FirstOrDefault(c => c.Name == verb || c.Aliases.Contains(verb));
 
-    private static OptionSpec[] DiskSourceOptions<T>()
+    private static OptionSpec[] DiskSourceOptions<T>(bool format = true)
         where T : DiskOptions =>
     [
         Flag<T>("force-share", 'U', "Open images that another process holds for writing, read-only, as 'qemu-img -U' does (the data may be inconsistent).", o => o.ForceShare = true),
-        Value<T>("format", null, "FORMAT", "What a bare image file is: parallels or raw (default: recognised from its content).", (o, v) => o.Format = v switch
+        .. format ? new[]
         {
-            "raw" or "parallels" => v,
-            _ => throw new FormatException("must be raw or parallels"),
-        }),
+            Value<T>("format", null, "FORMAT", "What a bare image file is: parallels or raw (default: recognised from its content; a file with no known format is raw only if its size is a whole number of sectors).", (o, v) => o.Format = v switch
+            {
+                "raw" or "parallels" => v,
+                _ => throw new FormatException("must be raw or parallels"),
+            }),
+        } : [],
         Flag<T>("allow-outside-images", null, "Let relative image paths in DiskDescriptor.xml lead outside the bundle folder (device nodes, FIFOs and sockets are always refused).", o => o.AllowOutsideImages = true),
     ];
 

@@ -14,14 +14,14 @@ internal static class ExportCommand
     public const string StandardOutput = "-";
 
     public static int Run(ExportOptions o) =>
-        Export(o.Disk, o.Snapshot, o.Output ?? throw new Arguments.UsageException(CommandTable.Find("export"), "missing -o/--output FILE (where to write the raw disk; - for standard output)"), o.CacheBytes, o.AllowOutsideImages, Console.OpenStandardOutput, Console.Error, o.ForceShare);
+        Export(o.Disk, o.Snapshot, o.Output ?? throw new Arguments.UsageException(CommandTable.Find("export"), "missing -o/--output FILE (where to write the raw disk; - for standard output)"), o.CacheBytes, o.AllowOutsideImages, Console.OpenStandardOutput, Console.Error, o.ForceShare, o.DiskFormat);
 
     /// <param name="openStdout">Opens what "-" writes to (standard output; a test passes its own stream).</param>
     /// <param name="messages">Where the progress bar (on a terminal only) and the final line go: stderr.</param>
-    public static int Export(string disk, string? snapshot, string output, long cacheBytes, bool allowOutsideImages, Func<Stream> openStdout, TextWriter messages, bool forceShare = false)
+    public static int Export(string disk, string? snapshot, string output, long cacheBytes, bool allowOutsideImages, Func<Stream> openStdout, TextWriter messages, bool forceShare = false, Core.Descriptor.DiskFormat format = Core.Descriptor.DiskFormat.Auto)
     {
         // A disk that a writer holds is refused (its image locks say so), unless --force-share: then it is copied as it is.
-        using var opened = VirtualDisk.Open(disk, new DiskOpenOptions { CacheBytes = cacheBytes, AllowImagesOutsideBundle = allowOutsideImages, ForceShare = forceShare });
+        using var opened = VirtualDisk.Open(disk, new DiskOpenOptions { CacheBytes = cacheBytes, AllowImagesOutsideBundle = allowOutsideImages, ForceShare = forceShare, Format = format });
         foreach (var held in opened.Storages.SelectMany(s => s.Images.Values).Where(l => l.InUseByOtherWriter))
         {
             messages.WriteLine($"prlfuse: warning: {held.Path} is being written by another process; the copy may be inconsistent");

@@ -13,24 +13,24 @@ internal static class InfoCommand
     /// <summary>Indentation of the snapshot tree stops growing here; deeper levels show their depth as a number.</summary>
     internal const int TreeIndentCap = 16;
 
-    public static int Run(InfoOptions o) => Run(o.Disk, o.Json, o.AllowOutsideImages, Console.Out, o.ForceShare);
+    public static int Run(InfoOptions o) => Run(o.Disk, o.Json, o.AllowOutsideImages, Console.Out, o.ForceShare, o.DiskFormat);
 
     /// <summary>
     /// Prints the disk's description. With <paramref name="json"/>, an error is JSON on <paramref name="output"/> too
     /// (exit 1), so a script reading stdout always gets JSON.
     /// </summary>
-    public static int Run(string diskPath, bool json, bool allowOutsideImages, TextWriter output, bool forceShare = false)
+    public static int Run(string diskPath, bool json, bool allowOutsideImages, TextWriter output, bool forceShare = false, DiskFormat format = DiskFormat.Auto)
     {
         if (!json)
         {
-            using var disk = Open(diskPath, allowOutsideImages, forceShare, out var users);
+            using var disk = Open(diskPath, allowOutsideImages, forceShare, format, out var users);
             WriteText(disk, output, users);
             return Program.ExitOk;
         }
 
         try
         {
-            using var disk = Open(diskPath, allowOutsideImages, forceShare, out var users);
+            using var disk = Open(diskPath, allowOutsideImages, forceShare, format, out var users);
             var root = ToJson(disk);
             root["inUse"] = new JsonArray([.. users.Select(u => (JsonNode?)JsonValue.Create(u))]);
             output.WriteLine(root.ToJsonString(Indented));
@@ -60,9 +60,9 @@ internal static class InfoCommand
     /// Opens the disk to describe it. A disk that a writer holds is still described, as it is now (force-shared,
     /// read-only): <paramref name="users"/> then says who uses it, by mountpoint when it is one of our mounts.
     /// </summary>
-    private static VirtualDisk Open(string diskPath, bool allowOutsideImages, bool forceShare, out List<string> users)
+    private static VirtualDisk Open(string diskPath, bool allowOutsideImages, bool forceShare, DiskFormat format, out List<string> users)
     {
-        var options = new DiskOpenOptions { CacheBytes = 0, AllowImagesOutsideBundle = allowOutsideImages, ForceShare = forceShare };
+        var options = new DiskOpenOptions { CacheBytes = 0, AllowImagesOutsideBundle = allowOutsideImages, ForceShare = forceShare, Format = format };
         VirtualDisk disk;
         try
         {
@@ -110,6 +110,11 @@ internal static class InfoCommand
             foreach (var (guid, layer) in storage.Images.OrderBy(x => disk.Tree.ChainOf(x.Key).Length))
             {
                 var i = Describe(layer);
+                if (disk.RawUnrecognised)
+                {
+                    i = i with { Type = "raw (no format recognised)" };
+                }
+
                 long clusters = (layer.VirtualSize + layer.ClusterBytes - 1) / layer.ClusterBytes;
                 console.MarkupLine($"  {Markup.Escape(DiskDescriptor.FormatGuid(guid))}  {Markup.Escape(Path.GetFileName(layer.Path))}");
                 console.MarkupLine($"      {Markup.Escape(i.Type)}, cluster {Sizes.Human(layer.ClusterBytes)}, {layer.CountAllocatedClusters()} of {clusters} clusters allocated, file {Sizes.Human(layer.File.Length)}");

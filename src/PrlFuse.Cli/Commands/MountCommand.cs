@@ -302,7 +302,7 @@ internal static class MountCommand
             RepairFirst(o.Disk, notices);
         }
 
-        var openOptions = new DiskOpenOptions { ReadOnly = o.ReadOnly, CacheBytes = o.CacheBytes, AllowImagesOutsideBundle = o.AllowOutsideImages, ForceShare = o.ForceShare };
+        var openOptions = new DiskOpenOptions { ReadOnly = o.ReadOnly, CacheBytes = o.CacheBytes, AllowImagesOutsideBundle = o.AllowOutsideImages, ForceShare = o.ForceShare, Format = o.DiskFormat };
         if (o.BufferedWrites)
         {
             openOptions = openOptions with { OpenFile = static (path, writable) => PositionalImageFile.Open(path, writable, exclusive: false, directWrites: false) };

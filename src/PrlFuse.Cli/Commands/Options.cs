@@ -15,6 +15,13 @@ internal abstract class DiskOptions : CommonOptions
     public string? Format { get; set; }
 
     public bool ForceShare { get; set; }
+
+    public Core.Descriptor.DiskFormat DiskFormat => Format switch
+    {
+        "raw" => Core.Descriptor.DiskFormat.Raw,
+        "parallels" => Core.Descriptor.DiskFormat.Parallels,
+        _ => Core.Descriptor.DiskFormat.Auto,
+    };
 }
 
 internal sealed class InfoOptions : DiskOptions

@@ -16,13 +16,21 @@ public enum DiskSourceKind
     RawImage,
 }
 
+/// <summary>What a bare image file is: recognised from its content, or as the user said (--format).</summary>
+public enum DiskFormat
+{
+    Auto,
+    Raw,
+    Parallels,
+}
+
 /// <summary>
 /// The one place that turns what the user typed into a disk source: a bundle folder, the path of its
 /// DiskDescriptor.xml, or a bare .hds image. Used by every command, so they all accept the same inputs.
 /// </summary>
 public static class DiskSource
 {
-    public static (string Path, DiskSourceKind Kind) Resolve(string path)
+    public static (string Path, DiskSourceKind Kind) Resolve(string path, DiskFormat format = DiskFormat.Auto)
     {
         string full = System.IO.Path.GetFullPath(path);
         if (Directory.Exists(full))
@@ -41,12 +49,39 @@ public static class DiskSource
         }
 
         PathRules.CheckRegularFile(full);
-        return (full, KindOf(full));
+        var kind = KindOf(full, format);
+        if (kind == DiskSourceKind.RawImage && format == DiskFormat.Auto)
+        {
+            // Any file would do as a raw disk: take one only when it looks like one, and say what it is otherwise.
+            long length = new FileInfo(full).Length;
+            if (length == 0 || length % 512 != 0)
+            {
+                throw new PrlFuseException(full, $"is not a disk image: no known format, and its size ({length} bytes) is not a whole number of 512-byte sectors; give --format raw to read it as a raw disk anyway");
+            }
+        }
+
+        return (full, kind);
     }
 
-    private static DiskSourceKind KindOf(string path)
+    /// <summary>Magics of formats prlfuse does not read, at offset 0: a clear refusal beats serving their metadata as data.</summary>
+    private static readonly (byte[] Magic, string Name)[] ForeignFormats =
+    [
+        ([0x51, 0x46, 0x49, 0xFB], "qcow2"), // "QFI\xfb"
+        ([0x51, 0x45, 0x44, 0x00], "QED"), // "QED\0"
+        ("conectix"u8.ToArray(), "VHD"),
+        ("vhdxfile"u8.ToArray(), "VHDX"),
+        ("KDMV"u8.ToArray(), "VMDK"),
+        ("<<< Oracle VM VirtualBox Disk Image >>>"u8.ToArray(), "VDI"),
+    ];
+
+    private static DiskSourceKind KindOf(string path, DiskFormat format)
     {
-        if (path.EndsWith(".xml", StringComparison.OrdinalIgnoreCase))
+        if (format == DiskFormat.Raw)
+        {
+            return DiskSourceKind.RawImage;
+        }
+
+        if (format == DiskFormat.Auto && path.EndsWith(".xml", StringComparison.OrdinalIgnoreCase))
         {
             return DiskSourceKind.Descriptor;
         }
@@ -57,6 +92,19 @@ public static class DiskSource
         if (ParallelsHeader.HasMagic(head[..n]))
         {
             return DiskSourceKind.ExpandableImage;
+        }
+
+        if (format == DiskFormat.Parallels)
+        {
+            throw new PrlFuseException(path, "is not a Parallels image (no WithoutFreeSpace or WithouFreSpacExt magic); drop --format parallels, or give the bundle folder");
+        }
+
+        foreach (var (magic, name) in ForeignFormats)
+        {
+            if (head[..n].StartsWith(magic))
+            {
+                throw new PrlFuseException(path, $"is a {name} image, which prlfuse does not read yet; convert it with 'qemu-img convert -O raw', or give --format raw to read its bytes as a raw disk");
+            }
         }
 
         var text = head[..n].TrimStart((byte)0xEF).TrimStart((byte)0xBB).TrimStart((byte)0xBF).TrimStart(" \t\r\n"u8);

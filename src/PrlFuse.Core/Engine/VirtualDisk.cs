@@ -31,6 +31,9 @@ public sealed record DiskOpenOptions
     /// </summary>
     public bool ForceShare { get; init; }
 
+    /// <summary>What a bare image file is (--format): recognised from its content by default.</summary>
+    public DiskFormat Format { get; init; } = DiskFormat.Auto;
+
     /// <summary>
     /// Opens image files; tests substitute one that injects faults. Files with an operating-system handle
     /// (<see cref="ImageFile.Handle"/>) get QEMU's image locks on it; others are not locked.
@@ -78,10 +81,10 @@ public sealed class VirtualDisk : IDisposable
     public BlockCache? Cache { get; }
 
     /// <summary>Everything odd but usable, from the descriptor and each image: the messages.</summary>
-    public ImmutableArray<string> Warnings { get; }
+    public ImmutableArray<string> Warnings { get; private set; }
 
     /// <summary>The same warnings with their stable codes (<see cref="WarningCodes"/>).</summary>
-    public ImmutableArray<DiskWarning> DiskWarnings { get; }
+    public ImmutableArray<DiskWarning> DiskWarnings { get; private set; }
 
     public long Size => Descriptor.DiskSizeBytes;
 
@@ -112,15 +115,68 @@ public sealed class VirtualDisk : IDisposable
             throw new PrlFuseException(null, "--force-share opens read-only: it cannot be combined with writing (add --read-only, or drop --force-share)");
         }
 
-        var (full, kind) = DiskSource.Resolve(path);
+        var (full, kind) = DiskSource.Resolve(path, options.Format);
         bool bare = kind != DiskSourceKind.Descriptor;
-        DiskDescriptor descriptor = bare ? DescribeBareImage(full, options) : DescriptorParser.ParseFile(full);
+        var extra = ImmutableArray.CreateBuilder<DiskWarning>();
+        DiskDescriptor descriptor = bare ? DescribeBareImage(full, kind, options, extra) : DescriptorParser.ParseFile(full);
+        if (kind == DiskSourceKind.ExpandableImage && OverlayParentNote(full) is { } note)
+        {
+            extra.Add(new(WarningCodes.OverlayWithoutParents, note));
+        }
+
         var tree = SnapshotTree.Build(descriptor, full);
-        return OpenImages(full, bare, descriptor, tree, options);
+        var disk = OpenImages(full, bare, descriptor, tree, options);
+        if (extra.Count > 0)
+        {
+            disk.AddWarnings(extra);
+        }
+
+        disk.RawUnrecognised = kind == DiskSourceKind.RawImage && options.Format == DiskFormat.Auto;
+        return disk;
+    }
+
+    /// <summary>A bare file taken as a raw disk because it has no known format (not because --format raw said so).</summary>
+    public bool RawUnrecognised { get; private set; }
+
+    private void AddWarnings(IEnumerable<DiskWarning> more)
+    {
+        DiskWarnings = DiskWarnings.AddRange(more);
+        Warnings = DiskWarnings.Select(w => w.Message).ToImmutableArray();
+    }
+
+    /// <summary>
+    /// An expandable image opened alone that a DiskDescriptor.xml beside it names as an overlay: its parents hold the
+    /// rest of the disk, so what it shows alone is not the disk. Null when no descriptor says so (or none parses).
+    /// </summary>
+    private static string? OverlayParentNote(string image)
+    {
+        string folder = Path.GetDirectoryName(image) ?? "/";
+        string xml = Path.Combine(folder, "DiskDescriptor.xml");
+        if (!File.Exists(xml))
+        {
+            return null;
+        }
+
+        try
+        {
+            var descriptor = DescriptorParser.ParseFile(xml);
+            string name = Path.GetFileName(image);
+            var guids = descriptor.Storages.SelectMany(s => s.Images).Where(i => Path.GetFileName(i.File) == name).Select(i => i.Guid).ToHashSet();
+            bool overlay = descriptor.Snapshots.Shots.Any(s => guids.Contains(s.Guid) && s.ParentGuid != Guid.Empty);
+            return overlay
+                ? $"{name}: is an overlay (a snapshot's changes) in {xml}; its parent snapshots are not included, so unchanged data reads as zeros: open the bundle {folder} for the whole disk"
+                : null;
+        }
+#pragma warning disable CA1031 // only a note: a descriptor we cannot read says nothing about the image
+        catch (Exception)
+#pragma warning restore CA1031
+        {
+            return null;
+        }
     }
 
     /// <summary>A bare image is a one-image disk with no snapshots: the predefined top GUID, one storage.</summary>
-    private static DiskDescriptor DescribeBareImage(string path, DiskOpenOptions options)
+    private static DiskDescriptor DescribeBareImage(string path, DiskSourceKind kind, DiskOpenOptions options, ImmutableArray<DiskWarning>.Builder warnings)
     {
         using var file = options.OpenFile(path, false);
 
@@ -132,7 +188,7 @@ public sealed class VirtualDisk : IDisposable
         long sectors;
         ImageType type;
         long blocksize = 2048;
-        if (ParallelsHeader.HasMagic(head[..n]))
+        if (kind == DiskSourceKind.ExpandableImage)
         {
             if (!ParallelsHeader.TryRead(head[..n], out var header, out string error))
             {
@@ -147,6 +203,10 @@ public sealed class VirtualDisk : IDisposable
         {
             sectors = file.Length / 512;
             type = ImageType.Plain;
+            if (file.Length % 512 != 0)
+            {
+                warnings.Add(new(WarningCodes.RawTailNotServed, $"{Path.GetFileName(path)}: its last {file.Length % 512} bytes are not a whole sector and are not part of the disk"));
+            }
         }
 
         if (sectors <= 0)
