@@ -309,6 +309,15 @@ internal static class MountCommand
         }
 
         var disk = VirtualDisk.Open(o.Disk, openOptions);
+        if (!o.ReadOnly && disk.ReadOnlyPlaceReason is { } readOnly)
+        {
+            // A read-only medium or read-only image files: serve read-only and say so, rather than fail or write.
+            disk.Dispose();
+            o.ReadOnly = true;
+            disk = VirtualDisk.Open(o.Disk, openOptions with { ReadOnly = true });
+            notices.WriteLine($"prlfuse: notice: {readOnly}; serving read-only (current.raw cannot be written)");
+        }
+
         int exit;
         try
         {

@@ -92,6 +92,28 @@ public static class ImageChecker
             throw new PrlFuseException(path, "a repair writes: it cannot be combined with --force-share");
         }
 
+        // Nothing to repair means nothing opened for writing: a clean image on a read-only filesystem, or one whose
+        // file has no write permission, checks clean without a write open (which would fail or, as root, succeed).
+        var before = Check(path, options);
+        if (!before.Problems.Any(p => p.Kind == CheckProblemKind.InUse) && !before.Problems.Any(p => p.Repairable))
+        {
+            // Still refused while anyone else has the image open, as the write lock would be.
+            using (var probe = Open(path, writable: false, options))
+            {
+                if (probe.Handle is { } handle && ImageLock.FindConflict(handle, ImageLockMode.ReadWrite) is { } conflict)
+                {
+                    throw new ImageInUseException(path, conflict, ImageLock.OtherWriterPresent(handle), ImageLockMode.ReadWrite);
+                }
+            }
+
+            return new ImageRepairResult(before, before);
+        }
+
+        if (PathRules.ReadOnlyReason(path) is { } readOnly)
+        {
+            throw new PrlFuseException(path, $"cannot repair: {readOnly}; make it writable first");
+        }
+
         ImageCheckReport repair;
         using (var file = Open(path, writable: true, options))
         {

@@ -135,6 +135,12 @@ public sealed class VirtualDisk : IDisposable
         return disk;
     }
 
+    /// <summary>
+    /// Set when a read-write open found a top image that must not be written (mode 0444, or a read-only filesystem):
+    /// it was opened read-only instead, and this says why, naming the file.
+    /// </summary>
+    public string? ReadOnlyPlaceReason { get; private init; }
+
     /// <summary>A bare file taken as a raw disk because it has no known format (not because --format raw said so).</summary>
     public bool RawUnrecognised { get; private set; }
 
@@ -236,6 +242,7 @@ public sealed class VirtualDisk : IDisposable
         {
             string bundle = Path.GetDirectoryName(source)!;
             bool topWritable = !options.ReadOnly && tree.ChildrenOf(tree.Top).Count == 0;
+            string? readOnlyPlace = null;
             var storages = new List<OpenStorage>();
             for (int s = 0; s < descriptor.Storages.Length; s++)
             {
@@ -246,7 +253,15 @@ public sealed class VirtualDisk : IDisposable
                     var id = sd.FindImage(guid)!;
                     string file = ResolveImagePath(bundle, id.File, source, warnings);
                     PathRules.CheckImagePath(file, bundle, Path.IsPathRooted(id.File) && file == id.File, source, options.AllowImagesOutsideBundle || bare);
-                    var layer = OpenLayer(file, id, sd, s, topWritable && guid == tree.Top, options, warnings);
+                    bool writable = topWritable && guid == tree.Top;
+                    if (writable && PathRules.ReadOnlyReason(file) is { } readOnly)
+                    {
+                        // Never write through a 0444 file (root could) or try a read-only filesystem: served read-only.
+                        writable = false;
+                        readOnlyPlace ??= $"{file}: {readOnly}";
+                    }
+
+                    var layer = OpenLayer(file, id, sd, s, writable, options, warnings);
                     opened.Add(layer);
                     layer.CacheId = opened.Count;
                     images[guid] = layer;
@@ -278,7 +293,7 @@ public sealed class VirtualDisk : IDisposable
                 views[guid] = new SnapshotView(guid, guid == tree.Top, writable, descriptor.DiskSizeBytes, chains);
             }
 
-            return new VirtualDisk(source, bare, descriptor, tree, opened, storages, views, cache, warnings.ToImmutable());
+            return new VirtualDisk(source, bare, descriptor, tree, opened, storages, views, cache, warnings.ToImmutable()) { ReadOnlyPlaceReason = readOnlyPlace };
         }
         catch
         {

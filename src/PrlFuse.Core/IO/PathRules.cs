@@ -86,6 +86,26 @@ public static class PathRules
         return (*(ulong*)buffer, *(ulong*)(buffer + StatInodeOffset));
     }
 
+    /// <summary>
+    /// Why a file must not be opened for writing although the open might succeed: no write permission bit at all
+    /// (mode 0444: root could write it anyway, and must not), or a read-only filesystem. Null when neither.
+    /// </summary>
+    public static unsafe string? ReadOnlyReason(string path)
+    {
+        byte* buffer = stackalloc byte[StatSize + 64];
+        if (Posix.Stat(path, buffer) == 0 && (*(uint*)(buffer + StatModeOffset) & 0x92) == 0)
+        {
+            return $"the image file is read-only (mode {Convert.ToString(*(uint*)(buffer + StatModeOffset) & 0xFFF, 8).PadLeft(4, '0')})";
+        }
+
+        if (Posix.StatVfs(path, out var vfs) == 0 && (vfs.Flags & Posix.StatVfsReadOnly) != 0)
+        {
+            return "the image is on a read-only filesystem";
+        }
+
+        return null;
+    }
+
     /// <summary>realpath(3): every symlink resolved; null when the path does not exist.</summary>
     public static unsafe string? RealPath(string path)
     {
