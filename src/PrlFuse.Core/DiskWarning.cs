@@ -45,6 +45,9 @@ public static class WarningCodes
     /// <summary>A file read as raw with --format raw whose size is not a whole number of sectors.</summary>
     public const string RawTailNotServed = "raw-tail-not-served";
 
+    /// <summary>BAT entries that point outside the file, before the data area, between clusters or at a shared cluster: their clusters read as I/O errors.</summary>
+    public const string DamagedClusters = "damaged-clusters";
+
     /// <summary>An image's empty flag is set.</summary>
     public const string EmptyImageFlag = "empty-image-flag";
 

@@ -1,6 +1,8 @@
+using System.Collections.Concurrent;
 using System.Text;
 using PrlFuse.Core.Descriptor;
 using PrlFuse.Core.Engine;
+using PrlFuse.Core.Images;
 using PrlFuse.Fuse.Native;
 
 namespace PrlFuse.Fuse;
@@ -47,6 +49,9 @@ public sealed class BundleFileSystem : IFuseFileSystem
     private readonly BundleFileSystemOptions _options;
     private readonly FileEntry[] _files;
     private readonly TimeSpec _mountTime;
+
+    // Damaged clusters already logged (image, cluster): grows only with the clusters actually read.
+    private readonly ConcurrentDictionary<(string Image, long Cluster), byte> _reportedDamage = new();
 
     public BundleFileSystem(VirtualDisk disk, BundleFileSystemOptions options)
     {
@@ -444,9 +449,22 @@ public sealed class BundleFileSystem : IFuseFileSystem
         return 0;
     }
 
-    /// <summary>The errno an I/O failure carries (ENOSPC, EIO, ...); .NET puts the raw errno in HResult on Linux.</summary>
+    /// <summary>
+    /// The errno an I/O failure carries (ENOSPC, EIO, ...); .NET puts the raw errno in HResult on Linux. A damaged
+    /// cluster is EIO, logged the first time only: a loop device or a filesystem retries an unreadable block many times.
+    /// </summary>
     private int Fail(IOException e, FileEntry file)
     {
+        if (e is DamagedClusterException damaged)
+        {
+            if (_reportedDamage.TryAdd((damaged.ImagePath, damaged.Cluster), 0))
+            {
+                _options.Log?.Invoke($"{Encoding.UTF8.GetString(file.Path)}: {e.Message} (further reads of this cluster fail without a message)");
+            }
+
+            return -Errno.EIO;
+        }
+
         int errno = e.HResult is > 0 and < 4096 ? e.HResult : Errno.EIO;
         _options.Log?.Invoke($"{Encoding.UTF8.GetString(file.Path)}: {e.Message}");
         return -errno;

@@ -533,6 +533,11 @@ internal static class MountCommand
             Posix.Dup2(_devNull, 0);
             Posix.Dup2(_devNull, 1);
             Posix.Dup2(_log, 2);
+
+            // .NET's console streams write to their own duplicates of fds 1 and 2, made when first used: they still
+            // lead to the parent's pipe, whose reader is gone. New ones duplicate the new fds, so the log gets our lines.
+            Console.SetOut(new StreamWriter(Console.OpenStandardOutput()) { AutoFlush = true });
+            Console.SetError(new StreamWriter(Console.OpenStandardError()) { AutoFlush = true });
         }
     }
 }

@@ -194,27 +194,18 @@ public static class ImageChecker
 
         long length = file.Length;
         a.FileLength = length;
-        Span<byte> headerBytes = stackalloc byte[ParallelsHeader.Size];
-        int n = file.Read(headerBytes, 0);
-        if (!ParallelsHeader.TryRead(headerBytes[..n], out var header, out string error))
+        if (!ImageLayout.TryRead(file, progress, out var layout, out string where, out string error))
         {
-            a.Add(CheckProblemKind.BadImage, CheckSeverity.Error, "header", error);
+            a.Add(CheckProblemKind.BadImage, CheckSeverity.Error, where, error);
             a.Fatal = true;
             return a;
         }
 
+        var header = layout.Header;
         a.Header = header;
-        long batBytes = 4L * header.BatEntries;
-        if (ParallelsHeader.Size + batBytes > length)
+        if (layout.BatTooSmall is { } small)
         {
-            a.Add(CheckProblemKind.BadImage, CheckSeverity.Error, "header nb_bat_entries (offset 32)", $"BAT of {header.BatEntries} entries is larger than the file ({length} bytes) could hold; the file is truncated or not a Parallels image");
-            a.Fatal = true;
-            return a;
-        }
-
-        if ((long)header.BatEntries * header.ClusterBytes < (long)header.SectorCount * 512)
-        {
-            a.Add(CheckProblemKind.BadImage, CheckSeverity.Error, "header nb_sectors (offset 36)", $"BAT of {header.BatEntries} clusters is too small for a disk of {header.SectorCount} sectors (not repairable)");
+            a.Add(CheckProblemKind.BadImage, CheckSeverity.Error, $"header nb_sectors (offset {ParallelsHeader.OffsetSectorCount})", small + " (not repairable)");
         }
 
         // 1. Not closed cleanly (a live writer's "Ynot" is no sign of a crash).
@@ -223,55 +214,18 @@ public static class ImageChecker
             a.Add(CheckProblemKind.NotClosedCleanly, CheckSeverity.Corruption, $"header in_use (offset {ParallelsHeader.OffsetInUse})", "image was not closed correctly (in_use is \"Ynot\"); repair marks it clean");
         }
 
-        // 2. data_off: QEMU's rule (0 only for the old magic; never inside the BAT or past the file), plus the cluster
-        // alignment the new magic requires, which our reader enforces.
+        // 2. data_off (the rules are ImageLayout's; the reader refuses the same values).
         long minimum = header.MinimumDataOffsetSectors;
-        long dataOff = header.DataOffsetSectors;
-        string? dataOffWrong = null;
-        if (dataOff == 0)
+        if (layout.DataOffsetFault != DataOffsetFault.None)
         {
-            if (header.Magic == ParallelsMagic.WithouFreSpacExt)
-            {
-                dataOffWrong = "is 0, which a WithouFreSpacExt image may not have";
-            }
-        }
-        else if (dataOff < minimum)
-        {
-            dataOffWrong = $"lies inside the header and BAT (minimum {minimum})";
-        }
-        else if (dataOff > length / 512)
-        {
-            dataOffWrong = $"lies past the end of the file ({length / 512} sectors)";
-        }
-        else if (header.Magic == ParallelsMagic.WithouFreSpacExt && dataOff % header.ClusterSectors != 0)
-        {
-            dataOffWrong = $"is not aligned to the cluster size of {header.ClusterSectors} sectors";
-        }
-
-        if (dataOffWrong is not null)
-        {
-            a.Add(CheckProblemKind.DataOffset, CheckSeverity.Corruption, $"header data_off (offset {ParallelsHeader.OffsetDataOffset})", $"data_off field has incorrect value {dataOff}: it {dataOffWrong}; repair sets it to {minimum}");
+            a.Add(CheckProblemKind.DataOffset, CheckSeverity.Corruption, $"header data_off (offset {ParallelsHeader.OffsetDataOffset})", $"data_off field has incorrect value {header.DataOffsetSectors}: it {layout.DataOffsetFaultText}; repair sets it to {minimum}");
             a.NewDataOffsetSectors = checked((uint)minimum);
-            dataOff = minimum;
-        }
-        else if (dataOff == 0)
-        {
-            dataOff = minimum;
         }
 
-        a.DataOffsetBytes = dataOff * 512;
+        a.DataOffsetBytes = layout.DataOffsetBytes;
 
-        // 3. The BAT, read in chunks for the progress bar.
-        var raw = GC.AllocateUninitializedArray<byte>(checked((int)batBytes));
-        const int chunk = 1 << 20;
-        for (long done = 0; done < batBytes; done += chunk)
-        {
-            int len = (int)Math.Min(chunk, batBytes - done);
-            file.ReadZeroFilled(raw.AsSpan((int)done, len), ParallelsHeader.Size + done);
-            progress?.Invoke(done / 4, header.BatEntries);
-        }
-
-        var bat = BlockAllocationTable.Parse(raw, (int)header.BatEntries, header.BatUnitBytes, header.ClusterBytes);
+        // 3. The BAT entries, by the rules the reader fails reads by.
+        var bat = layout.Bat;
         var entries = new uint[bat.Count];
         for (int i = 0; i < entries.Length; i++)
         {
@@ -279,23 +233,23 @@ public static class ImageChecker
         }
 
         a.Entries = entries;
-        var problems = bat.FindProblems(a.DataOffsetBytes, length);
+        var problems = layout.FindClusterProblems();
         var invalid = new HashSet<long>();
         foreach (var p in problems.Where(p => p.Kind != BatProblemKind.Duplicate))
         {
             invalid.Add(p.Index);
             a.Clear.Add((int)p.Index);
-            string where = BatWhere(p.Index);
+            string at = BatWhere(p.Index);
             switch (p.Kind)
             {
                 case BatProblemKind.BeforeDataArea:
-                    a.Add(CheckProblemKind.ClusterBeforeDataArea, CheckSeverity.Corruption, where, $"cluster {p.Index} points at offset {p.HostOffset}, before the data area at {a.DataOffsetBytes}; repair clears the entry", p.Index);
+                    a.Add(CheckProblemKind.ClusterBeforeDataArea, CheckSeverity.Corruption, at, $"cluster {p.Index} points at offset {p.HostOffset}, before the data area at {a.DataOffsetBytes}; repair clears the entry", p.Index);
                     break;
                 case BatProblemKind.Misaligned:
-                    a.Add(CheckProblemKind.ClusterMisaligned, CheckSeverity.Corruption, where, $"cluster {p.Index} points at offset {p.HostOffset}, not on a {header.ClusterBytes}-byte cluster boundary of the data area at {a.DataOffsetBytes}; repair clears the entry", p.Index);
+                    a.Add(CheckProblemKind.ClusterMisaligned, CheckSeverity.Corruption, at, $"cluster {p.Index} points at offset {p.HostOffset}, not on a {header.ClusterBytes}-byte cluster boundary of the data area at {a.DataOffsetBytes}; repair clears the entry", p.Index);
                     break;
                 default:
-                    a.Add(CheckProblemKind.ClusterOutsideImage, CheckSeverity.Corruption, where, $"cluster {p.Index} is outside image: it points at offset {p.HostOffset}, and the file ends at {length}; repair clears the entry", p.Index);
+                    a.Add(CheckProblemKind.ClusterOutsideImage, CheckSeverity.Corruption, at, $"cluster {p.Index} is outside image: it points at offset {p.HostOffset}, and the file ends at {length}; repair clears the entry", p.Index);
                     break;
             }
         }

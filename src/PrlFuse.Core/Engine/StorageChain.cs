@@ -72,6 +72,11 @@ public sealed class StorageChain
         {
             int layer = Resolve(0, offset + pos, length - pos, out long host, out long run);
             int n = (int)run;
+            if (host < 0)
+            {
+                throw Damaged(layer, offset + pos);
+            }
+
             if (layer < 0)
             {
                 if (!Append(pieces, ref count, null, 0, n))
@@ -95,6 +100,9 @@ public sealed class StorageChain
 
         return true;
     }
+
+    /// <summary>A layer holds the cluster at <paramref name="offset"/> but its BAT entry is damaged (see ImageLayer.DamagedHostOffset).</summary>
+    private DamagedClusterException Damaged(int layer, long offset) => ((ExpandableImage)_layers[layer]).DamagedRead(offset);
 
     private static bool Append(Span<HostPiece> pieces, ref int count, ImageFile? file, long host, int length)
     {
@@ -132,6 +140,11 @@ public sealed class StorageChain
         {
             int layer = Resolve(firstLayer, offset + pos, destination.Length - pos, out long host, out long run);
             int n = (int)run;
+            if (host < 0)
+            {
+                throw Damaged(layer, offset + pos);
+            }
+
             if (layer >= 0 && layer == pendingLayer && host == pendingHost + pendingLength)
             {
                 pendingLength += n;

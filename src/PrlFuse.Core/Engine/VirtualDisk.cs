@@ -271,6 +271,12 @@ public sealed class VirtualDisk : IDisposable
                 storages.Add(new OpenStorage(s, sd, images));
             }
 
+            if (!options.ReadOnly && opened.OfType<ExpandableImage>().FirstOrDefault(i => i.IsDamaged) is { } damaged)
+            {
+                // Served read-only it can be inspected; written, new clusters could land where damaged entries point.
+                throw new ImageFormatException(damaged.Path, $"image has {damaged.DamagedClusterCount} damaged BAT entr{(damaged.DamagedClusterCount == 1 ? "y" : "ies")}, so it is not opened for writing: run 'prlfuse check --repair {source}' first, or open it read-only");
+            }
+
             if (options.CacheBytes > 0)
             {
                 cache = new BlockCache(options.CacheBytes);

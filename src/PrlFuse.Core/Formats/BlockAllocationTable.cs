@@ -113,15 +113,50 @@ public sealed class BlockAllocationTable
     }
 
     /// <summary>
+    /// What is wrong with one entry on its own (null when nothing: it may still share its cluster with another
+    /// entry). The spec's rules for a cluster offset, in the order they are tested.
+    /// </summary>
+    public BatProblemKind? Classify(uint entry, long dataOffsetBytes, long fileLength)
+    {
+        long host = entry * UnitBytes;
+        if (host < dataOffsetBytes)
+        {
+            return BatProblemKind.BeforeDataArea;
+        }
+
+        if ((host - dataOffsetBytes) % ClusterBytes != 0)
+        {
+            return BatProblemKind.Misaligned;
+        }
+
+        return host + ClusterBytes > fileLength ? BatProblemKind.OutsideFile : null;
+    }
+
+    /// <summary>
     /// Every problem in the table, in entry order (duplicates after the others): the spec's rules for cluster
-    /// offsets. Reading refuses on the first; the checker reports and repairs them all.
+    /// offsets. The checker reports and repairs them all; the reader fails reads of those clusters.
     /// </summary>
     public List<BatProblem> FindProblems(long dataOffsetBytes, long fileLength, int max = int.MaxValue)
     {
         var problems = new List<BatProblem>();
+        Scan(dataOffsetBytes, fileLength, p =>
+        {
+            problems.Add(p);
+            return problems.Count < max;
+        });
+        return problems;
+    }
+
+    /// <summary>
+    /// Calls <paramref name="onProblem"/> for every problem in <see cref="FindProblems"/>'s order, until it returns
+    /// false; keeps nothing itself, so a caller that needs only counts and a few examples stays small however
+    /// broken a (hostile) BAT is.
+    /// </summary>
+    public void Scan(long dataOffsetBytes, long fileLength, Func<BatProblem, bool> onProblem)
+    {
         int valid = 0;
         var sorted = new ulong[CountAllocated()];
-        for (int i = 0; i < _entries.Length && problems.Count < max; i++)
+        for (int i = 0; i < _entries.Length; i++)
         {
             uint e = _entries[i];
             if (e == 0)
@@ -129,18 +164,12 @@ public sealed class BlockAllocationTable
                 continue;
             }
 
-            long host = e * UnitBytes;
-            if (host < dataOffsetBytes)
+            if (Classify(e, dataOffsetBytes, fileLength) is { } kind)
             {
-                problems.Add(new BatProblem(BatProblemKind.BeforeDataArea, i, host));
-            }
-            else if ((host - dataOffsetBytes) % ClusterBytes != 0)
-            {
-                problems.Add(new BatProblem(BatProblemKind.Misaligned, i, host));
-            }
-            else if (host + ClusterBytes > fileLength)
-            {
-                problems.Add(new BatProblem(BatProblemKind.OutsideFile, i, host));
+                if (!onProblem(new BatProblem(kind, i, e * UnitBytes)))
+                {
+                    return;
+                }
             }
             else
             {
@@ -152,18 +181,19 @@ public sealed class BlockAllocationTable
         // whatever cluster size a hostile header claims.
         Array.Sort(sorted, 0, valid);
         long runFirst = valid > 0 ? (uint)sorted[0] : -1;
-        for (int k = 1; k < valid && problems.Count < max; k++)
+        for (int k = 1; k < valid; k++)
         {
             if (sorted[k] >> 32 == sorted[k - 1] >> 32)
             {
-                problems.Add(new BatProblem(BatProblemKind.Duplicate, (uint)sorted[k], (long)(sorted[k] >> 32) * UnitBytes, runFirst));
+                if (!onProblem(new BatProblem(BatProblemKind.Duplicate, (uint)sorted[k], (long)(sorted[k] >> 32) * UnitBytes, runFirst)))
+                {
+                    return;
+                }
             }
             else
             {
                 runFirst = (uint)sorted[k];
             }
         }
-
-        return problems;
     }
 }

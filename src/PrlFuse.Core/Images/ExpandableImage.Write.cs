@@ -77,6 +77,11 @@ public sealed partial class ExpandableImage
         {
             WriteBlockedReason = "image was not closed cleanly; run 'prlfuse check --repair'";
         }
+        else if (IsDamaged)
+        {
+            // A write could allocate over space a damaged entry points at; the repair decides what those clusters hold.
+            WriteBlockedReason = $"image has {DamagedClusterCount} damaged BAT entr{(DamagedClusterCount == 1 ? "y" : "ies")}; run 'prlfuse check --repair'";
+        }
         else if (ClusterBytes > MaxWritableClusterBytes)
         {
             // A write into a new cluster builds the whole cluster in memory: a hostile tracks field (up to 2 GiB) would

@@ -1,3 +1,4 @@
+using PrlFuse.Core.Checking;
 using PrlFuse.Core.Formats;
 using PrlFuse.Core.IO;
 
@@ -5,7 +6,7 @@ namespace PrlFuse.Core.Images;
 
 /// <summary>
 /// A Parallels expandable image: header, BAT, data clusters. Opening validates the header and every BAT entry
-/// against the file, so reads never follow a pointer outside the file.
+/// against the file: reads never follow a damaged entry (one outside the file, say), they fail.
 /// </summary>
 public sealed partial class ExpandableImage : ImageLayer
 {
@@ -48,74 +49,43 @@ public sealed partial class ExpandableImage : ImageLayer
     public bool WasUnclean { get; private set; }
 
     /// <summary>
-    /// Reads and validates header and BAT. The file's own length bounds every size the header claims before
-    /// anything is allocated for it. <paramref name="inUseByOtherWriter"/>: the file is locked force-share beside a
-    /// writer (see <see cref="ImageLayer.InUseByOtherWriter"/>), so "Ynot" is no sign of a crash.
+    /// Reads header and BAT and judges them by the checker's rules (<see cref="ImageLayout"/>). What leaves the image
+    /// meaningless is refused: no Parallels header, a BAT larger than the file or too small for the disk, a data_off
+    /// that is not where data can start. Damage local to clusters (BAT entries outside the file, as a truncated file
+    /// has, before the data area, between clusters, or sharing a cluster) is not: those clusters are known, reads of
+    /// them fail (<see cref="DamagedClusterException"/>), everything else is served, and the image is never written.
+    /// <paramref name="inUseByOtherWriter"/>: the file is locked force-share beside a writer (see
+    /// <see cref="ImageLayer.InUseByOtherWriter"/>), so "Ynot" is no sign of a crash.
     /// </summary>
     public static ExpandableImage Open(ImageFile file, bool inUseByOtherWriter = false)
     {
         string name = file.Path;
-        long fileLength = file.Length;
-        Span<byte> headerBytes = stackalloc byte[ParallelsHeader.Size];
-        if (file.Read(headerBytes, 0) < ParallelsHeader.Size)
-        {
-            throw new ImageFormatException(name, $"file is shorter than a Parallels header ({fileLength} bytes)");
-        }
-
-        if (!ParallelsHeader.TryRead(headerBytes, out var header, out string error))
+        if (!ImageLayout.TryRead(file, null, out var layout, out _, out string error))
         {
             throw new ImageFormatException(name, error);
         }
 
-        long batBytes = 4L * header.BatEntries;
-        if (ParallelsHeader.Size + batBytes > fileLength)
+        var header = layout.Header;
+        if (layout.BatTooSmall is { } small)
         {
-            throw new ImageFormatException(name, $"BAT of {header.BatEntries} entries is larger than the file ({fileLength} bytes) could hold");
+            throw new ImageFormatException(name, small);
         }
 
-        // Compared in sectors: both sides fit in 64 bits (at most 2^29 entries of 2^22 sectors), whereas a hostile
-        // nb_sectors times 512 can wrap to a small number and slip past a byte comparison.
-        if ((ulong)header.BatEntries * header.ClusterSectors < header.SectorCount)
+        // A data_off past the end is what a truncated file has; the clusters it cuts off are damaged like the others.
+        if (layout.DataOffsetFault is not (DataOffsetFault.None or DataOffsetFault.PastEndOfFile))
         {
-            throw new ImageFormatException(name, $"BAT of {header.BatEntries} clusters is too small for a disk of {header.SectorCount} sectors");
+            throw new ImageFormatException(name, $"data_off field has incorrect value {header.DataOffsetSectors}: it {layout.DataOffsetFaultText}; run 'prlfuse check --repair'");
         }
 
-        long dataOffsetSectors = header.DataOffsetSectors;
-        long minimum = header.MinimumDataOffsetSectors;
-        if (dataOffsetSectors == 0)
-        {
-            if (header.Magic == ParallelsMagic.WithouFreSpacExt)
-            {
-                throw new ImageFormatException(name, "data_off is 0, which a WithouFreSpacExt image may not have");
-            }
-
-            dataOffsetSectors = minimum;
-        }
-        else if (dataOffsetSectors < minimum)
-        {
-            throw new ImageFormatException(name, $"data_off {dataOffsetSectors} lies inside the BAT (minimum {minimum}); run 'prlfuse check --repair'");
-        }
-        else if (header.Magic == ParallelsMagic.WithouFreSpacExt && dataOffsetSectors % header.ClusterSectors != 0)
-        {
-            throw new ImageFormatException(name, $"data_off {dataOffsetSectors} is not aligned to the cluster size of {header.ClusterSectors} sectors");
-        }
-
-        long dataOffsetBytes = dataOffsetSectors * 512;
-        if (dataOffsetBytes > fileLength)
-        {
-            throw new ImageFormatException(name, $"data_off {dataOffsetSectors} lies past the end of the file");
-        }
-
-        byte[] raw = GC.AllocateUninitializedArray<byte>(checked((int)batBytes));
-        file.ReadZeroFilled(raw, ParallelsHeader.Size);
-        var bat = BlockAllocationTable.Parse(raw, (int)header.BatEntries, header.BatUnitBytes, header.ClusterBytes);
-        var problems = bat.FindProblems(dataOffsetBytes, fileLength, max: 1);
-        if (problems.Count > 0)
-        {
-            throw new ImageFormatException(name, problems[0].Describe(header.ClusterBytes) + "; run 'prlfuse check' for the full list");
-        }
-
+        var bat = layout.Bat;
+        long dataOffsetBytes = layout.DataOffsetBytes;
         var image = new ExpandableImage(file, header, bat, dataOffsetBytes);
+        if (layout.DataOffsetFault == DataOffsetFault.PastEndOfFile)
+        {
+            image.AddWarning(WarningCodes.DamagedClusters, $"data_off {header.DataOffsetSectors} lies past the end of the file ({layout.FileLength} bytes): the file is truncated");
+        }
+
+        image.FindDamage(layout);
         if (inUseByOtherWriter)
         {
             image.MarkInUseByOtherWriter();
@@ -132,7 +102,7 @@ public sealed partial class ExpandableImage : ImageLayer
             image.AddWarning(WarningCodes.EmptyImageFlag, "the empty-image flag is set: the image reads as unallocated");
         }
 
-        image.LoadExtension(fileLength);
+        image.LoadExtension(layout.FileLength);
         image.CheckWritable();
         return image;
     }
@@ -195,6 +165,13 @@ public sealed partial class ExpandableImage : ImageLayer
         long within = offset - (cluster * clusterBytes);
         run = clusterBytes - within;
         long host = _empty ? 0 : Bat.GetHostOffset(cluster);
+        if (host != 0 && _damaged is { } damaged && (damaged[cluster >> 6] & (1UL << (int)(cluster & 63))) != 0)
+        {
+            // This layer holds the cluster (nothing below may answer for it) but cannot say where.
+            hostOffset = DamagedHostOffset;
+            return true;
+        }
+
         hostOffset = host + within;
         return host != 0;
     }

@@ -68,8 +68,15 @@ public abstract class ImageLayer : IDisposable
     }
 
     /// <summary>
-    /// Maps a guest offset. Returns true with the host offset when this layer holds the data; either way
-    /// <paramref name="run"/> is how many bytes from <paramref name="offset"/> keep the same answer (at least 1).
+    /// The host offset <see cref="TryMap"/> gives for a cluster this layer holds but whose BAT entry is damaged:
+    /// reading it is an I/O error (<see cref="ExpandableImage.DamagedRead"/>), and no layer below answers for it.
+    /// </summary>
+    public const long DamagedHostOffset = -1;
+
+    /// <summary>
+    /// Maps a guest offset. Returns true with the host offset when this layer holds the data (or
+    /// <see cref="DamagedHostOffset"/> when it cannot be read); either way <paramref name="run"/> is how many bytes
+    /// from <paramref name="offset"/> keep the same answer (at least 1).
     /// </summary>
     public abstract bool TryMap(long offset, out long hostOffset, out long run);
 

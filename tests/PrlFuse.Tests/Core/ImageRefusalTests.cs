@@ -7,7 +7,11 @@ using PrlFuse.Tests.Support;
 
 namespace PrlFuse.Tests.Core;
 
-/// <summary>Broken headers and BATs are refused with a message that names the file and what is wrong.</summary>
+/// <summary>
+/// Broken headers are refused with a message that names the file and what is wrong. Damaged BAT entries are not: the
+/// image opens read-only with the damage in its warnings, reads of those clusters fail, and a read-write open is
+/// refused with what to do.
+/// </summary>
 public sealed class ImageRefusalTests : IDisposable
 {
     private readonly TempDirectory _temp = new();
@@ -30,17 +34,70 @@ public sealed class ImageRefusalTests : IDisposable
         Assert.Contains(expected, bare.Problem, StringComparison.Ordinal);
         Assert.StartsWith(image.Path + ": ", bare.Message, StringComparison.Ordinal);
 
+        string folder = InBundle(image, out string inBundle);
+        var bundled = Assert.Throws<ImageFormatException>(() => VirtualDisk.Open(folder).Dispose());
+        Assert.Equal(inBundle, bundled.File);
+        Assert.Contains(expected, bundled.Problem, StringComparison.Ordinal);
+        return bare;
+    }
+
+    /// <summary>A bundle folder holding a copy of the image as its only snapshot.</summary>
+    private string InBundle(BuiltImage image, out string inBundle)
+    {
         string folder = _temp.Folder("bundle-" + Path.GetFileNameWithoutExtension(image.Path));
-        string inBundle = Path.Combine(folder, "img.hds");
+        inBundle = Path.Combine(folder, "img.hds");
         File.Copy(image.Path, inBundle);
         new DescriptorBuilder(image.VirtualSize / 512)
             .SingleStorage(63, (DescriptorBuilder.PredefinedTop, "Compressed", "img.hds"))
             .Shot(DescriptorBuilder.PredefinedTop, Guid.Empty)
             .WriteTo(folder);
-        var bundled = Assert.Throws<ImageFormatException>(() => VirtualDisk.Open(folder).Dispose());
-        Assert.Equal(inBundle, bundled.File);
-        Assert.Contains(expected, bundled.Problem, StringComparison.Ordinal);
-        return bare;
+        return folder;
+    }
+
+    /// <summary>
+    /// Opens the image bare and inside a bundle: both open read-only, warn with <paramref name="expected"/>, fail reads of
+    /// guest cluster <paramref name="damagedCluster"/> (and only those: every other cluster reads as built), and refuse
+    /// a read-write open with the way out.
+    /// </summary>
+    private void Damaged(BuiltImage image, string expected, long damagedCluster)
+    {
+        string folder = InBundle(image, out _);
+        foreach (string source in new[] { image.Path, folder })
+        {
+            using (var disk = VirtualDisk.Open(source))
+            {
+                Assert.Contains(disk.Warnings, w => w.Contains(expected, StringComparison.Ordinal));
+                Assert.Contains(disk.Warnings, w => w.Contains("1 damaged BAT entry", StringComparison.Ordinal));
+                var top = disk.Top;
+                long c = image.ClusterBytes;
+                var buffer = new byte[c];
+                var want = new byte[c];
+                for (long cluster = 0; cluster * c < top.Size; cluster++)
+                {
+                    int n = (int)Math.Min(c, top.Size - (cluster * c));
+                    if (cluster == damagedCluster)
+                    {
+                        var e = Assert.Throws<DamagedClusterException>(() => top.Read(buffer.AsSpan(0, n), cluster * c));
+                        Assert.Equal(DamagedClusterException.Errno, e.HResult);
+                        Assert.Equal(cluster, e.Cluster);
+                        Assert.Contains(expected, e.Message, StringComparison.Ordinal);
+
+                        // One damaged byte in a large read fails the whole read; so does a spliced (mapped) one.
+                        Assert.Throws<DamagedClusterException>(() => top.Read(new byte[top.Size], 0));
+                        Assert.Throws<DamagedClusterException>(() => top.MapRange(0, (int)top.Size, new HostPiece[64]));
+                        continue;
+                    }
+
+                    Assert.Equal(n, top.Read(buffer.AsSpan(0, n), cluster * c));
+                    image.FillExpected(want.AsSpan(0, n), cluster * c);
+                    Assert.True(want.AsSpan(0, n).SequenceEqual(buffer.AsSpan(0, n)), $"cluster {cluster} differs");
+                }
+            }
+
+            var refused = Assert.Throws<ImageFormatException>(() => Reopen.Retrying(() => VirtualDisk.Open(source, new DiskOpenOptions { ReadOnly = false })).Dispose());
+            Assert.Contains("prlfuse check --repair", refused.Problem, StringComparison.Ordinal);
+            Assert.EndsWith(".hds", refused.File, StringComparison.Ordinal);
+        }
     }
 
     [Fact]
@@ -92,23 +149,43 @@ public sealed class ImageRefusalTests : IDisposable
 
     [Fact]
     public void Data_off_zero_for_the_ext_magic() =>
-        Refused(Valid(ParallelsMagic.WithouFreSpacExt).SetDataOffsetField(0), "data_off is 0, which a WithouFreSpacExt image may not have");
+        Refused(Valid(ParallelsMagic.WithouFreSpacExt).SetDataOffsetField(0), "data_off field has incorrect value 0: it is 0, which a WithouFreSpacExt image may not have; run 'prlfuse check --repair'");
 
     [Theory]
     [InlineData(ParallelsMagic.WithoutFreeSpace)]
     [InlineData(ParallelsMagic.WithouFreSpacExt)]
     public void Data_off_inside_the_bat(ParallelsMagic magic) =>
-        Refused(Valid(magic).SetDataOffsetField(2), "data_off 2 lies inside the BAT (minimum ");
+        Refused(Valid(magic).SetDataOffsetField(2), "data_off field has incorrect value 2: it lies inside the header and BAT (minimum ");
 
     [Fact]
     public void Data_off_misaligned_for_the_ext_magic() =>
-        Refused(Valid(ParallelsMagic.WithouFreSpacExt).SetDataOffsetField(64), "data_off 64 is not aligned to the cluster size of 63 sectors");
+        Refused(Valid(ParallelsMagic.WithouFreSpacExt).SetDataOffsetField(64), "data_off field has incorrect value 64: it is not aligned to the cluster size of 63 sectors");
 
     [Theory]
     [InlineData(ParallelsMagic.WithoutFreeSpace)]
     [InlineData(ParallelsMagic.WithouFreSpacExt)]
-    public void Data_off_past_the_end_of_the_file(ParallelsMagic magic) =>
-        Refused(Valid(magic).SetDataOffsetField(63 * 1000), "data_off 63000 lies past the end of the file");
+    public void File_cut_before_its_data_area_opens_with_every_allocated_cluster_damaged(ParallelsMagic magic)
+    {
+        // A truncated file: the header and BAT are whole, the data area is gone.
+        var image = Valid(magic, dataOffsetSectors: 63 * 2);
+        image.Truncate(image.DataOffsetBytes - 512);
+        using var disk = VirtualDisk.Open(image.Path);
+        Assert.Contains(disk.Warnings, w => w.Contains("data_off 126 lies past the end of the file", StringComparison.Ordinal));
+        Assert.Contains(disk.Warnings, w => w.Contains("6 damaged BAT entries", StringComparison.Ordinal));
+        var buffer = new byte[63 * 512];
+        for (long cluster = 0; cluster < 10; cluster++)
+        {
+            if (image.IsAllocated(cluster))
+            {
+                Assert.Throws<DamagedClusterException>(() => disk.Top.Read(buffer, cluster * buffer.Length));
+            }
+            else
+            {
+                disk.Top.Read(buffer, cluster * buffer.Length);
+                Assert.DoesNotContain(buffer, b => b != 0);
+            }
+        }
+    }
 
     [Theory]
     [InlineData(ParallelsMagic.WithoutFreeSpace)]
@@ -119,7 +196,7 @@ public sealed class ImageRefusalTests : IDisposable
         var image = Valid(magic, dataOffsetSectors: 63 * 2);
         image.SetBatEntry(3, 1);
         long offset = magic == ParallelsMagic.WithoutFreeSpace ? 512 : 63 * 512;
-        Refused(image, $"BAT entry 3 points at offset {offset}, before the data area");
+        Damaged(image, $"BAT entry 3 points at offset {offset}, before the data area", 3);
     }
 
     [Theory]
@@ -130,7 +207,7 @@ public sealed class ImageRefusalTests : IDisposable
         var image = Valid(magic);
         long end = image.FileLength;
         image.SetBatEntry(7, image.EntryFor(end));
-        Refused(image, $"BAT entry 7: cluster at offset {end} lies outside the file");
+        Damaged(image, $"BAT entry 7: cluster at offset {end} lies outside the file", 7);
     }
 
     [Fact]
@@ -141,7 +218,7 @@ public sealed class ImageRefusalTests : IDisposable
         image.Truncate(end - 512);
         long lastCluster = end - (63 * 512);
         long index = Enumerable.Range(0, 10).Single(i => image.IsAllocated(i) && image.HostOffsetOf(i) == lastCluster);
-        Refused(image, $"BAT entry {index}: cluster at offset {lastCluster} lies outside the file");
+        Damaged(image, $"BAT entry {index}: cluster at offset {lastCluster} lies outside the file", index);
     }
 
     [Fact]
@@ -150,7 +227,7 @@ public sealed class ImageRefusalTests : IDisposable
         var image = Valid();
         uint entry = image.ReadBatEntry(5) + 1;
         image.SetBatEntry(5, entry);
-        Refused(image, $"BAT entry 5 points at offset {entry * 512L}, not aligned to the 32256-byte clusters");
+        Damaged(image, $"BAT entry 5 points at offset {entry * 512L}, not aligned to the 32256-byte clusters", 5);
     }
 
     [Theory]
@@ -161,7 +238,7 @@ public sealed class ImageRefusalTests : IDisposable
         var image = Valid(magic);
         uint entry = image.ReadBatEntry(1);
         image.SetBatEntry(8, entry);
-        Refused(image, $"BAT entry 8 points at offset {image.HostOffsetOf(1)}, which entry 1 uses too");
+        Damaged(image, $"BAT entry 8 points at offset {image.HostOffsetOf(1)}, which entry 1 uses too", 8);
     }
 
     [Fact]
@@ -186,15 +263,17 @@ public sealed class ImageRefusalTests : IDisposable
     }
 
     [Fact]
-    public void Direct_open_reports_the_first_problem_and_points_at_check()
+    public void Direct_open_knows_every_damaged_cluster_and_will_not_write()
     {
         var image = Valid();
         image.SetBatEntry(2, 1);
         image.SetBatEntry(4, image.ReadBatEntry(3));
-        using var file = PositionalImageFile.Open(image.Path, false);
-        var e = Assert.Throws<ImageFormatException>(() => ExpandableImage.Open(file));
-        Assert.Contains("BAT entry 2 ", e.Problem, StringComparison.Ordinal);
-        Assert.Contains("prlfuse check", e.Problem, StringComparison.Ordinal);
+        using var file = PositionalImageFile.Open(image.Path, true);
+        using var opened = ExpandableImage.Open(file);
+        Assert.Equal(2, opened.DamagedClusterCount);
+        Assert.Equal([2L, 4L], Enumerable.Range(0, 300).Where(c => opened.IsClusterDamaged(c)).Select(c => (long)c));
+        Assert.Contains("prlfuse check --repair", opened.WriteBlockedReason, StringComparison.Ordinal);
+        Assert.True(opened.IsImmutable);
     }
 
     [Fact]

@@ -4,6 +4,7 @@ using System.Text;
 using PrlFuse.Core;
 using PrlFuse.Core.Engine;
 using PrlFuse.Core.Images;
+using PrlFuse.Tests.Support;
 
 namespace PrlFuse.Tests.Fuzz;
 
@@ -362,32 +363,12 @@ public sealed class FuzzRunner : IDisposable
         return written;
     }
 
-    /// <summary>
-    /// Opens the closed image again. Other tests in this process start programs: a child between fork and exec holds a
-    /// copy of every descriptor, ours included, and so our image locks, for a moment after we closed. A lock still
-    /// held a second later is a finding.
-    /// </summary>
-    private static VirtualDisk OpenAgain(string path)
-    {
-        for (int attempt = 0; ; attempt++)
-        {
-            try
-            {
-                return VirtualDisk.Open(path, new DiskOpenOptions { CacheBytes = 0 });
-            }
-            catch (ImageInUseException) when (attempt < 20)
-            {
-                Thread.Sleep(50);
-            }
-        }
-    }
-
     /// <summary>Our own clean close must leave an image we open again, with what we wrote in it.</summary>
     private static void VerifyAfterReopen(string path, List<(long Offset, byte[] Data)> written, byte[] buffer, List<(string, string)> findings)
     {
         try
         {
-            using var again = OpenAgain(path);
+            using var again = Reopen.Retrying(() => VirtualDisk.Open(path, new DiskOpenOptions { CacheBytes = 0 }));
             CompareWritten(again.Top, written, findings, "after reopening");
         }
         catch (PrlFuseException e)

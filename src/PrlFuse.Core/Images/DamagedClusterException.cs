@@ -1,0 +1,23 @@
+namespace PrlFuse.Core.Images;
+
+/// <summary>
+/// A read touched a cluster whose BAT entry is damaged, so where its data is cannot be known: the read fails as an
+/// unreadable sector of a disk does. An <see cref="IOException"/> carrying EIO, which the FUSE layer returns as is.
+/// </summary>
+public sealed class DamagedClusterException : IOException
+{
+    /// <summary>EIO, in <see cref="Exception.HResult"/> as .NET puts a raw errno there on Linux.</summary>
+    public const int Errno = 5;
+
+    public DamagedClusterException(string imagePath, long cluster, string problem)
+        : base($"{imagePath}: guest cluster {cluster} cannot be read: {problem}; run 'prlfuse check --repair'", Errno)
+    {
+        ImagePath = imagePath;
+        Cluster = cluster;
+    }
+
+    public string ImagePath { get; }
+
+    /// <summary>The image's guest cluster (its BAT index).</summary>
+    public long Cluster { get; }
+}
