@@ -3,6 +3,7 @@ using System.Text.Json.Nodes;
 using PrlFuse.Core;
 using PrlFuse.Core.Descriptor;
 using PrlFuse.Core.Engine;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.Images;
 using Spectre.Console;
 

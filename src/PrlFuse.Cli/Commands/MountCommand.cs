@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Runtime.InteropServices;
 using PrlFuse.Core;
 using PrlFuse.Core.Engine;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.IO;
 using PrlFuse.Core.Images;
 using PrlFuse.Fuse;

@@ -1,5 +1,5 @@
 using PrlFuse.Core.Descriptor;
-using PrlFuse.Core.Formats;
+using PrlFuse.Core.Formats.Parallels;
 
 namespace PrlFuse.Core.Checking;
 

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
-using PrlFuse.Core.Formats;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.IO;
+using PrlFuse.Core.Images;
 
 namespace PrlFuse.Core.Checking;
 
@@ -27,7 +28,7 @@ public sealed record ImageCheckOptions
 /// Finds what 'qemu-img check' finds in a Parallels expandable image, in its order: not closed cleanly, a wrong
 /// data_off, BAT entries that point outside the file (and, stricter than QEMU, before the data area or between
 /// clusters), space leaked at the end of the file, and BAT entries that share a cluster. Independent of the reader:
-/// it parses header and BAT itself, so it works on images <see cref="Images.ExpandableImage.Open"/> refuses.
+/// it parses header and BAT itself, so it works on images <see cref="ExpandableImage.Open"/> refuses.
 /// <para>
 /// A repair writes crash-safely: first the entries that point nowhere are cleared (so no later write can make them
 /// point at something), then copies of shared clusters are written and made durable before the entries that point
@@ -37,9 +38,7 @@ public sealed record ImageCheckOptions
 /// </summary>
 public static class ImageChecker
 {
-    private const int BatPageBytes = 4096;
     private const int CopyChunkBytes = 4 << 20;
-    private const long MaxExtensionClusterBytes = 64L << 20;
 
     /// <summary>What a clean close writes to in_use (as QEMU does: 0, a value every reader takes as clean).</summary>
     public const uint RepairedInUse = 0;
@@ -183,7 +182,7 @@ public static class ImageChecker
             };
     }
 
-    /// <param name="holder">Who writes the image meanwhile (it was locked force-share), or null.</param>
+    /// <summary>Reads and judges the image; <paramref name="holder"/> is who writes it meanwhile (it was locked force-share), or null.</summary>
     private static Analysis Analyze(ImageFile file, string path, Action<long, long>? progress, string? holder)
     {
         var a = new Analysis(path);
@@ -194,7 +193,7 @@ public static class ImageChecker
 
         long length = file.Length;
         a.FileLength = length;
-        if (!ImageLayout.TryRead(file, progress, out var layout, out string where, out string error))
+        if (!ParallelsLayout.TryRead(file, progress, out var layout, out string where, out string error))
         {
             a.Add(CheckProblemKind.BadImage, CheckSeverity.Error, where, error);
             a.Fatal = true;
@@ -202,24 +201,24 @@ public static class ImageChecker
         }
 
         var header = layout.Header;
+        var rules = layout.Validation;
         a.Header = header;
-        if (layout.BatTooSmall is { } small)
+        if (rules.Find(ParallelsFindingKind.BatTooSmall) is { } small)
         {
-            a.Add(CheckProblemKind.BadImage, CheckSeverity.Error, $"header nb_sectors (offset {ParallelsHeader.OffsetSectorCount})", small + " (not repairable)");
+            a.Add(CheckProblemKind.BadImage, CheckSeverity.Error, small.Where, small.Message + " (not repairable)");
         }
 
         // 1. Not closed cleanly (a live writer's "Ynot" is no sign of a crash).
         if (header.IsUnclean && holder is null)
         {
-            a.Add(CheckProblemKind.NotClosedCleanly, CheckSeverity.Corruption, $"header in_use (offset {ParallelsHeader.OffsetInUse})", "image was not closed correctly (in_use is \"Ynot\"); repair marks it clean");
+            a.Add(CheckProblemKind.NotClosedCleanly, CheckSeverity.Corruption, $"header in_use (offset {FieldLocations.InUse})", "image was not closed correctly (in_use is \"Ynot\"); repair marks it clean");
         }
 
-        // 2. data_off (the rules are ImageLayout's; the reader refuses the same values).
-        long minimum = header.MinimumDataOffsetSectors;
-        if (layout.DataOffsetFault != DataOffsetFault.None)
+        // 2. data_off (the reader refuses the same values).
+        if (rules.Find(ParallelsFindingKind.DataOffset) is { } dataOff)
         {
-            a.Add(CheckProblemKind.DataOffset, CheckSeverity.Corruption, $"header data_off (offset {ParallelsHeader.OffsetDataOffset})", $"data_off field has incorrect value {header.DataOffsetSectors}: it {layout.DataOffsetFaultText}; repair sets it to {minimum}");
-            a.NewDataOffsetSectors = checked((uint)minimum);
+            a.Add(CheckProblemKind.DataOffset, CheckSeverity.Corruption, dataOff.Where, $"{dataOff.Message}; repair sets it to {rules.MinimumDataOffsetSectors}");
+            a.NewDataOffsetSectors = checked((uint)rules.MinimumDataOffsetSectors);
         }
 
         a.DataOffsetBytes = layout.DataOffsetBytes;
@@ -266,7 +265,7 @@ public static class ImageChecker
         }
 
         a.Allocated = allocated;
-        usedEnd = Math.Max(usedEnd, CheckExtension(file, a, length));
+        usedEnd = Math.Max(usedEnd, CheckExtension(file, a, rules, length));
         a.UsedEnd = usedEnd;
 
         // 4. Leaked space at the end.
@@ -288,34 +287,25 @@ public static class ImageChecker
         return a;
     }
 
-    private static string BatWhere(long index) => $"BAT entry {index} (file offset {ParallelsHeader.Size + (4 * index)})";
+    private static string BatWhere(long index) => $"BAT entry {index} (file offset {FieldLocations.BatEntry(index)})";
 
     /// <summary>Reports a format extension that cannot be used; returns the end of the clusters a valid one uses.</summary>
-    private static long CheckExtension(ImageFile file, Analysis a, long length)
+    private static long CheckExtension(ImageFile file, Analysis a, ParallelsValidation rules, long length)
     {
-        var header = a.Header;
-        if (header.ExtensionOffsetSectors == 0)
+        long cluster = a.Header.ClusterBytes;
+        string where = $"header ext_off (offset {FieldLocations.ExtensionOffset})";
+        if (rules.Find(ParallelsFindingKind.Extension) is { } finding)
         {
-            return 0;
+            a.Add(CheckProblemKind.Extension, CheckSeverity.Warning, finding.Where, finding.Message);
         }
 
-        long cluster = header.ClusterBytes;
-        string where = $"header ext_off (offset {ParallelsHeader.OffsetExtensionOffset})";
-        if (header.ExtensionOffsetSectors > (ulong)(length / 512)
-            || (long)header.ExtensionOffsetSectors * 512 < a.DataOffsetBytes
-            || ((long)header.ExtensionOffsetSectors * 512) + cluster > length)
-        {
-            a.Add(CheckProblemKind.Extension, CheckSeverity.Warning, where, $"format extension offset {header.ExtensionOffsetSectors} is outside the data area; the extension is ignored");
-            return 0;
-        }
-
-        long offset = (long)header.ExtensionOffsetSectors * 512;
-        long end = offset + cluster;
-        if (cluster > MaxExtensionClusterBytes)
+        long end = rules.ExtensionEndBytes(cluster);
+        if (!rules.ExtensionReadable)
         {
             return end;
         }
 
+        long offset = rules.ExtensionOffsetBytes;
         byte[] buffer = new byte[cluster];
         file.ReadZeroFilled(buffer, offset);
         if (!FormatExtension.TryRead(buffer, out var ext, out string error))
@@ -360,7 +350,7 @@ public static class ImageChecker
         foreach (int i in a.Clear)
         {
             entries[i] = 0;
-            dirtyPages.Add(PageOf(i));
+            dirtyPages.Add(FieldLocations.BatPageOf(i));
         }
 
         WriteBatPages(file, entries, dirtyPages);
@@ -397,7 +387,7 @@ public static class ImageChecker
             foreach (var (index, entry) in moves)
             {
                 entries[index] = entry;
-                dirtyPages.Add(PageOf(index));
+                dirtyPages.Add(FieldLocations.BatPageOf(index));
             }
 
             WriteBatPages(file, entries, dirtyPages);
@@ -415,16 +405,14 @@ public static class ImageChecker
         if (a.NewDataOffsetSectors is not null || header.IsUnclean)
         {
             // Only the two fields change; the other header bytes stay exactly as they were.
-            Span<byte> bytes = stackalloc byte[ParallelsHeader.Size];
+            Span<byte> bytes = stackalloc byte[FieldLocations.HeaderSize];
             file.ReadZeroFilled(bytes, 0);
-            BinaryPrimitives.WriteUInt32LittleEndian(bytes[ParallelsHeader.OffsetInUse..], header.IsUnclean ? RepairedInUse : header.InUse);
-            BinaryPrimitives.WriteUInt32LittleEndian(bytes[ParallelsHeader.OffsetDataOffset..], a.NewDataOffsetSectors ?? header.DataOffsetSectors);
+            BinaryPrimitives.WriteUInt32LittleEndian(bytes[FieldLocations.InUse..], header.IsUnclean ? RepairedInUse : header.InUse);
+            BinaryPrimitives.WriteUInt32LittleEndian(bytes[FieldLocations.DataOffset..], a.NewDataOffsetSectors ?? header.DataOffsetSectors);
             file.Write(bytes, 0);
             file.Flush(dataOnly: false);
         }
     }
-
-    private static long PageOf(long index) => (ParallelsHeader.Size + (index * 4)) / BatPageBytes;
 
     /// <summary>Writes the BAT pages that changed, then makes them durable.</summary>
     private static void WriteBatPages(ImageFile file, uint[] entries, HashSet<long> pages)
@@ -434,20 +422,16 @@ public static class ImageChecker
             return;
         }
 
-        long batEnd = ParallelsHeader.Size + (4L * entries.Length);
-        byte[] buffer = new byte[BatPageBytes];
+        byte[] buffer = new byte[FieldLocations.BatPageBytes];
         foreach (long page in pages.Order())
         {
-            long start = Math.Max(ParallelsHeader.Size, page * BatPageBytes);
-            long stop = Math.Min(batEnd, (page + 1) * BatPageBytes);
-            int first = (int)((start - ParallelsHeader.Size) / 4);
-            int count = (int)((stop - start) / 4);
+            var (first, count, start) = FieldLocations.BatPage(page, entries.Length);
             for (int k = 0; k < count; k++)
             {
-                BinaryPrimitives.WriteUInt32LittleEndian(buffer.AsSpan(k * 4), entries[first + k]);
+                BinaryPrimitives.WriteUInt32LittleEndian(buffer.AsSpan(k * FieldLocations.BatEntrySize), entries[first + k]);
             }
 
-            file.Write(buffer.AsSpan(0, count * 4), start);
+            file.Write(buffer.AsSpan(0, count * FieldLocations.BatEntrySize), start);
         }
 
         file.Flush(dataOnly: true);

@@ -1,4 +1,4 @@
-using PrlFuse.Core.Formats;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.IO;
 
 namespace PrlFuse.Core.Descriptor;

@@ -1,6 +1,7 @@
 using System.Buffers;
-using PrlFuse.Core.Images;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.IO;
+using PrlFuse.Core.Images;
 
 namespace PrlFuse.Core.Engine;
 
@@ -13,14 +14,23 @@ public sealed class StorageChain
 {
     private readonly ImageLayer[] _layers;
     private readonly BlockCache? _cache;
+    private readonly LayerWriter? _writer;
 
-    internal StorageChain(int storageIndex, long startBytes, long lengthBytes, ImageLayer[] layers, BlockCache? cache)
+    /// <summary>
+    /// A chain over <paramref name="layers"/> (top first). <paramref name="writable"/>: the top is opened for writing
+    /// over the content of the layers below it (<see cref="ImageLayer.OpenWriter"/>); the top layer owns that writer.
+    /// </summary>
+    internal StorageChain(int storageIndex, long startBytes, long lengthBytes, ImageLayer[] layers, BlockCache? cache, bool writable)
     {
         StorageIndex = storageIndex;
         StartBytes = startBytes;
         LengthBytes = lengthBytes;
         _layers = layers;
         _cache = cache;
+        if (writable)
+        {
+            _writer = layers[0].OpenWriter(new BelowTop(this));
+        }
     }
 
     public int StorageIndex { get; }
@@ -176,55 +186,38 @@ public sealed class StorageChain
     }
 
     /// <summary>
-    /// Writes guest bytes into the top layer (offset relative to this storage). A raw top is written in place; an
-    /// expandable top allocates clusters as needed, filled from the layers below. See ExpandableImage.WriteCluster.
+    /// Writes guest bytes into the top layer (offset relative to this storage), one top cluster at a time: the top's
+    /// writer allocates as needed and fills a new cluster from the layers below itself (see <see cref="BelowTop"/>).
     /// </summary>
     public void Write(ReadOnlySpan<byte> source, long offset)
     {
+        var writer = _writer ?? throw new IOException($"{TopLayer.Path}: image is read-only");
         var top = _layers[0];
-        if (top is PlainImage)
-        {
-            top.File.Write(source, offset);
-            Invalidate(top, offset, source.Length);
-            return;
-        }
-
-        var image = (ExpandableImage)top;
-        long clusterBytes = image.ClusterBytes;
+        long clusterBytes = top.ClusterBytes;
         int pos = 0;
         while (pos < source.Length)
         {
             long guest = offset + pos;
-            long cluster = guest / clusterBytes;
-            int within = (int)(guest - (cluster * clusterBytes));
-            int n = (int)Math.Min(source.Length - pos, clusterBytes - within);
-            var (host, length) = image.WriteCluster(cluster, within, source.Slice(pos, n), ReadBelowTop, this);
-            Invalidate(image, host, length);
+            int n = (int)Math.Min(source.Length - pos, clusterBytes - (guest % clusterBytes));
+            var (host, length) = writer.Write(guest, source.Slice(pos, n));
+            Invalidate(top, host, length);
             pos += n;
         }
     }
 
     /// <summary>Makes the top layer's completed writes durable.</summary>
-    public void Flush()
+    public void Flush() => _writer?.Flush();
+
+    /// <summary>The content of this storage below its top: what the top's writer is opened over.</summary>
+    private sealed class BelowTop(StorageChain chain) : IParentContent
     {
-        var top = _layers[0];
-        if (top is ExpandableImage image)
+        public void Read(Span<byte> destination, long guestOffset)
         {
-            image.Flush();
-        }
-        else
-        {
-            top.File.Flush(dataOnly: true);
+            long available = Math.Max(0, Math.Min(destination.Length, chain.LengthBytes - guestOffset));
+            chain.Read(1, destination[..(int)available], guestOffset);
+            destination[(int)available..].Clear();
         }
     }
-
-    private static readonly ExpandableImage.ReadBelow ReadBelowTop = static (destination, guestOffset, state) =>
-    {
-        var chain = (StorageChain)state!;
-        long available = Math.Max(0, Math.Min(destination.Length, chain.LengthBytes - guestOffset));
-        chain.Read(1, destination[..(int)available], guestOffset);
-        destination[(int)available..].Clear();
-    };
 
     private void Invalidate(ImageLayer layer, long host, long length)
     {

@@ -1,8 +1,8 @@
 using System.Collections.Immutable;
 using PrlFuse.Core.Descriptor;
-using PrlFuse.Core.Formats;
-using PrlFuse.Core.Images;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.IO;
+using PrlFuse.Core.Images;
 
 namespace PrlFuse.Core.Engine;
 
@@ -189,7 +189,7 @@ public sealed class VirtualDisk : IDisposable
         // Locked like any read-only open before its header is read: a writer's half-written header is not taken for
         // the image's geometry, and a refusal says who holds the image.
         ImageLock.Acquire(file, ReadOnlyLockMode(options));
-        Span<byte> head = stackalloc byte[ParallelsHeader.Size];
+        Span<byte> head = stackalloc byte[FieldLocations.HeaderSize];
         int n = file.Read(head, 0);
         long sectors;
         ImageType type;
@@ -274,7 +274,7 @@ public sealed class VirtualDisk : IDisposable
             if (!options.ReadOnly && opened.OfType<ExpandableImage>().FirstOrDefault(i => i.IsDamaged) is { } damaged)
             {
                 // Served read-only it can be inspected; written, new clusters could land where damaged entries point.
-                throw new ImageFormatException(damaged.Path, $"image has {damaged.DamagedClusterCount} damaged BAT entr{(damaged.DamagedClusterCount == 1 ? "y" : "ies")}, so it is not opened for writing: run 'prlfuse check --repair {source}' first, or open it read-only");
+                throw new ImageFormatException(damaged.Path, $"image has {damaged.DamageText}, so it is not opened for writing: run 'prlfuse check --repair {source}' first, or open it read-only");
             }
 
             if (options.CacheBytes > 0)
@@ -286,14 +286,15 @@ public sealed class VirtualDisk : IDisposable
             foreach (var guid in tree.Snapshots)
             {
                 var chainGuids = tree.ChainOf(guid);
+                var layers = storages.Select(st => chainGuids.Select(g => st.Images[g]).ToArray()).ToArray();
+
+                // The top is written only when the top of every storage can be: one read-only piece makes the disk read-only.
+                bool writable = guid == tree.Top && layers.All(l => !l[0].IsImmutable);
                 var chains = new StorageChain[storages.Count];
-                bool writable = guid == tree.Top;
                 for (int s = 0; s < storages.Count; s++)
                 {
-                    var layers = chainGuids.Select(g => storages[s].Images[g]).ToArray();
-                    writable &= !layers[0].IsImmutable;
                     var sd = storages[s].Descriptor;
-                    chains[s] = new StorageChain(s, sd.StartSector * 512, sd.LengthBytes, layers, cache);
+                    chains[s] = new StorageChain(s, sd.StartSector * 512, sd.LengthBytes, layers[s], cache, writable);
                 }
 
                 views[guid] = new SnapshotView(guid, guid == tree.Top, writable, descriptor.DiskSizeBytes, chains);

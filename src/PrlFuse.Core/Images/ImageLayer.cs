@@ -1,3 +1,4 @@
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.IO;
 
 namespace PrlFuse.Core.Images;
@@ -13,8 +14,9 @@ public enum ImageKind
 
 /// <summary>
 /// One image file of a snapshot chain, seen as a guest address space in which some ranges are allocated.
-/// A layer knows nothing of the layers below it: the engine asks each layer in turn (see StorageChain).
-/// The layer owns its <see cref="ImageFile"/>.
+/// A reader of the layer knows nothing of the layers below it: the engine asks each layer in turn (see StorageChain).
+/// Only the writable top is opened over its parent, for writing (<see cref="OpenWriter"/>). The layer owns its
+/// <see cref="ImageFile"/> and its <see cref="Writer"/>.
 /// </summary>
 public abstract class ImageLayer : IDisposable
 {
@@ -82,6 +84,32 @@ public abstract class ImageLayer : IDisposable
 
     public abstract long CountAllocatedClusters();
 
+    /// <summary>The write side, once <see cref="OpenWriter"/> opened it; null for a layer that is only read.</summary>
+    public LayerWriter? Writer { get; private set; }
+
+    /// <summary>
+    /// Opens this layer for writing over <paramref name="parent"/>, the content of the chain below it, which the writer
+    /// reads for copy-on-write. Only a layer that is not <see cref="IsImmutable"/>, and only once.
+    /// </summary>
+    public LayerWriter OpenWriter(IParentContent parent)
+    {
+        if (IsImmutable)
+        {
+            throw new InvalidOperationException($"{Path}: image is read-only");
+        }
+
+        if (Writer is not null)
+        {
+            throw new InvalidOperationException($"{Path}: image is already open for writing");
+        }
+
+        Writer = CreateWriter(parent);
+        return Writer;
+    }
+
+    /// <summary>The format's writer for this layer.</summary>
+    protected abstract LayerWriter CreateWriter(IParentContent parent);
+
     protected void AddWarning(string code, string warning) => _warnings.Add(new DiskWarning(code, $"{System.IO.Path.GetFileName(Path)}: {warning}"));
 
     public void Dispose()
@@ -94,7 +122,14 @@ public abstract class ImageLayer : IDisposable
     {
         if (disposing)
         {
-            File.Dispose();
+            try
+            {
+                Writer?.Dispose();
+            }
+            finally
+            {
+                File.Dispose();
+            }
         }
     }
 }

@@ -35,5 +35,7 @@ public sealed class PlainImage : ImageLayer
         return false;
     }
 
+    protected override LayerWriter CreateWriter(IParentContent parent) => new PlainImageWriter(File);
+
     public override long CountAllocatedClusters() => (_size + ReportingClusterBytes - 1) / ReportingClusterBytes;
 }

@@ -1,6 +1,7 @@
 using PrlFuse.Core;
 using PrlFuse.Core.Checking;
 using PrlFuse.Core.Engine;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.Images;
 using PrlFuse.Fuse;
 using PrlFuse.Tests.Support;

@@ -2,6 +2,7 @@ using PrlFuse.Core;
 using PrlFuse.Core.Checking;
 using PrlFuse.Core.Descriptor;
 using PrlFuse.Core.Engine;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Tests.Support;
 
 namespace PrlFuse.Tests.Checking;

@@ -1,6 +1,6 @@
 using PrlFuse.Core;
 using PrlFuse.Core.Engine;
-using PrlFuse.Core.Formats;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.Images;
 using PrlFuse.Tests.Support;
 

@@ -1,7 +1,8 @@
 using PrlFuse.Core;
 using PrlFuse.Core.Engine;
-using PrlFuse.Core.Images;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.IO;
+using PrlFuse.Core.Images;
 using PrlFuse.Tests.Oracle;
 using PrlFuse.Tests.Support;
 

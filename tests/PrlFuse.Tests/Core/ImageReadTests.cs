@@ -1,5 +1,5 @@
 using PrlFuse.Core.Engine;
-using PrlFuse.Core.Formats;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.Images;
 using PrlFuse.Tests.Support;
 

@@ -1,8 +1,8 @@
 using PrlFuse.Core;
 using PrlFuse.Core.Engine;
-using PrlFuse.Core.Formats;
-using PrlFuse.Core.Images;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.IO;
+using PrlFuse.Core.Images;
 using PrlFuse.Tests.Support;
 
 namespace PrlFuse.Tests.Core;

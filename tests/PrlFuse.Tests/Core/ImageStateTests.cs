@@ -1,4 +1,5 @@
 using PrlFuse.Core.Engine;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.Images;
 using PrlFuse.Tests.Support;
 

@@ -1,7 +1,7 @@
 using System.Buffers.Binary;
 using PrlFuse.Core;
 using PrlFuse.Core.Engine;
-using PrlFuse.Core.Formats;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.Images;
 using PrlFuse.Tests.Support;
 

@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text;
 using PrlFuse.Core;
 using PrlFuse.Core.Engine;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.Images;
 using PrlFuse.Tests.Support;
 

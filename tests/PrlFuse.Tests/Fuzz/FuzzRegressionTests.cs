@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Text;
 using PrlFuse.Core;
 using PrlFuse.Core.Engine;
-using PrlFuse.Core.Formats;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.Images;
 using PrlFuse.Tests.Support;
 
@@ -167,6 +167,32 @@ public sealed class FuzzRegressionTests : IDisposable
         Assert.Equal(buffer.Length, disk.Top.Read(buffer, 1 << 28));
     }
 
+    /// <summary>
+    /// Found: seed 20250101 cases 1406, 12072, 16298, 18833. An image whose data_off lies past the end of its file (an
+    /// image cut short, or an empty one with a data_off beyond its BAT) opened for writing: the reader's data area then
+    /// starts at the minimum, new clusters went there, and on reopening (the file now reaching data_off) they lay before
+    /// the data area and read as damaged. Fixed: such an image is damage, served read-only until a repair.
+    /// </summary>
+    [Fact]
+    public void Image_whose_data_off_lies_past_its_end_is_not_written()
+    {
+        string path = _temp.Combine("data-off-past-end.hds");
+        var built = new ParallelsImageBuilder(2048 * 64, 2048).Build(path);
+        Assert.Equal(0u, built.ReadBatEntry(0));
+        built.SetDataOffsetField((uint)(new FileInfo(path).Length / 512) + 1);
+        using (var disk = VirtualDisk.Open(path, new DiskOpenOptions { ReadOnly = true }))
+        {
+            Assert.Contains(disk.Warnings, w => w.Contains("lies past the end of the file", StringComparison.Ordinal));
+            var buffer = new byte[4096];
+            Assert.Equal(buffer.Length, disk.Top.Read(buffer, 0));
+            Assert.All(buffer, b => Assert.Equal(0, b));
+        }
+
+        var refused = Assert.Throws<ImageFormatException>(() => VirtualDisk.Open(path, new DiskOpenOptions { ReadOnly = false }).Dispose());
+        Assert.Contains("data_off past the end of the file", refused.Problem, StringComparison.Ordinal);
+        Assert.Contains("prlfuse check --repair", refused.Problem, StringComparison.Ordinal);
+    }
+
     /// <summary>The original failing cases, replayed through the harness (they depend on the mutators as they are).</summary>
     [Theory]
     [InlineData(1, 121)]
@@ -179,6 +205,10 @@ public sealed class FuzzRegressionTests : IDisposable
     [InlineData(1, 1399)]
     [InlineData(2, 1003)]
     [InlineData(2, 3301)]
+    [InlineData(20250101, 1406)]
+    [InlineData(20250101, 12072)]
+    [InlineData(20250101, 16298)]
+    [InlineData(20250101, 18833)]
     public void Fuzz_case_that_once_failed(int seed, int index)
     {
         var c = FuzzCase.Generate(FuzzSeeds.All, seed, index);

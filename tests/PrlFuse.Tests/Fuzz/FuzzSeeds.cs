@@ -1,4 +1,4 @@
-using PrlFuse.Core.Formats;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Tests.Support;
 
 namespace PrlFuse.Tests.Fuzz;

@@ -1,5 +1,6 @@
 using System.Security.Cryptography;
 using PrlFuse.Core.Engine;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.Images;
 using PrlFuse.Tests.Support;
 
@@ -29,7 +30,7 @@ public sealed class SampleTests
         using var temp = new TempFolder();
         using var disk = VirtualDisk.Open(Samples.Extract("expanding", temp.Path));
         var image = Assert.IsType<ExpandableImage>(disk.Storages[0].Images[disk.Top.Id]);
-        Assert.Equal(PrlFuse.Core.Formats.ParallelsMagic.WithoutFreeSpace, image.Header.Magic);
+        Assert.Equal(PrlFuse.Core.Formats.Parallels.ParallelsMagic.WithoutFreeSpace, image.Header.Magic);
         Assert.Equal("pd17", image.Header.InUseText);
         Assert.False(image.Header.IsUnclean);
         Assert.Equal(99, image.CountAllocatedClusters());

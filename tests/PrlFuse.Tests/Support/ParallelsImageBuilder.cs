@@ -1,6 +1,6 @@
 using System.Buffers.Binary;
 using System.Security.Cryptography;
-using PrlFuse.Core.Formats;
+using PrlFuse.Core.Formats.Parallels;
 
 namespace PrlFuse.Tests.Support;
 

@@ -1,7 +1,7 @@
 using System.Buffers.Binary;
 using PrlFuse.Core.Checking;
 using PrlFuse.Core.Engine;
-using PrlFuse.Core.Formats;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Tests.Checking;
 using PrlFuse.Tests.Oracle;
 using PrlFuse.Tests.Support;
@@ -56,7 +56,7 @@ public sealed class DurabilityTests
     private static void AssertDurableOrder(byte[] initial, List<FileOp> ops)
     {
         Assert.True(ParallelsHeader.TryRead(initial, out var header, out _));
-        long batStart = ParallelsHeader.Size;
+        long batStart = FieldLocations.HeaderSize;
         long batEnd = batStart + (4L * header.BatEntries);
         long dataOffset = header.DataOffsetSectors * 512L;
         long cluster = header.ClusterBytes;
@@ -79,9 +79,9 @@ public sealed class DurabilityTests
                 case FlushOp f:
                     flushes.Add(f);
                     break;
-                case WriteOp w when w.Offset < ParallelsHeader.Size:
+                case WriteOp w when w.Offset < FieldLocations.HeaderSize:
                     Assert.Equal(0, w.Offset);
-                    Assert.Equal(ParallelsHeader.Size, w.Data.Length);
+                    Assert.Equal(FieldLocations.HeaderSize, w.Data.Length);
                     lastHeader = w;
                     if (BinaryPrimitives.ReadUInt32LittleEndian(w.Data.AsSpan(44)) == ParallelsHeader.InUseOpen)
                     {

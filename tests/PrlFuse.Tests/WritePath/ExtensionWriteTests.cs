@@ -2,7 +2,7 @@ using System.Buffers.Binary;
 using System.Security.Cryptography;
 using PrlFuse.Core.Checking;
 using PrlFuse.Core.Engine;
-using PrlFuse.Core.Formats;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.Images;
 using PrlFuse.Tests.Checking;
 using PrlFuse.Tests.Oracle;
@@ -68,7 +68,7 @@ public sealed class ExtensionWriteTests
             stream.Write(bitmapCluster);
         }
 
-        stream.Position = ParallelsHeader.OffsetExtensionOffset;
+        stream.Position = FieldLocations.ExtensionOffset;
         var off = new byte[8];
         BinaryPrimitives.WriteUInt64LittleEndian(off, (ulong)(extOffset / 512));
         stream.Write(off);

@@ -1,6 +1,7 @@
 using PrlFuse.Core.Engine;
-using PrlFuse.Core.Images;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.IO;
+using PrlFuse.Core.Images;
 using PrlFuse.Tests.Faults;
 using PrlFuse.Tests.Oracle;
 using PrlFuse.Tests.Support;

@@ -1,5 +1,6 @@
 using PrlFuse.Core.Checking;
 using PrlFuse.Core.Engine;
+using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.Images;
 using PrlFuse.Tests.Checking;
 using PrlFuse.Tests.Oracle;
@@ -15,7 +16,7 @@ namespace PrlFuse.Tests.WritePath;
 /// </summary>
 public sealed class RandomWriteTests
 {
-    private const uint ParallelsHeaderInUseOpen = PrlFuse.Core.Formats.ParallelsHeader.InUseOpen;
+    private const uint ParallelsHeaderInUseOpen = PrlFuse.Core.Formats.Parallels.ParallelsHeader.InUseOpen;
 
     [Theory]
     [InlineData(1, 101, 0)]

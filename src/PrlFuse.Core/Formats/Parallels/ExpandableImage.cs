@@ -1,8 +1,7 @@
-using PrlFuse.Core.Checking;
-using PrlFuse.Core.Formats;
 using PrlFuse.Core.IO;
+using PrlFuse.Core.Images;
 
-namespace PrlFuse.Core.Images;
+namespace PrlFuse.Core.Formats.Parallels;
 
 /// <summary>
 /// A Parallels expandable image: header, BAT, data clusters. Opening validates the header and every BAT entry
@@ -10,6 +9,9 @@ namespace PrlFuse.Core.Images;
 /// </summary>
 public sealed partial class ExpandableImage : ImageLayer
 {
+    /// <summary>Largest cluster written: 16 times the largest size Parallels uses (1 MiB).</summary>
+    public const long MaxWritableClusterBytes = 16L << 20;
+
     private ExpandableImage(ImageFile file, ParallelsHeader header, BlockAllocationTable bat, long dataOffsetBytes)
         : base(file)
     {
@@ -26,6 +28,14 @@ public sealed partial class ExpandableImage : ImageLayer
     private volatile bool _empty;
 
     public ParallelsHeader Header { get; private set; }
+
+    /// <summary>Why this image cannot be written even though its file is writable, or null.</summary>
+    public string? WriteBlockedReason { get; private set; }
+
+    /// <summary>True once the first change was made (in_use is "Ynot" on disk until a clean close).</summary>
+    public bool IsOpenForWrite => Writer is ExpandableImageWriter { IsOpenForWrite: true };
+
+    public override bool IsImmutable => !File.Writable || WriteBlockedReason is not null;
 
     public BlockAllocationTable Bat { get; }
 
@@ -49,39 +59,35 @@ public sealed partial class ExpandableImage : ImageLayer
     public bool WasUnclean { get; private set; }
 
     /// <summary>
-    /// Reads header and BAT and judges them by the checker's rules (<see cref="ImageLayout"/>). What leaves the image
-    /// meaningless is refused: no Parallels header, a BAT larger than the file or too small for the disk, a data_off
-    /// that is not where data can start. Damage local to clusters (BAT entries outside the file, as a truncated file
-    /// has, before the data area, between clusters, or sharing a cluster) is not: those clusters are known, reads of
-    /// them fail (<see cref="DamagedClusterException"/>), everything else is served, and the image is never written.
-    /// <paramref name="inUseByOtherWriter"/>: the file is locked force-share beside a writer (see
+    /// Reads header and BAT and judges them by the format's rules (<see cref="ParallelsLayout"/>), the checker's too.
+    /// What leaves the image meaningless is refused: no Parallels header, a BAT larger than the file or too small for
+    /// the disk, a data_off that is not where data can start. Damage local to clusters (BAT entries outside the file, as
+    /// a truncated file has, before the data area, between clusters, or sharing a cluster) is not: those clusters are
+    /// known, reads of them fail (<see cref="DamagedClusterException"/>), everything else is served, and the image is
+    /// never written. <paramref name="inUseByOtherWriter"/>: the file is locked force-share beside a writer (see
     /// <see cref="ImageLayer.InUseByOtherWriter"/>), so "Ynot" is no sign of a crash.
     /// </summary>
     public static ExpandableImage Open(ImageFile file, bool inUseByOtherWriter = false)
     {
         string name = file.Path;
-        if (!ImageLayout.TryRead(file, null, out var layout, out _, out string error))
+        if (!ParallelsLayout.TryRead(file, null, out var layout, out _, out string error))
         {
             throw new ImageFormatException(name, error);
         }
 
         var header = layout.Header;
-        if (layout.BatTooSmall is { } small)
+        var rules = layout.Validation;
+        if (rules.FirstRefusal is { } refusal)
         {
-            throw new ImageFormatException(name, small);
+            throw new ImageFormatException(name, refusal.Kind == ParallelsFindingKind.DataOffset ? $"{refusal.Message}; run 'prlfuse check --repair'" : refusal.Message);
         }
 
-        // A data_off past the end is what a truncated file has; the clusters it cuts off are damaged like the others.
-        if (layout.DataOffsetFault is not (DataOffsetFault.None or DataOffsetFault.PastEndOfFile))
+        var image = new ExpandableImage(file, header, layout.Bat, layout.DataOffsetBytes);
+        if (rules.DataOffsetFault == DataOffsetFault.PastEndOfFile)
         {
-            throw new ImageFormatException(name, $"data_off field has incorrect value {header.DataOffsetSectors}: it {layout.DataOffsetFaultText}; run 'prlfuse check --repair'");
-        }
-
-        var bat = layout.Bat;
-        long dataOffsetBytes = layout.DataOffsetBytes;
-        var image = new ExpandableImage(file, header, bat, dataOffsetBytes);
-        if (layout.DataOffsetFault == DataOffsetFault.PastEndOfFile)
-        {
+            // What a truncated file has: the clusters it cuts off are damaged like the others, and nothing is written
+            // until a repair (new clusters would go where the header says no data is).
+            image.DataOffsetPastEnd = true;
             image.AddWarning(WarningCodes.DamagedClusters, $"data_off {header.DataOffsetSectors} lies past the end of the file ({layout.FileLength} bytes): the file is truncated");
         }
 
@@ -102,31 +108,27 @@ public sealed partial class ExpandableImage : ImageLayer
             image.AddWarning(WarningCodes.EmptyImageFlag, "the empty-image flag is set: the image reads as unallocated");
         }
 
-        image.LoadExtension(layout.FileLength);
+        image.LoadExtension(rules);
         image.CheckWritable();
         return image;
     }
 
-    private void LoadExtension(long fileLength)
+    private void LoadExtension(ParallelsValidation rules)
     {
-        if (Header.ExtensionOffsetSectors == 0)
+        if (rules.Find(ParallelsFindingKind.Extension) is { } finding)
         {
-            return;
-        }
-
-        long cluster = ClusterBytes;
-        if (Header.ExtensionOffsetSectors > (ulong)(fileLength / 512)
-            || (long)Header.ExtensionOffsetSectors * 512 < DataOffsetBytes
-            || ((long)Header.ExtensionOffsetSectors * 512) + cluster > fileLength
-            || cluster > 64 << 20)
-        {
-            ExtensionError = $"format extension offset {Header.ExtensionOffsetSectors} is outside the data area";
+            ExtensionError = finding.Message;
             AddWarning(WarningCodes.BrokenExtension, ExtensionError);
             return;
         }
 
-        byte[] buffer = GC.AllocateUninitializedArray<byte>((int)cluster);
-        File.ReadZeroFilled(buffer, (long)Header.ExtensionOffsetSectors * 512);
+        if (!rules.ExtensionReadable)
+        {
+            return;
+        }
+
+        byte[] buffer = GC.AllocateUninitializedArray<byte>((int)ClusterBytes);
+        File.ReadZeroFilled(buffer, rules.ExtensionOffsetBytes);
         if (!FormatExtension.TryRead(buffer, out var extension, out string error))
         {
             ExtensionError = error;
@@ -178,20 +180,46 @@ public sealed partial class ExpandableImage : ImageLayer
 
     public override long CountAllocatedClusters() => _empty ? 0 : Bat.CountAllocated();
 
-    protected override void Dispose(bool disposing)
+    protected override LayerWriter CreateWriter(IParentContent parent) => new ExpandableImageWriter(this, parent);
+
+    /// <summary>The writer replaced the header on disk (in_use on open and close): readers see it from now on.</summary>
+    internal void ReplaceHeader(ParallelsHeader header) => Header = header;
+
+    /// <summary>The writer zeroed the BAT durably: the empty-image flag goes, and the (all-zero) BAT is read from now on.</summary>
+    internal void DropEmptyFlag()
     {
-        if (disposing)
+        Header = Header with { Flags = Header.Flags & ~ParallelsHeader.FlagEmpty };
+        _empty = false;
+    }
+
+    /// <summary>Decides at open whether writes are allowed (the spec's NECESSARY rule for unknown extensions).</summary>
+    private void CheckWritable()
+    {
+        if (!File.Writable)
         {
-            try
-            {
-                CloseForWrite();
-            }
-            finally
-            {
-                StopGrowthAhead();
-                OnDispose();
-                base.Dispose(disposing);
-            }
+            return;
+        }
+
+        if (Header.IsUnclean)
+        {
+            WriteBlockedReason = "image was not closed cleanly; run 'prlfuse check --repair'";
+        }
+        else if (IsDamaged)
+        {
+            // A write could allocate over space a damaged entry points at; the repair decides what those clusters hold.
+            WriteBlockedReason = $"image has {DamageText}; run 'prlfuse check --repair'";
+        }
+        else if (ClusterBytes > MaxWritableClusterBytes)
+        {
+            // A write into a new cluster builds the whole cluster in memory: a hostile tracks field (up to 2 GiB) would
+            // make every such write allocate that much.
+            WriteBlockedReason = $"cluster size of {ClusterBytes} bytes is larger than PrlFuse writes ({MaxWritableClusterBytes >> 20} MiB); it is served read-only";
+            AddWarning(WarningCodes.ClusterTooLargeToWrite, WriteBlockedReason);
+        }
+        else if (Extension is { } ext && ext.Features.Any(f => !f.IsDirtyBitmap && (f.Flags & ExtensionFeature.FlagNecessary) != 0))
+        {
+            WriteBlockedReason = "image has a format extension feature marked NECESSARY that PrlFuse does not know; it is served read-only";
+            AddWarning(WarningCodes.UnknownNecessaryFeature, WriteBlockedReason);
         }
     }
 }

@@ -1,10 +1,9 @@
-using PrlFuse.Core.Checking;
-using PrlFuse.Core.Formats;
+using PrlFuse.Core.Images;
 
-namespace PrlFuse.Core.Images;
+namespace PrlFuse.Core.Formats.Parallels;
 
 /// <summary>
-/// Damaged BAT entries: what the checker reports as damage local to clusters (<see cref="ImageLayout"/>). The image
+/// Damaged BAT entries: what the checker reports as damage local to clusters (<see cref="ParallelsLayout"/>). The image
 /// still opens, so it can be inspected and everything sound served; reads of those clusters fail as a disk's
 /// unreadable sectors do, and the image is never written (a repair decides what the clusters hold).
 /// </summary>
@@ -20,13 +19,28 @@ public sealed partial class ExpandableImage
     /// <summary>How many BAT entries are damaged (reads of their clusters fail).</summary>
     public long DamagedClusterCount { get; private set; }
 
-    public bool IsDamaged => DamagedClusterCount > 0;
+    /// <summary>data_off lies past the end of the file (a truncated file): the data area the header names is not there.</summary>
+    public bool DataOffsetPastEnd { get; private set; }
+
+    /// <summary>
+    /// Damage that makes a write unsafe: a write could allocate over space a damaged entry points at, or (data_off past
+    /// the end) into space the header says is not data. The image is served read-only until a repair.
+    /// </summary>
+    public bool IsDamaged => DamagedClusterCount > 0 || DataOffsetPastEnd;
+
+    /// <summary>The damage in words ("2 damaged BAT entries"), or null when there is none.</summary>
+    public string? DamageText => (DamagedClusterCount, DataOffsetPastEnd) switch
+    {
+        (0, false) => null,
+        (0, true) => "a data_off past the end of the file",
+        (long n, _) => $"{n} damaged BAT entr{(n == 1 ? "y" : "ies")}",
+    };
 
     /// <summary>True when reads of guest cluster <paramref name="cluster"/> fail because its BAT entry is damaged.</summary>
     public bool IsClusterDamaged(long cluster) =>
         _damaged is { } d && (ulong)cluster < (ulong)Bat.Count && (d[cluster >> 6] & (1UL << (int)(cluster & 63))) != 0;
 
-    private void FindDamage(ImageLayout layout)
+    private void FindDamage(ParallelsLayout layout)
     {
         var listed = new List<BatProblem>();
         long count = 0;

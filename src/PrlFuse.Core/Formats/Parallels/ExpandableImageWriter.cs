@@ -1,13 +1,15 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.Security.Cryptography;
-using PrlFuse.Core.Formats;
 using PrlFuse.Core.IO;
+using PrlFuse.Core.Images;
 
-namespace PrlFuse.Core.Images;
+namespace PrlFuse.Core.Formats.Parallels;
 
 /// <summary>
-/// The write path of the top image.
+/// The write path of a Parallels expandable image that is the writable top of its chain: allocation, growth, the
+/// order of data and BAT writes, and the clean close. Opened over its parent (<see cref="IParentContent"/>), whose
+/// content fills the rest of a cluster written for the first time. Reading stays with <see cref="ExpandableImage"/>.
 /// <para>
 /// Locking. Readers never lock: a BAT entry is published (release) only after the data it points at is in the
 /// file. Writers to an allocated cluster write in place with no lock. Allocating a cluster takes the cluster's
@@ -19,17 +21,18 @@ namespace PrlFuse.Core.Images;
 /// worst leaked clusters.
 /// </para>
 /// </summary>
-public sealed partial class ExpandableImage
+public sealed class ExpandableImageWriter : LayerWriter
 {
     /// <summary>File growth step: one ftruncate per this many bytes of allocation, not one per cluster.</summary>
     public const long GrowthChunkBytes = 64L << 20;
 
-    /// <summary>Largest cluster written: 16 times the largest size Parallels uses (1 MiB).</summary>
-    public const long MaxWritableClusterBytes = 16L << 20;
-
     private const int StripeCount = 64;
-    private const int BatPageBytes = 4096;
 
+    private readonly ExpandableImage _image;
+    private readonly IParentContent _parent;
+    private readonly ImageFile _file;
+    private readonly BlockAllocationTable _bat;
+    private readonly long _clusterBytes;
     private readonly object[] _stripes = CreateStripes();
     private readonly ReaderWriterLockSlim _flushLock = new(LockRecursionPolicy.NoRecursion);
     private readonly object _growLock = new();
@@ -46,13 +49,18 @@ public sealed partial class ExpandableImage
     private int _growingAhead;
     private uint _closedInUse;
 
-    /// <summary>Why this image cannot be written even though its file is writable, or null.</summary>
-    public string? WriteBlockedReason { get; private set; }
+    /// <summary>Only <see cref="ExpandableImage"/> opens its writer, after it judged the image writable.</summary>
+    internal ExpandableImageWriter(ExpandableImage image, IParentContent parent)
+    {
+        _image = image;
+        _parent = parent;
+        _file = image.File;
+        _bat = image.Bat;
+        _clusterBytes = image.ClusterBytes;
+    }
 
     /// <summary>True once the first change was made (in_use is "Ynot" on disk until a clean close).</summary>
     public bool IsOpenForWrite => Volatile.Read(ref _openedForWrite);
-
-    public override bool IsImmutable => !File.Writable || WriteBlockedReason is not null;
 
     private static object[] CreateStripes()
     {
@@ -65,56 +73,22 @@ public sealed partial class ExpandableImage
         return stripes;
     }
 
-    /// <summary>Decides at open whether writes are allowed (the spec's NECESSARY rule for unknown extensions).</summary>
-    private void CheckWritable()
-    {
-        if (!File.Writable)
-        {
-            return;
-        }
-
-        if (Header.IsUnclean)
-        {
-            WriteBlockedReason = "image was not closed cleanly; run 'prlfuse check --repair'";
-        }
-        else if (IsDamaged)
-        {
-            // A write could allocate over space a damaged entry points at; the repair decides what those clusters hold.
-            WriteBlockedReason = $"image has {DamagedClusterCount} damaged BAT entr{(DamagedClusterCount == 1 ? "y" : "ies")}; run 'prlfuse check --repair'";
-        }
-        else if (ClusterBytes > MaxWritableClusterBytes)
-        {
-            // A write into a new cluster builds the whole cluster in memory: a hostile tracks field (up to 2 GiB) would
-            // make every such write allocate that much.
-            WriteBlockedReason = $"cluster size of {ClusterBytes} bytes is larger than PrlFuse writes ({MaxWritableClusterBytes >> 20} MiB); it is served read-only";
-            AddWarning(WarningCodes.ClusterTooLargeToWrite, WriteBlockedReason);
-        }
-        else if (Extension is { } ext && ext.Features.Any(f => !f.IsDirtyBitmap && (f.Flags & ExtensionFeature.FlagNecessary) != 0))
-        {
-            WriteBlockedReason = "image has a format extension feature marked NECESSARY that PrlFuse does not know; it is served read-only";
-            AddWarning(WarningCodes.UnknownNecessaryFeature, WriteBlockedReason);
-        }
-    }
-
     /// <summary>
-    /// Writes <paramref name="data"/> at <paramref name="within"/> of guest cluster <paramref name="cluster"/>.
-    /// When the cluster is not allocated yet, <paramref name="readBelow"/> supplies the old content of the whole
-    /// cluster (the chain below, or zeros). Returns the host range written, for cache invalidation.
+    /// Writes <paramref name="data"/> at guest <paramref name="guestOffset"/>, within one cluster. When the cluster is
+    /// not allocated yet, the parent supplies the rest of it (the chain below, or zeros). Returns the host range
+    /// written, for cache invalidation.
     /// </summary>
-    public (long Host, long Length) WriteCluster(long cluster, int within, ReadOnlySpan<byte> data, ReadBelow readBelow, object? state)
+    public override (long Host, long Length) Write(long guestOffset, ReadOnlySpan<byte> data)
     {
-        if (WriteBlockedReason is not null || !File.Writable)
+        long cluster = guestOffset / _clusterBytes;
+        int within = (int)(guestOffset - (cluster * _clusterBytes));
+        if (cluster >= _bat.Count)
         {
-            throw new IOException($"{Path}: image is read-only: {WriteBlockedReason ?? "opened read-only"}");
-        }
-
-        if (cluster >= Bat.Count)
-        {
-            throw new IOException($"{Path}: write beyond the image's {Bat.Count} clusters");
+            throw new IOException($"{_image.Path}: write beyond the image's {_bat.Count} clusters");
         }
 
         EnsureOpenForWrite();
-        long host = Bat.GetHostOffset(cluster);
+        long host = _bat.GetHostOffset(cluster);
         if (host != 0)
         {
             WriteData(data, host + within, host >= Volatile.Read(ref _freshFrom));
@@ -123,14 +97,14 @@ public sealed partial class ExpandableImage
 
         lock (_stripes[cluster % StripeCount])
         {
-            host = Bat.GetHostOffset(cluster);
+            host = _bat.GetHostOffset(cluster);
             if (host != 0)
             {
                 WriteData(data, host + within, host >= Volatile.Read(ref _freshFrom));
                 return (host + within, data.Length);
             }
 
-            int clusterBytes = (int)ClusterBytes;
+            int clusterBytes = (int)_clusterBytes;
             byte[]? rented = null;
             _flushLock.EnterReadLock();
             try
@@ -151,9 +125,9 @@ public sealed partial class ExpandableImage
                         rented = ArrayPool<byte>.Shared.Rent(clusterBytes);
                         var full = rented.AsSpan(0, clusterBytes);
                         int after = within + data.Length;
-                        long guest = cluster * ClusterBytes;
-                        readBelow(full[..within], guest, state);
-                        readBelow(full[after..], guest + after, state);
+                        long guest = cluster * _clusterBytes;
+                        _parent.Read(full[..within], guest);
+                        _parent.Read(full[after..], guest + after);
                         if (fresh && !full[..within].ContainsAnyExcept((byte)0) && !full[after..].ContainsAnyExcept((byte)0))
                         {
                             WriteData(data, host + within, fresh);
@@ -172,8 +146,8 @@ public sealed partial class ExpandableImage
                     throw;
                 }
 
-                Bat.SetEntry(cluster, Bat.EntryForHostOffset(host));
-                Volatile.Write(ref _dirtyBatPages![(ParallelsHeader.Size + (cluster * 4)) / BatPageBytes], 1);
+                _bat.SetEntry(cluster, _bat.EntryForHostOffset(host));
+                Volatile.Write(ref _dirtyBatPages![FieldLocations.BatPageOf(cluster)], 1);
             }
             finally
             {
@@ -197,23 +171,20 @@ public sealed partial class ExpandableImage
     /// </summary>
     private void WriteData(ReadOnlySpan<byte> data, long host, bool fresh)
     {
-        if (!(fresh && _directWrites && File.TryWriteDirect(data, host)))
+        if (!(fresh && _directWrites && _file.TryWriteDirect(data, host)))
         {
-            File.Write(data, host);
+            _file.Write(data, host);
         }
     }
-
-    /// <summary>Supplies the old content of a guest range from below the top image.</summary>
-    public delegate void ReadBelow(Span<byte> destination, long guestOffset, object? state);
 
     /// <summary>Reserves one cluster at the data end, growing the file in chunks.</summary>
     private long Reserve()
     {
-        long clusterBytes = ClusterBytes;
+        long clusterBytes = _clusterBytes;
         long host = Interlocked.Add(ref _nextFree, clusterBytes) - clusterBytes;
-        if (host / Bat.UnitBytes > uint.MaxValue)
+        if (host / _bat.UnitBytes > uint.MaxValue)
         {
-            throw new IOException($"{Path}: image is full: its BAT cannot address offset {host}", Errno.EFBIG);
+            throw new IOException($"{_image.Path}: image is full: its BAT cannot address offset {host}", Errno.EFBIG);
         }
 
         long fileEnd = Volatile.Read(ref _fileEnd);
@@ -229,7 +200,7 @@ public sealed partial class ExpandableImage
                         // Allocated space, not a sparse tail: writing into a sparse tail makes the host filesystem
                         // allocate blocks on every write (1 MiB writes into new clusters: 0.3-0.5 GB/s on ext4 here,
                         // 2+ GB/s into fallocated space).
-                        File.Allocate(_fileEnd, target);
+                        _file.Allocate(_fileEnd, target);
                     }
                     catch
                     {
@@ -277,18 +248,18 @@ public sealed partial class ExpandableImage
                     {
                         from = image._fileEnd;
                         target = from + GrowthChunkBytes;
-                        if (image._closed || Volatile.Read(ref image._nextFree) + GrowthChunkBytes <= from || target / image.Bat.UnitBytes > uint.MaxValue)
+                        if (image._closed || Volatile.Read(ref image._nextFree) + GrowthChunkBytes <= from || target / image._bat.UnitBytes > uint.MaxValue)
                         {
                             return;
                         }
 
-                        image.File.Allocate(from, target);
+                        image._file.Allocate(from, target);
                         Volatile.Write(ref image._fileEnd, target);
                     }
 
                     if (!image._directWrites)
                     {
-                        image.File.Prefetch(from, target - from);
+                        image._file.Prefetch(from, target - from);
                     }
                 }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException or ObjectDisposedException)
@@ -312,8 +283,8 @@ public sealed partial class ExpandableImage
     {
         // The slot may hold part of the failed write now: it is fresh no more. Marked before it is handed back, so an
         // allocator that gets it again cannot take it for zeros.
-        Atomic.RaiseTo(ref _freshFrom, host + ClusterBytes);
-        Interlocked.CompareExchange(ref _nextFree, host, host + ClusterBytes);
+        Atomic.RaiseTo(ref _freshFrom, host + _clusterBytes);
+        Interlocked.CompareExchange(ref _nextFree, host, host + _clusterBytes);
     }
 
     /// <summary>Before the first change: mark the image open ("Ynot"), drop what a write would make untrue, make it durable.</summary>
@@ -333,15 +304,15 @@ public sealed partial class ExpandableImage
 
             // Header changes only once the open header is written, so a failed attempt (EIO) is retried from the same
             // state and the in_use restored on close is never "Ynot" itself.
-            _closedInUse = Header.InUse;
-            if (Header.IsEmpty)
+            _closedInUse = _image.Header.InUse;
+            if (_image.Header.IsEmpty)
             {
                 ClearForWrite();
             }
 
             ulong extOffset = RewriteExtensionForWrite();
-            long clusterBytes = ClusterBytes;
-            long usedEnd = Math.Max(Bat.UsedEnd(), DataOffsetBytes);
+            long clusterBytes = _clusterBytes;
+            long usedEnd = Math.Max(_bat.UsedEnd(), _image.DataOffsetBytes);
             if (extOffset != 0)
             {
                 usedEnd = Math.Max(usedEnd, ((long)extOffset * 512) + clusterBytes);
@@ -353,18 +324,17 @@ public sealed partial class ExpandableImage
             }
 
             // Clusters sit at data_off + k * cluster; the next free one is the first such slot past everything used.
-            long slots = (usedEnd - DataOffsetBytes + clusterBytes - 1) / clusterBytes;
-            _nextFree = DataOffsetBytes + (slots * clusterBytes);
-            _fileEnd = File.Length;
+            long slots = (usedEnd - _image.DataOffsetBytes + clusterBytes - 1) / clusterBytes;
+            _nextFree = _image.DataOffsetBytes + (slots * clusterBytes);
+            _fileEnd = _file.Length;
             _freshFrom = _fileEnd;
-            _directWrites = File.EnableDirectWrites();
-            long batBytes = ParallelsHeader.Size + (4L * Bat.Count);
-            _dirtyBatPages = new byte[(batBytes + BatPageBytes - 1) / BatPageBytes];
+            _directWrites = _file.EnableDirectWrites();
+            _dirtyBatPages = new byte[FieldLocations.BatPageCount(_bat.Count)];
 
-            var opened = Header with { InUse = ParallelsHeader.InUseOpen, ExtensionOffsetSectors = extOffset };
+            var opened = _image.Header with { InUse = ParallelsHeader.InUseOpen, ExtensionOffsetSectors = extOffset };
             WriteHeader(opened);
-            File.Flush(dataOnly: true);
-            Header = opened;
+            _file.Flush(dataOnly: true);
+            _image.ReplaceHeader(opened);
             Volatile.Write(ref _openedForWrite, true);
         }
     }
@@ -376,32 +346,33 @@ public sealed partial class ExpandableImage
     /// </summary>
     private void ClearForWrite()
     {
-        for (int i = 0; i < Bat.Count; i++)
+        for (int i = 0; i < _bat.Count; i++)
         {
-            Bat.SetEntry(i, 0);
+            _bat.SetEntry(i, 0);
         }
 
-        var zeros = new byte[(int)Math.Min(4L * Bat.Count, 1 << 20)];
-        for (long done = 0; done < 4L * Bat.Count; done += zeros.Length)
+        long batBytes = FieldLocations.BatEnd(_bat.Count) - FieldLocations.HeaderSize;
+        var zeros = new byte[(int)Math.Min(batBytes, 1 << 20)];
+        for (long done = 0; done < batBytes; done += zeros.Length)
         {
-            File.Write(zeros.AsSpan(0, (int)Math.Min(zeros.Length, (4L * Bat.Count) - done)), ParallelsHeader.Size + done);
+            _file.Write(zeros.AsSpan(0, (int)Math.Min(zeros.Length, batBytes - done)), FieldLocations.HeaderSize + done);
         }
 
-        File.Flush(dataOnly: true);
-        Header = Header with { Flags = Header.Flags & ~ParallelsHeader.FlagEmpty };
-        _empty = false; // only now: the BAT it exposes is all zeros
+        _file.Flush(dataOnly: true);
 
+        // Only now: the BAT the reader then exposes is all zeros.
+        _image.DropEmptyFlag();
     }
 
     private IEnumerable<long> BitmapClusterEnds()
     {
-        if (Extension?.DirtyBitmap is { } bitmap)
+        if (_image.Extension?.DirtyBitmap is { } bitmap)
         {
             foreach (ulong e in bitmap.L1Table)
             {
                 if (e > 1)
                 {
-                    yield return ((long)e * 512) + ClusterBytes;
+                    yield return ((long)e * 512) + _clusterBytes;
                 }
             }
         }
@@ -413,12 +384,12 @@ public sealed partial class ExpandableImage
     /// </summary>
     private ulong RewriteExtensionForWrite()
     {
-        if (Header.ExtensionOffsetSectors == 0)
+        if (_image.Header.ExtensionOffsetSectors == 0)
         {
             return 0;
         }
 
-        var ext = Extension;
+        var ext = _image.Extension;
         if (ext is null || !ext.ChecksumValid)
         {
             return 0;
@@ -430,10 +401,10 @@ public sealed partial class ExpandableImage
             return 0;
         }
 
-        int clusterBytes = (int)ClusterBytes;
-        long offset = (long)Header.ExtensionOffsetSectors * 512;
+        int clusterBytes = (int)_clusterBytes;
+        long offset = (long)_image.Header.ExtensionOffsetSectors * 512;
         byte[] old = new byte[clusterBytes];
-        File.ReadZeroFilled(old, offset);
+        _file.ReadZeroFilled(old, offset);
         byte[] fresh = new byte[clusterBytes];
         BinaryPrimitives.WriteUInt64LittleEndian(fresh, FormatExtension.Magic);
         int pos = FormatExtension.HeaderSize;
@@ -445,19 +416,19 @@ public sealed partial class ExpandableImage
         }
 
         MD5.HashData(fresh.AsSpan(FormatExtension.HeaderSize), fresh.AsSpan(8, 16));
-        File.Write(fresh, offset);
-        return Header.ExtensionOffsetSectors;
+        _file.Write(fresh, offset);
+        return _image.Header.ExtensionOffsetSectors;
     }
 
     private void WriteHeader(ParallelsHeader header)
     {
-        Span<byte> bytes = stackalloc byte[ParallelsHeader.Size];
+        Span<byte> bytes = stackalloc byte[FieldLocations.HeaderSize];
         header.WriteTo(bytes);
-        File.Write(bytes, 0);
+        _file.Write(bytes, 0);
     }
 
     /// <summary>Makes every completed write durable: the data first, then the BAT entries that point at it.</summary>
-    public void Flush()
+    public override void Flush()
     {
         if (!Volatile.Read(ref _openedForWrite))
         {
@@ -467,13 +438,13 @@ public sealed partial class ExpandableImage
         _flushLock.EnterWriteLock();
         try
         {
-            File.Flush(dataOnly: true);
+            _file.Flush(dataOnly: true);
             var written = WriteDirtyBatPages();
             if (written.Count > 0)
             {
                 try
                 {
-                    File.Flush(dataOnly: true);
+                    _file.Flush(dataOnly: true);
                 }
                 catch
                 {
@@ -500,7 +471,6 @@ public sealed partial class ExpandableImage
     private List<int> WriteDirtyBatPages()
     {
         var dirty = _dirtyBatPages!;
-        long batEnd = ParallelsHeader.Size + (4L * Bat.Count);
         byte[]? buffer = null;
         var written = new List<int>();
         for (int page = 0; page < dirty.Length; page++)
@@ -510,13 +480,10 @@ public sealed partial class ExpandableImage
                 continue;
             }
 
-            long start = Math.Max(ParallelsHeader.Size, (long)page * BatPageBytes);
-            long end = Math.Min(batEnd, (long)(page + 1) * BatPageBytes);
-            int first = (int)((start - ParallelsHeader.Size) / 4);
-            int count = (int)((end - start) / 4);
-            buffer ??= new byte[BatPageBytes];
-            Bat.WriteEntries(buffer, first, count);
-            File.Write(buffer.AsSpan(0, count * 4), start);
+            var (first, count, start) = FieldLocations.BatPage(page, _bat.Count);
+            buffer ??= new byte[FieldLocations.BatPageBytes];
+            _bat.WriteEntries(buffer, first, count);
+            _file.Write(buffer.AsSpan(0, count * FieldLocations.BatEntrySize), start);
             dirty[page] = 0;
             written.Add(page);
         }
@@ -528,7 +495,7 @@ public sealed partial class ExpandableImage
     /// Clean close: flush, trim the file to its used end, restore in_use, make it durable. After this the image
     /// passes 'qemu-img check' with no leaks.
     /// </summary>
-    public void CloseForWrite()
+    public override void Close()
     {
         if (!Volatile.Read(ref _openedForWrite) || _closed)
         {
@@ -536,28 +503,43 @@ public sealed partial class ExpandableImage
         }
 
         Flush();
-        long usedEnd = Math.Max(Bat.UsedEnd(), DataOffsetBytes);
-        if (Header.ExtensionOffsetSectors != 0)
+        long usedEnd = Math.Max(_bat.UsedEnd(), _image.DataOffsetBytes);
+        if (_image.Header.ExtensionOffsetSectors != 0)
         {
-            usedEnd = Math.Max(usedEnd, ((long)Header.ExtensionOffsetSectors * 512) + ClusterBytes);
+            usedEnd = Math.Max(usedEnd, ((long)_image.Header.ExtensionOffsetSectors * 512) + _clusterBytes);
         }
 
         // Under the grow lock, with _closed set: a growth ahead still queued finds the image closed and does nothing.
         lock (_growLock)
         {
             _closed = true;
-            if (usedEnd < File.Length)
+            if (usedEnd < _file.Length)
             {
-                File.SetLength(usedEnd);
+                _file.SetLength(usedEnd);
             }
         }
 
-        Header = Header with { InUse = _closedInUse };
-        WriteHeader(Header);
-        File.Flush(dataOnly: false);
+        var closed = _image.Header with { InUse = _closedInUse };
+        WriteHeader(closed);
+        _image.ReplaceHeader(closed);
+        _file.Flush(dataOnly: false);
     }
 
-    partial void OnDispose();
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            try
+            {
+                Close();
+            }
+            finally
+            {
+                StopGrowthAhead();
+                _flushLock.Dispose();
+            }
+        }
+    }
 
     /// <summary>
     /// Stops growth ahead and waits for one in flight: its fallocate or fadvise holds a reference to the handle, which
@@ -572,6 +554,4 @@ public sealed partial class ExpandableImage
 
         SpinWait.SpinUntil(() => Volatile.Read(ref _growingAhead) == 0);
     }
-
-    partial void OnDispose() => _flushLock.Dispose();
 }

@@ -1,6 +1,6 @@
 using System.Buffers.Binary;
 
-namespace PrlFuse.Core.Formats;
+namespace PrlFuse.Core.Formats.Parallels;
 
 /// <summary>What is wrong with one BAT entry.</summary>
 public enum BatProblemKind

@@ -1,6 +1,6 @@
 using System.Buffers.Binary;
 
-namespace PrlFuse.Core.Formats;
+namespace PrlFuse.Core.Formats.Parallels;
 
 /// <summary>Which of the two expandable-image magics a header carries; it decides the unit of BAT entries.</summary>
 public enum ParallelsMagic
@@ -29,18 +29,6 @@ public readonly record struct ParallelsHeader(
     uint Flags,
     ulong ExtensionOffsetSectors)
 {
-    public const int Size = 64;
-    public const int OffsetMagic = 0;
-    public const int OffsetVersion = 16;
-    public const int OffsetHeads = 20;
-    public const int OffsetCylinders = 24;
-    public const int OffsetTracks = 28;
-    public const int OffsetBatEntries = 32;
-    public const int OffsetSectorCount = 36;
-    public const int OffsetInUse = 44;
-    public const int OffsetDataOffset = 48;
-    public const int OffsetFlags = 52;
-    public const int OffsetExtensionOffset = 56;
 
     public const uint SupportedVersion = 2;
 
@@ -76,7 +64,7 @@ public readonly record struct ParallelsHeader(
     {
         get
         {
-            long sectors = (Size + (4L * BatEntries) + 511) / 512;
+            long sectors = (FieldLocations.BatEnd(BatEntries) + 511) / 512;
             if (Magic == ParallelsMagic.WithouFreSpacExt && ClusterSectors != 0)
             {
                 sectors = (sectors + ClusterSectors - 1) / ClusterSectors * ClusterSectors;
@@ -94,9 +82,9 @@ public readonly record struct ParallelsHeader(
     public static bool TryRead(ReadOnlySpan<byte> data, out ParallelsHeader header, out string error)
     {
         header = default;
-        if (data.Length < Size)
+        if (data.Length < FieldLocations.HeaderSize)
         {
-            error = $"file is shorter than a Parallels header ({data.Length} of {Size} bytes)";
+            error = $"file is shorter than a Parallels header ({data.Length} of {FieldLocations.HeaderSize} bytes)";
             return false;
         }
 
@@ -115,10 +103,10 @@ public readonly record struct ParallelsHeader(
             return false;
         }
 
-        uint version = BinaryPrimitives.ReadUInt32LittleEndian(data[OffsetVersion..]);
-        uint tracks = BinaryPrimitives.ReadUInt32LittleEndian(data[OffsetTracks..]);
-        uint batEntries = BinaryPrimitives.ReadUInt32LittleEndian(data[OffsetBatEntries..]);
-        ulong sectors = BinaryPrimitives.ReadUInt64LittleEndian(data[OffsetSectorCount..]);
+        uint version = BinaryPrimitives.ReadUInt32LittleEndian(data[FieldLocations.Version..]);
+        uint tracks = BinaryPrimitives.ReadUInt32LittleEndian(data[FieldLocations.Tracks..]);
+        uint batEntries = BinaryPrimitives.ReadUInt32LittleEndian(data[FieldLocations.BatEntries..]);
+        ulong sectors = BinaryPrimitives.ReadUInt64LittleEndian(data[FieldLocations.SectorCount..]);
         if (magic == ParallelsMagic.WithoutFreeSpace)
         {
             sectors &= 0xFFFF_FFFF;
@@ -151,15 +139,15 @@ public readonly record struct ParallelsHeader(
         header = new ParallelsHeader(
             magic,
             version,
-            BinaryPrimitives.ReadUInt32LittleEndian(data[OffsetHeads..]),
-            BinaryPrimitives.ReadUInt32LittleEndian(data[OffsetCylinders..]),
+            BinaryPrimitives.ReadUInt32LittleEndian(data[FieldLocations.Heads..]),
+            BinaryPrimitives.ReadUInt32LittleEndian(data[FieldLocations.Cylinders..]),
             tracks,
             batEntries,
             sectors,
-            BinaryPrimitives.ReadUInt32LittleEndian(data[OffsetInUse..]),
-            BinaryPrimitives.ReadUInt32LittleEndian(data[OffsetDataOffset..]),
-            BinaryPrimitives.ReadUInt32LittleEndian(data[OffsetFlags..]),
-            BinaryPrimitives.ReadUInt64LittleEndian(data[OffsetExtensionOffset..]));
+            BinaryPrimitives.ReadUInt32LittleEndian(data[FieldLocations.InUse..]),
+            BinaryPrimitives.ReadUInt32LittleEndian(data[FieldLocations.DataOffset..]),
+            BinaryPrimitives.ReadUInt32LittleEndian(data[FieldLocations.Flags..]),
+            BinaryPrimitives.ReadUInt64LittleEndian(data[FieldLocations.ExtensionOffset..]));
         error = string.Empty;
         return true;
     }
@@ -167,18 +155,18 @@ public readonly record struct ParallelsHeader(
     /// <summary>Writes this header in its on-disk form.</summary>
     public void WriteTo(Span<byte> data)
     {
-        data[..Size].Clear();
+        data[..FieldLocations.HeaderSize].Clear();
         (Magic == ParallelsMagic.WithoutFreeSpace ? MagicOld : MagicExt).CopyTo(data);
-        BinaryPrimitives.WriteUInt32LittleEndian(data[OffsetVersion..], Version);
-        BinaryPrimitives.WriteUInt32LittleEndian(data[OffsetHeads..], Heads);
-        BinaryPrimitives.WriteUInt32LittleEndian(data[OffsetCylinders..], Cylinders);
-        BinaryPrimitives.WriteUInt32LittleEndian(data[OffsetTracks..], ClusterSectors);
-        BinaryPrimitives.WriteUInt32LittleEndian(data[OffsetBatEntries..], BatEntries);
-        BinaryPrimitives.WriteUInt64LittleEndian(data[OffsetSectorCount..], SectorCount);
-        BinaryPrimitives.WriteUInt32LittleEndian(data[OffsetInUse..], InUse);
-        BinaryPrimitives.WriteUInt32LittleEndian(data[OffsetDataOffset..], DataOffsetSectors);
-        BinaryPrimitives.WriteUInt32LittleEndian(data[OffsetFlags..], Flags);
-        BinaryPrimitives.WriteUInt64LittleEndian(data[OffsetExtensionOffset..], ExtensionOffsetSectors);
+        BinaryPrimitives.WriteUInt32LittleEndian(data[FieldLocations.Version..], Version);
+        BinaryPrimitives.WriteUInt32LittleEndian(data[FieldLocations.Heads..], Heads);
+        BinaryPrimitives.WriteUInt32LittleEndian(data[FieldLocations.Cylinders..], Cylinders);
+        BinaryPrimitives.WriteUInt32LittleEndian(data[FieldLocations.Tracks..], ClusterSectors);
+        BinaryPrimitives.WriteUInt32LittleEndian(data[FieldLocations.BatEntries..], BatEntries);
+        BinaryPrimitives.WriteUInt64LittleEndian(data[FieldLocations.SectorCount..], SectorCount);
+        BinaryPrimitives.WriteUInt32LittleEndian(data[FieldLocations.InUse..], InUse);
+        BinaryPrimitives.WriteUInt32LittleEndian(data[FieldLocations.DataOffset..], DataOffsetSectors);
+        BinaryPrimitives.WriteUInt32LittleEndian(data[FieldLocations.Flags..], Flags);
+        BinaryPrimitives.WriteUInt64LittleEndian(data[FieldLocations.ExtensionOffset..], ExtensionOffsetSectors);
     }
 
     /// <summary>The in_use field as text: "Ynot", a creator tag such as "pd17", or a number.</summary>

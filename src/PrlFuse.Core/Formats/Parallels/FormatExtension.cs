@@ -1,7 +1,7 @@
 using System.Buffers.Binary;
 using System.Security.Cryptography;
 
-namespace PrlFuse.Core.Formats;
+namespace PrlFuse.Core.Formats.Parallels;
 
 /// <summary>One feature section of the format extension cluster.</summary>
 public readonly record struct ExtensionFeature(ulong Magic, ulong Flags, uint DataOffset, uint DataSize)

@@ -1,0 +1,27 @@
+using PrlFuse.Core.IO;
+
+namespace PrlFuse.Core.Images;
+
+/// <summary>A raw top: guest offset is host offset, so a write goes in place and nothing below is ever read.</summary>
+public sealed class PlainImageWriter : LayerWriter
+{
+    private readonly ImageFile _file;
+
+    internal PlainImageWriter(ImageFile file)
+    {
+        _file = file;
+    }
+
+    public override (long Host, long Length) Write(long guestOffset, ReadOnlySpan<byte> data)
+    {
+        _file.Write(data, guestOffset);
+        return (guestOffset, data.Length);
+    }
+
+    public override void Flush() => _file.Flush(dataOnly: true);
+
+    public override void Close()
+    {
+        // Nothing to mark: a raw file has no open state. Durability is the flush's (FUSE flush and fsync call it).
+    }
+}
