@@ -113,8 +113,8 @@ public sealed class BundleFileSystem : IFuseFileSystem
     /// <summary>
     /// Reads from this size on are answered with file ranges; smaller ones are copied (and use the block cache).
     /// Two pages: once SPLICE_WRITE is wanted, libfuse also sends any memory reply of two pages or more through its
-    /// pipe (one more copy), so from there on a file range is always cheaper (32 KiB sequential reads here: 1.0-1.2
-    /// GB/s spliced, 0.7-0.8 through memory, 0.9-1.0 before read_buf); a one-page reply is written directly.
+    /// pipe (one more copy), so from there on a file range is always cheaper (README, Performance); a one-page reply
+    /// is written directly.
     /// </summary>
     public const int SpliceMinBytes = 8 * 1024;
 
@@ -137,9 +137,9 @@ public sealed class BundleFileSystem : IFuseFileSystem
 
         // A file opened O_DIRECT is served without the direct_io flag (see Open): the kernel then cuts one request
         // into max_write pieces and, with async DIO, sends them all at once, so several FUSE threads copy and write
-        // the pieces of a single writer's 1 MiB request in parallel. 512 KiB: sequential O_DIRECT 1 MiB writes 3.4-3.8
-        // -> 4.4-5.2 GB/s here (256 KiB: 5.2-5.4), while a buffered writer, whose pieces go one after another through
-        // direct_io, loses about 5% (256 KiB: 12%).
+        // the pieces of a single writer's 1 MiB request in parallel. 512 KiB is the size that gains most for O_DIRECT
+        // writers while costing a buffered writer, whose pieces go one after another through direct_io, least
+        // (README, Performance).
         if ((context.Capable & FuseCapabilities.AsyncDio) != 0)
         {
             context.Want |= FuseCapabilities.AsyncDio;

@@ -166,8 +166,8 @@ public sealed class ExpandableImageWriter : LayerWriter
     /// Writes into a cluster of this image. Fresh space (past the file's end when it was opened for writing, grown by
     /// this session) is written past the host page cache where the file allows it: those pages are not in the cache,
     /// and creating them (allocating and zeroing memory, in a VM often faulting it in from the hypervisor) cost more
-    /// than the device write (1 MiB writes into new clusters: 0.3-1.5 GB/s buffered, 2 GB/s direct on this machine's
-    /// virtio disk). Clusters that were there before are written through the page cache, which likely holds them.
+    /// than the device write (README, Performance). Clusters that were there before
+    /// are written through the page cache, which likely holds them.
     /// </summary>
     private void WriteData(ReadOnlySpan<byte> data, long host, bool fresh)
     {
@@ -198,8 +198,7 @@ public sealed class ExpandableImageWriter : LayerWriter
                     try
                     {
                         // Allocated space, not a sparse tail: writing into a sparse tail makes the host filesystem
-                        // allocate blocks on every write (1 MiB writes into new clusters: 0.3-0.5 GB/s on ext4 here,
-                        // 2+ GB/s into fallocated space).
+                        // allocate blocks on every write, several times slower (README, Performance).
                         _file.Allocate(_fileEnd, target);
                     }
                     catch
@@ -225,7 +224,7 @@ public sealed class ExpandableImageWriter : LayerWriter
     /// <summary>
     /// Keeps one growth chunk ahead of the allocator, grown and brought into the page cache by a background thread.
     /// Why: writing a new cluster means new page-cache pages, and creating them (allocating and zeroing memory; in a VM
-    /// often a fault into the hypervisor as well) was half the CPU of a 1 MiB write into new clusters. Done ahead, on
+    /// often a fault into the hypervisor as well) was the largest part of the CPU of a write into new clusters. Done ahead, on
     /// another CPU, the write only copies into pages that exist. Where writes into grown space go direct (see
     /// <see cref="WriteData"/>) the pages are not brought in: they would only be invalidated again. Space grown ahead is
     /// trimmed by a clean close; a crash leaves it as leaked space, like the chunk growth itself.
