@@ -1,14 +1,9 @@
 using PrlFuse.Core.IO;
 using System.Runtime.InteropServices;
 using PrlFuse.Fuse.Native;
+using PrlFuse.Tests.Support;
 
 namespace PrlFuse.Tests.Fuse;
-
-[CollectionDefinition(Name, DisableParallelization = true)]
-public sealed class FuseKernelCollection
-{
-    public const string Name = "FUSE kernel mounts";
-}
 
 /// <summary>
 /// Real mounts through /dev/fuse (needs root, fuse3): the test talks to the kernel with ordinary
