@@ -3,33 +3,6 @@ using PrlFuse.Core.Engine;
 
 namespace PrlFuse.Tests.Support;
 
-/// <summary>A folder under the system temp folder, deleted with everything in it on dispose.</summary>
-public sealed class TempDirectory : IDisposable
-{
-    public TempDirectory(string? prefix = null)
-    {
-        Path = Directory.CreateTempSubdirectory(prefix ?? "prlfuse-core-").FullName;
-    }
-
-    public string Path { get; }
-
-    public string File(string name) => System.IO.Path.Combine(Path, name);
-
-    /// <summary>A subfolder (created).</summary>
-    public string Folder(string name) => Directory.CreateDirectory(File(name)).FullName;
-
-    public void Dispose()
-    {
-        try
-        {
-            Directory.Delete(Path, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
-    }
-}
-
 public static class CoreTestSupport
 {
     public const string SamplesRoot = "/work/shared/samples/parallels-desktop";
@@ -101,7 +74,7 @@ public static class CoreTestSupport
     }
 
     /// <summary>Decompresses the .hds.gz files of a sample bundle into a temp folder with its descriptor.</summary>
-    public static string CopySampleBundle(string name, TempDirectory temp)
+    public static string CopySampleBundle(string name, TempFolder temp)
     {
         string source = System.IO.Path.Combine(SamplesRoot, name);
         string target = temp.Folder(name);

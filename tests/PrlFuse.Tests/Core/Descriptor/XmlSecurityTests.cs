@@ -10,7 +10,7 @@ namespace PrlFuse.Tests.Core.Descriptor;
 /// <summary>DiskDescriptor.xml is untrusted input: no DTDs, no entities, a size cap.</summary>
 public sealed class XmlSecurityTests : IDisposable
 {
-    private readonly TempDirectory _temp = new();
+    private readonly TempFolder _temp = new();
 
     public void Dispose() => _temp.Dispose();
 
@@ -51,7 +51,7 @@ public sealed class XmlSecurityTests : IDisposable
     public void Entity_files_are_never_opened(string doctypeFormat, string use)
     {
         // A FIFO with no writer: opening it for reading blocks, so a parser that touches it never returns.
-        string fifo = _temp.File("trap.fifo");
+        string fifo = _temp.Combine("trap.fifo");
         using (var mk = Process.Start(new ProcessStartInfo("mkfifo", [fifo]) { UseShellExecute = false })!)
         {
             mk.WaitForExit();

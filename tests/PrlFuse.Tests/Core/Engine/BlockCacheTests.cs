@@ -149,10 +149,10 @@ public sealed class BlockCacheTests
     [Fact]
     public void Concurrent_reads_through_a_small_cache_return_the_image_content()
     {
-        using var temp = new TempDirectory();
+        using var temp = new TempFolder();
         var b = new ParallelsImageBuilder(2048 * 8, 63) { Content = ParallelsImageBuilder.Pattern(77) };
         b.AllocateEvery(2);
-        var built = b.Build(temp.File("cache.hds"));
+        var built = b.Build(temp.Combine("cache.hds"));
         using var disk = VirtualDisk.Open(built.Path, new DiskOpenOptions { CacheBytes = 512 << 10 });
         var view = disk.Top;
         long errors = 0;

@@ -12,7 +12,7 @@ public sealed class BundleTests : IDisposable
     private static readonly Guid Root = new("aaaaaaaa-1111-4111-8111-111111111111");
     private static readonly Guid Top = DescriptorBuilder.PredefinedTop;
 
-    private readonly TempDirectory _temp = new();
+    private readonly TempFolder _temp = new();
 
     public void Dispose() => _temp.Dispose();
 
@@ -269,7 +269,7 @@ public sealed class BundleTests : IDisposable
         var raw = new byte[3 << 20];
         new Random(9).NextBytes(raw);
         raw.AsSpan(0, 64).Clear();
-        string path = _temp.File("raw.img");
+        string path = _temp.Combine("raw.img");
         File.WriteAllBytes(path, raw);
         using var disk = VirtualDisk.Open(path);
         Assert.True(disk.IsBareImage);
@@ -281,7 +281,7 @@ public sealed class BundleTests : IDisposable
     public void Reads_at_and_past_the_end()
     {
         var img = Image(2048, 2048, 11);
-        var built = img.Build(_temp.File("end.hds"));
+        var built = img.Build(_temp.Combine("end.hds"));
         using var disk = VirtualDisk.Open(built.Path);
         var buffer = new byte[100];
         Assert.Equal(0, disk.Top.Read(buffer, disk.Size));
@@ -293,7 +293,7 @@ public sealed class BundleTests : IDisposable
     [Fact]
     public void Real_split_sample_reads_its_boundaries()
     {
-        using var temp = new TempDirectory();
+        using var temp = new TempFolder();
         string bundle = CoreTestSupport.CopySampleBundle("split.hdd", temp);
         using var disk = VirtualDisk.Open(bundle);
         Assert.Equal(6, disk.Storages.Count);

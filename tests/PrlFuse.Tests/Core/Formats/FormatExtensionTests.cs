@@ -10,7 +10,7 @@ public sealed class FormatExtensionTests : IDisposable
 {
     private static readonly Guid BitmapId = new("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0");
 
-    private readonly TempDirectory _temp = new();
+    private readonly TempFolder _temp = new();
 
     public void Dispose() => _temp.Dispose();
 
@@ -38,7 +38,7 @@ public sealed class FormatExtensionTests : IDisposable
             DirtyBitmap = new DirtyBitmapSpec(BitmapId, 1, [L1Entry.Cluster(bits), L1Entry.AllDirty, L1Entry.AllClean]),
             Features = [new ExtensionFeatureSpec(0x1122334455667788, ExtensionFeatureSpec.Transit, [1, 2, 3, 4, 5])],
         };
-        var built = b.Build(_temp.File("bitmap.hds"));
+        var built = b.Build(_temp.Combine("bitmap.hds"));
 
         using var disk = VirtualDisk.Open(built.Path);
         Assert.Empty(disk.Warnings);
@@ -84,7 +84,7 @@ public sealed class FormatExtensionTests : IDisposable
         int lastGranule = (int)((2520 + granularity - 1) / granularity) - 1;
         bitsArray[lastGranule / 8] |= (byte)(1 << (lastGranule % 8));
         b.Extension = new FormatExtensionSpec { DirtyBitmap = new DirtyBitmapSpec(BitmapId, granularity, [L1Entry.Cluster(bitsArray)]) };
-        var built = b.Build(_temp.File($"gran{granularity}.hds"));
+        var built = b.Build(_temp.Combine($"gran{granularity}.hds"));
 
         using var disk = VirtualDisk.Open(built.Path);
         var dirty = Image(disk).DecodeDirtyClusters()!;
@@ -108,7 +108,7 @@ public sealed class FormatExtensionTests : IDisposable
     {
         var b = SmallClusters();
         b.Extension = new FormatExtensionSpec { WrongChecksum = true, DirtyBitmap = new DirtyBitmapSpec(BitmapId, 8, [L1Entry.AllDirty]) };
-        var built = b.Build(_temp.File("md5.hds"));
+        var built = b.Build(_temp.Combine("md5.hds"));
         using var disk = VirtualDisk.Open(built.Path);
         var image = Image(disk);
         Assert.NotNull(image.Extension);
@@ -150,7 +150,7 @@ public sealed class FormatExtensionTests : IDisposable
             "l1-too-long" => new FormatExtensionSpec { DirtyBitmap = new DirtyBitmapSpec(BitmapId, 8, [L1Entry.AllDirty]) { L1SizeField = 1000 } },
             _ => new FormatExtensionSpec { Features = [new ExtensionFeatureSpec(FormatExtensionSpec.DirtyBitmapMagic, 0, new byte[16])] },
         };
-        var built = b.Build(_temp.File($"{kind}.hds"));
+        var built = b.Build(_temp.Combine($"{kind}.hds"));
         using var disk = VirtualDisk.Open(built.Path);
         var image = Image(disk);
         Assert.Null(image.Extension);
@@ -176,7 +176,7 @@ public sealed class FormatExtensionTests : IDisposable
                 new ExtensionFeatureSpec(0xFEEDFACE, 0, new byte[8]),
             ],
         };
-        var built = b.Build(_temp.File("unknown.hds"));
+        var built = b.Build(_temp.Combine("unknown.hds"));
         using var disk = VirtualDisk.Open(built.Path);
         Assert.Empty(disk.Warnings);
         var ext = Image(disk).Extension!;
@@ -194,7 +194,7 @@ public sealed class FormatExtensionTests : IDisposable
     {
         var b = SmallClusters();
         b.Extension = new FormatExtensionSpec();
-        var built = b.Build(_temp.File("off.hds"));
+        var built = b.Build(_temp.Combine("off.hds"));
         built.SetExtensionOffsetField(kind switch
         {
             "past-eof" => (ulong)(built.FileLength / 512),
@@ -214,7 +214,7 @@ public sealed class FormatExtensionTests : IDisposable
         {
             DirtyBitmap = new DirtyBitmapSpec(BitmapId, 1, [L1Entry.Value(ulong.MaxValue), L1Entry.Value(1UL << 62), L1Entry.Value(0x7FFF_FFFF_FFFF)]),
         };
-        var built = b.Build(_temp.File("l1.hds"));
+        var built = b.Build(_temp.Combine("l1.hds"));
         using var disk = VirtualDisk.Open(built.Path);
         var dirty = Image(disk).DecodeDirtyClusters()!;
         // Bitmap clusters that lie outside the file hold no set bits.

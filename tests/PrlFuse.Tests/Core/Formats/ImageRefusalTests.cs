@@ -14,7 +14,7 @@ namespace PrlFuse.Tests.Core.Formats;
 /// </summary>
 public sealed class ImageRefusalTests : IDisposable
 {
-    private readonly TempDirectory _temp = new();
+    private readonly TempFolder _temp = new();
 
     public void Dispose() => _temp.Dispose();
 
@@ -23,7 +23,7 @@ public sealed class ImageRefusalTests : IDisposable
     {
         var b = new ParallelsImageBuilder(63 * 10, 63, magic) { BatEntries = 300, DataOffsetSectors = dataOffsetSectors };
         b.Allocate([0, 1, 3, 5, 6, 9]);
-        return b.Build(_temp.File(name));
+        return b.Build(_temp.Combine(name));
     }
 
     /// <summary>Opens the image bare and inside a bundle; both must refuse with the same problem.</summary>

@@ -8,7 +8,7 @@ namespace PrlFuse.Tests.Core.Images;
 /// <summary>Expandable images of both magics and several cluster sizes read byte for byte right.</summary>
 public sealed class ImageReadTests : IDisposable
 {
-    private readonly TempDirectory _temp = new();
+    private readonly TempFolder _temp = new();
 
     public void Dispose() => _temp.Dispose();
 
@@ -56,7 +56,7 @@ public sealed class ImageReadTests : IDisposable
         }
         else
         {
-            path = _temp.File("bare.hds");
+            path = _temp.Combine("bare.hds");
             b.Build(path);
         }
 
@@ -79,7 +79,7 @@ public sealed class ImageReadTests : IDisposable
     {
         var b = PartlyAllocated(ParallelsMagic.WithoutFreeSpace, 63, seed: 3);
         b.DataOffsetSectors = 0;
-        var built = b.Build(_temp.File("zero.hds"));
+        var built = b.Build(_temp.Combine("zero.hds"));
         Assert.Equal(0u, BitConverter.ToUInt32(built.ReadBytes(48, 4)));
 
         using var disk = VirtualDisk.Open(built.Path);
@@ -94,7 +94,7 @@ public sealed class ImageReadTests : IDisposable
         // The old magic only needs sector alignment; clusters then sit at data_off + k * cluster size.
         var b = PartlyAllocated(ParallelsMagic.WithoutFreeSpace, 512, seed: 4);
         b.DataOffsetSectors = 5;
-        var built = b.Build(_temp.File("odd.hds"));
+        var built = b.Build(_temp.Combine("odd.hds"));
         Assert.Equal(5 * 512, built.DataOffsetBytes);
         using var disk = VirtualDisk.Open(built.Path);
         CoreTestSupport.AssertReadsLike(disk.Top, (span, offset) => b.FillExpected(span, offset), seed: 10);
@@ -105,7 +105,7 @@ public sealed class ImageReadTests : IDisposable
     {
         var b = PartlyAllocated(ParallelsMagic.WithoutFreeSpace, 63, seed: 5);
         b.SectorCountField = (1UL << 40) | (ulong)b.DiskSectors;
-        var built = b.Build(_temp.File("high.hds"));
+        var built = b.Build(_temp.Combine("high.hds"));
         using var disk = VirtualDisk.Open(built.Path);
         Assert.Equal(b.DiskSectors * 512, disk.Size);
         CoreTestSupport.AssertReadsLike(disk.Top, (span, offset) => b.FillExpected(span, offset), seed: 11, count: 50);
@@ -116,7 +116,7 @@ public sealed class ImageReadTests : IDisposable
     {
         var b = PartlyAllocated(ParallelsMagic.WithouFreSpacExt, 63, seed: 6);
         b.DataOffsetSectors = 63 * 3;
-        var built = b.Build(_temp.File("far.hds"));
+        var built = b.Build(_temp.Combine("far.hds"));
         using var disk = VirtualDisk.Open(built.Path);
         CoreTestSupport.AssertReadsLike(disk.Top, (span, offset) => b.FillExpected(span, offset), seed: 12, count: 100);
     }
@@ -126,7 +126,7 @@ public sealed class ImageReadTests : IDisposable
     {
         var b = new ParallelsImageBuilder(2048 * 3, 2048) { BatEntries = 10 };
         b.Allocate(0).Allocate(2);
-        var built = b.Build(_temp.File("bigbat.hds"));
+        var built = b.Build(_temp.Combine("bigbat.hds"));
         using var disk = VirtualDisk.Open(built.Path);
         Assert.Equal(3L << 20, disk.Size);
         CoreTestSupport.AssertReadsLike(disk.Top, (span, offset) => b.FillExpected(span, offset), seed: 13, count: 50);
@@ -181,7 +181,7 @@ public sealed class ImageReadTests : IDisposable
     [Fact]
     public void Real_expanding_sample_reads_its_known_content()
     {
-        using var temp = new TempDirectory();
+        using var temp = new TempFolder();
         string bundle = CoreTestSupport.CopySampleBundle("expanding.hdd", temp);
         using var disk = VirtualDisk.Open(bundle);
         Assert.Equal(100L << 20, disk.Size);

@@ -7,7 +7,7 @@ namespace PrlFuse.Tests.Core.Images;
 /// <summary>The in_use field and the empty-image flag.</summary>
 public sealed class ImageStateTests : IDisposable
 {
-    private readonly TempDirectory _temp = new();
+    private readonly TempFolder _temp = new();
 
     public void Dispose() => _temp.Dispose();
 
@@ -15,7 +15,7 @@ public sealed class ImageStateTests : IDisposable
     {
         var b = new ParallelsImageBuilder(2048 * 4, 512) { InUse = inUse, Flags = flags };
         b.AllocateEvery(3);
-        return (b, b.Build(_temp.File(name)));
+        return (b, b.Build(_temp.Combine(name)));
     }
 
     [Fact]
