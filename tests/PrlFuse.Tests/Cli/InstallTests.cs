@@ -67,23 +67,10 @@ public sealed class InstallTests
             File.Copy(file, target);
         }
 
-        string repo = Repository();
+        string repo = Repository.Root;
         var r = ProcessRunner.Run("make", ["-s", "-C", repo, "uninstall", "PREFIX=" + temp.Path]);
         Assert.Empty(Directory.GetFiles(temp.Path, "*", SearchOption.AllDirectories));
         Assert.Contains("removed", r.Stdout, StringComparison.Ordinal);
-    }
-
-    private static string Repository()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "PrlFuse.sln")))
-            {
-                return dir.FullName;
-            }
-        }
-
-        throw new DirectoryNotFoundException("repository root not found");
     }
 
     private static HashSet<string> Complete(string line)

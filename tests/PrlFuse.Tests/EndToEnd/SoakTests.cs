@@ -9,15 +9,9 @@ public sealed class SoakTests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void SixtySecondSoakEndsCleanWithNoMemoryGrowth()
     {
-        string root = AppContext.BaseDirectory;
-        while (!File.Exists(Path.Combine(root, "PrlFuse.sln")))
-        {
-            root = Path.GetDirectoryName(root) ?? throw new DirectoryNotFoundException("repository root not found");
-        }
-
         var result = ProcessRunner.Run(
             "bash",
-            [Path.Combine(root, "scripts", "soak.sh"), "60"],
+            [Path.Combine(Repository.Root, "scripts", "soak.sh"), "60"],
             TimeSpan.FromMinutes(5),
             check: false,
             env: new Dictionary<string, string> { ["PRLFUSE"] = PrlFuseCli.Binary });

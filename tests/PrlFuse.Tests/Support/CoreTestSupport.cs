@@ -1,12 +1,9 @@
-using System.IO.Compression;
 using PrlFuse.Core.Engine;
 
 namespace PrlFuse.Tests.Support;
 
 public static class CoreTestSupport
 {
-    public const string SamplesRoot = "/work/shared/samples/parallels-desktop";
-
     /// <summary>
     /// Reads <paramref name="count"/> ranges at random unaligned offsets and lengths (fixed seed) plus the first
     /// and last bytes of the disk, and compares every byte with <paramref name="expected"/>.
@@ -71,28 +68,5 @@ public static class CoreTestSupport
                 Assert.Fail($"MapRange of {length} bytes at {offset}: byte at guest offset {offset + diff} is 0x{actual[diff]:x2}, expected 0x{want[diff]:x2}");
             }
         }
-    }
-
-    /// <summary>Decompresses the .hds.gz files of a sample bundle into a temp folder with its descriptor.</summary>
-    public static string CopySampleBundle(string name, TempFolder temp)
-    {
-        string source = System.IO.Path.Combine(SamplesRoot, name);
-        string target = temp.Folder(name);
-        foreach (string f in Directory.GetFiles(source))
-        {
-            string fileName = System.IO.Path.GetFileName(f);
-            if (fileName.EndsWith(".gz", StringComparison.Ordinal))
-            {
-                using var input = new GZipStream(System.IO.File.OpenRead(f), CompressionMode.Decompress);
-                using var output = System.IO.File.Create(System.IO.Path.Combine(target, fileName[..^3]));
-                input.CopyTo(output);
-            }
-            else
-            {
-                System.IO.File.Copy(f, System.IO.Path.Combine(target, fileName));
-            }
-        }
-
-        return target;
     }
 }

@@ -38,7 +38,7 @@ public sealed class DescriptorRoundTripTests
     [MemberData(nameof(Samples))]
     public void Real_sample_keeps_every_unknown_element(string bundle)
     {
-        string original = File.ReadAllText(Path.Combine(CoreTestSupport.SamplesRoot, bundle, "DiskDescriptor.xml"));
+        string original = File.ReadAllText(Path.Combine(Support.Samples.Root, bundle, "DiskDescriptor.xml"));
         var parsed = Parse(original);
         string written = DescriptorWriter.Write(parsed);
 

@@ -294,7 +294,7 @@ public sealed class BundleTests : IDisposable
     public void Real_split_sample_reads_its_boundaries()
     {
         using var temp = new TempFolder();
-        string bundle = CoreTestSupport.CopySampleBundle("split.hdd", temp);
+        string bundle = Samples.Extract("split", temp.Path);
         using var disk = VirtualDisk.Open(bundle);
         Assert.Equal(6, disk.Storages.Count);
         Assert.Equal(10L << 30, disk.Size);

@@ -182,7 +182,7 @@ public sealed class ImageReadTests : IDisposable
     public void Real_expanding_sample_reads_its_known_content()
     {
         using var temp = new TempFolder();
-        string bundle = CoreTestSupport.CopySampleBundle("expanding.hdd", temp);
+        string bundle = Samples.Extract("expanding", temp.Path);
         using var disk = VirtualDisk.Open(bundle);
         Assert.Equal(100L << 20, disk.Size);
         var image = (ExpandableImage)disk.Storages[0].Images.Values.Single();
