@@ -42,7 +42,7 @@ public sealed class DiskKindTests
     {
         using var temp = new TempFolder();
         string qcow2 = temp.Combine("d.qcow2");
-        ProcessRunner.Run("qemu-img", "create", "-q", "-f", "qcow2", qcow2, "64M");
+        Qemu.Create(qcow2, "64M", format: "qcow2");
         var r = PrlFuseCli.Run("info", qcow2);
         Assert.Equal(1, r.ExitCode);
         Assert.Contains("is a qcow2 image, which prlfuse does not read yet", r.Stderr, StringComparison.Ordinal);
@@ -56,8 +56,8 @@ public sealed class DiskKindTests
         using var temp = new TempFolder();
         var baseGuid = Guid.NewGuid();
         var topGuid = DescriptorBuilder.PredefinedTop;
-        ProcessRunner.Run("qemu-img", "create", "-q", "-f", "parallels", temp.Combine("base.hds"), "64M");
-        ProcessRunner.Run("qemu-img", "create", "-q", "-f", "parallels", temp.Combine("top.hds"), "64M");
+        Qemu.Create(temp.Combine("base.hds"), "64M");
+        Qemu.Create(temp.Combine("top.hds"), "64M");
         new DescriptorBuilder(131072)
             .SingleStorage(2048, (baseGuid, "Compressed", "base.hds"), (topGuid, "Compressed", "top.hds"))
             .Chain(baseGuid, topGuid)

@@ -131,7 +131,7 @@ public sealed class ConcurrentMountTests
         }
 
         string top = Path.Combine(chain.Bundle, chain.Levels[1].Files[0]);
-        var check = ProcessRunner.Run("qemu-img", ["check", "-f", "parallels", top], check: false);
+        var check = Qemu.Check(top);
         Assert.True(check.ExitCode == 0, check.Stdout + check.Stderr);
     }
 

@@ -106,7 +106,7 @@ public sealed class CrashTests(Xunit.Abstractions.ITestOutputHelper output)
         // Finally a repair leaves an image QEMU finds clean.
         Assert.Equal(0, PrlFuseCli.Run("check", chain.Bundle, "--repair").ExitCode);
         string top = Path.Combine(chain.Bundle, chain.Levels[1].Files[0]);
-        var check = ProcessRunner.Run("qemu-img", ["check", "-f", "parallels", top], check: false);
+        var check = Qemu.Check(top);
         Assert.True(check.ExitCode == 0, check.Stdout + check.Stderr);
     }
 

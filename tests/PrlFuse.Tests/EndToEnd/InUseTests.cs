@@ -28,16 +28,16 @@ public sealed class InUseTests
         }
 
         // QEMU honours our locks, in its own words.
-        var info = ProcessRunner.Run("qemu-img", ["info", image], check: false);
+        var info = Qemu.Info(image);
         Assert.NotEqual(0, info.ExitCode);
         Assert.Contains("Failed to get shared \"write\" lock", info.Stderr, StringComparison.Ordinal);
-        Assert.Equal(0, ProcessRunner.Run("qemu-img", ["info", "-U", image], check: false).ExitCode);
-        var qemuRead = ProcessRunner.Run("qemu-io", ["-r", "-c", "read 0 512", image], check: false);
+        Assert.Equal(0, Qemu.Info("-U", image).ExitCode);
+        var qemuRead = Qemu.Io("-r", "-c", "read 0 512", image);
         Assert.Contains("Failed to get shared \"write\" lock", qemuRead.Stderr + qemuRead.Stdout, StringComparison.Ordinal);
-        Assert.Equal(0, ProcessRunner.Run("qemu-io", ["-r", "-U", "-c", "read 0 512", image], check: false).ExitCode);
-        var qemuWrite = ProcessRunner.Run("qemu-io", ["-c", "write 0 512", image], check: false);
+        Assert.Equal(0, Qemu.Io("-r", "-U", "-c", "read 0 512", image).ExitCode);
+        var qemuWrite = Qemu.Io("-c", "write 0 512", image);
         Assert.Contains("Failed to get \"write\" lock", qemuWrite.Stderr + qemuWrite.Stdout, StringComparison.Ordinal);
-        var qemuRepair = ProcessRunner.Run("qemu-img", ["check", "-r", "all", image], check: false);
+        var qemuRepair = Qemu.Img("check", "-r", "all", image);
         Assert.NotEqual(0, qemuRepair.ExitCode);
         Assert.Contains("lock", qemuRepair.Stderr, StringComparison.Ordinal);
 
@@ -84,7 +84,7 @@ public sealed class InUseTests
         }
 
         Assert.Equal(0, mount.Unmount().ExitCode);
-        Assert.Equal(0, TestImage.QemuCheck(image).ExitCode);
+        Assert.Equal(0, Qemu.Check(image).ExitCode);
     }
 
     [Fact]

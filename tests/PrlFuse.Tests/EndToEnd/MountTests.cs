@@ -44,9 +44,7 @@ public sealed class MountTests(SharedGuestChain shared) : IClassFixture<SharedGu
         if (oracle)
         {
             string Image(Guid g) => images.Single(i => i.Contains(g.ToString("B"), StringComparison.Ordinal));
-            ProcessRunner.Run("qemu-img", "convert", "--image-opts",
-                $"driver=parallels,file.filename={Image(chain.Guids[2])},backing.driver=parallels,backing.file.filename={Image(chain.Guids[1])},backing.backing.driver=parallels,backing.backing.file.filename={Image(chain.Guids[0])}",
-                "-O", "raw", oracleRaw);
+            Qemu.ConvertChain([Image(chain.Guids[2]), Image(chain.Guids[1]), Image(chain.Guids[0])], oracleRaw);
             Assert.Equal(-1, Hashing.FirstDifference(oracleRaw, mount.Current));
         }
 
@@ -201,7 +199,7 @@ public sealed class MountTests(SharedGuestChain shared) : IClassFixture<SharedGu
         Assert.False(Directory.Exists($"/proc/{pid}"), "the daemon did not exit on SIGTERM");
         Assert.False(File.Exists(mount.Current));
         string top = Directory.GetFiles(chain.Bundle, $"*{chain.Guids[2]:B}.hds").Single();
-        var check = ProcessRunner.Run("qemu-img", ["check", "-f", "parallels", top], check: false);
+        var check = Qemu.Check(top);
         Assert.True(check.ExitCode == 0, check.Stdout + check.Stderr);
     }
 

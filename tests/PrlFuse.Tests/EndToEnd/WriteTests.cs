@@ -49,7 +49,7 @@ public sealed class WriteTests
 
         // The image was closed cleanly and is consistent for QEMU too.
         string top = Path.Combine(chain.Bundle, chain.Levels[1].Files[0]);
-        var check = ProcessRunner.Run("qemu-img", ["check", "-f", "parallels", top], check: false);
+        var check = Qemu.Check(top);
         Assert.True(check.ExitCode == 0, check.Stdout + check.Stderr);
 
         // Remount: every file is there with its checksum.
@@ -79,7 +79,7 @@ public sealed class WriteTests
     {
         using var temp = new TempFolder();
         string image = temp.Combine("disk.hds");
-        ProcessRunner.Run("qemu-img", "create", "-q", "-f", "parallels", "-o", "cluster_size=1M", image, "256M");
+        Qemu.Create(image, "256M", clusterSize: "1M");
         string mountpoint = temp.Combine("mnt");
         var expected = new byte[256 << 20];
         var random = new Random(buffered ? 3 : 4);
@@ -106,10 +106,10 @@ public sealed class WriteTests
             Assert.Equal(0, mount.Unmount().ExitCode);
         }
 
-        var check = ProcessRunner.Run("qemu-img", ["check", "-f", "parallels", image], check: false);
+        var check = Qemu.Check(image);
         Assert.True(check.ExitCode == 0, check.Stdout + check.Stderr);
         string raw = temp.Combine("qemu.raw");
-        ProcessRunner.Run("qemu-img", "convert", "-f", "parallels", "-O", "raw", image, raw);
+        Qemu.Convert(image, raw);
         Assert.Equal(-1, Hashing.FirstDifference(expectedPath, raw));
     }
 

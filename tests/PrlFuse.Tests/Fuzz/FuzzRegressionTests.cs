@@ -144,7 +144,7 @@ public sealed class FuzzRegressionTests : IDisposable
             Assert.Equal(((offset + data.Length - 1) / (63 * 512)) - (offset / (63 * 512)) + 1, layer.CountAllocatedClusters());
         }
 
-        var check = ProcessRunner.Run("qemu-img", ["check", "-f", "parallels", path], check: false);
+        var check = Qemu.Check(path);
         Assert.True(check.ExitCode == 0, check.Stdout + check.Stderr);
     }
 

@@ -103,7 +103,7 @@ public sealed class GuestChain
             {
                 string image = Path.Combine(bundle, ImageName(s, guids[level]));
                 long bytes = (storages[s].End - storages[s].Start) * 512;
-                ProcessRunner.Run("qemu-img", "create", "-q", "-f", "parallels", image, bytes.ToString(CultureInfo.InvariantCulture));
+                Qemu.Create(image, bytes.ToString(CultureInfo.InvariantCulture));
                 WriteDifferences(work, level == 0 ? null : raws[level - 1], raws[level], storages[s].Start * 512, bytes, image);
             }
         }
@@ -157,7 +157,7 @@ public sealed class GuestChain
         using var o = older is null ? null : File.OpenHandle(older);
         var a = new byte[Cluster];
         var b = new byte[Cluster];
-        var args = new List<string> { "-f", "parallels" };
+        var commands = new List<string>();
         for (long off = 0; off < sliceBytes; off += Cluster)
         {
             int len = (int)Math.Min(Cluster, sliceBytes - off);
@@ -176,15 +176,10 @@ public sealed class GuestChain
 
             string chunk = Path.Combine(work, $"chunk-{Path.GetFileName(image)}-{off}");
             File.WriteAllBytes(chunk, b.AsSpan(0, len).ToArray());
-            args.Add("-c");
-            args.Add(string.Create(CultureInfo.InvariantCulture, $"write -q -s {chunk} {off} {len}"));
+            commands.Add(string.Create(CultureInfo.InvariantCulture, $"write -q -s {chunk} {off} {len}"));
         }
 
-        if (args.Count > 2)
-        {
-            args.Add(image);
-            ProcessRunner.Run("qemu-io", args);
-        }
+        Qemu.Write(image, commands);
     }
 
     private static string Descriptor(Guid[] guids, List<(long Start, long End)> storages)

@@ -57,8 +57,8 @@ public sealed class QemuChain
                 files[s] = name;
                 string path = Path.Combine(bundle, name);
                 long bytes = (storages[s].Item2 - storages[s].Item1) * 512;
-                ProcessRunner.Run("qemu-img", "create", "-q", "-f", "parallels", "-o", $"cluster_size={clusterKiB}k", path, bytes.ToString(CultureInfo.InvariantCulture));
-                var commands = new List<string> { "-f", "parallels" };
+                Qemu.Create(path, bytes.ToString(CultureInfo.InvariantCulture), clusterSize: $"{clusterKiB}k");
+                var commands = new List<string>();
                 int writes = 6 + random.Next(10);
                 for (int w = 0; w < writes; w++)
                 {
@@ -75,12 +75,10 @@ public sealed class QemuChain
                         : random.NextInt64(bytes - length + 1);
                     offset = Math.Min(offset, bytes - length);
                     int pattern = random.Next(8) == 0 ? 0 : 1 + random.Next(255);
-                    commands.Add("-c");
                     commands.Add(string.Create(CultureInfo.InvariantCulture, $"write -P {pattern} {offset} {length}"));
                 }
 
-                commands.Add(path);
-                ProcessRunner.Run("qemu-io", commands);
+                Qemu.Write(path, commands);
             }
 
             levels.Add(new Level(guid, files, clusterKiB));
@@ -137,21 +135,9 @@ public sealed class QemuChain
         var result = new byte[SizeBytes];
         for (int s = 0; s < Storages.Count; s++)
         {
-            var opts = new StringBuilder();
-            string prefix = "";
-            for (int l = level; l >= 0; l--)
-            {
-                if (opts.Length > 0)
-                {
-                    opts.Append(',');
-                }
-
-                opts.Append(CultureInfo.InvariantCulture, $"{prefix}driver=parallels,{prefix}file.filename={Path.Combine(Bundle, Levels[l].Files[s]).Replace(",", ",,", StringComparison.Ordinal)}");
-                prefix += "backing.";
-            }
-
+            var topFirst = Enumerable.Range(0, level + 1).Reverse().Select(l => Path.Combine(Bundle, Levels[l].Files[s])).ToList();
             string raw = Path.Combine(scratch, $"oracle-{level}-{s}.raw");
-            ProcessRunner.Run("qemu-img", "convert", "--image-opts", opts.ToString(), "-O", "raw", raw);
+            Qemu.ConvertChain(topFirst, raw);
             byte[] bytes = File.ReadAllBytes(raw);
             File.Delete(raw);
             bytes.CopyTo(result, Storages[s].Start * 512);

@@ -14,18 +14,15 @@ internal static class TestImage
     public static string Create(string folder, string name = "a.hds")
     {
         string path = Path.Combine(folder, name);
-        ProcessRunner.Run("qemu-img", "create", "-q", "-f", "parallels", "-o", "cluster_size=64k", path, SizeBytes.ToString(CultureInfo.InvariantCulture));
-        var args = new List<string> { "-f", "parallels" };
+        Qemu.Create(path, SizeBytes.ToString(CultureInfo.InvariantCulture), clusterSize: "64k");
+        var commands = new List<string>();
         for (int c = 0; c < 6; c++)
         {
-            args.Add("-c");
-            args.Add(string.Create(CultureInfo.InvariantCulture, $"write -P {(c + 1) * 17} {c * ClusterBytes} {ClusterBytes}"));
+            commands.Add(string.Create(CultureInfo.InvariantCulture, $"write -P {(c + 1) * 17} {c * ClusterBytes} {ClusterBytes}"));
         }
 
-        args.Add("-c");
-        args.Add(string.Create(CultureInfo.InvariantCulture, $"write -P 99 {(7 * ClusterBytes) + 1000} 3000"));
-        args.Add(path);
-        ProcessRunner.Run("qemu-io", args);
+        commands.Add(string.Create(CultureInfo.InvariantCulture, $"write -P 99 {(7 * ClusterBytes) + 1000} 3000"));
+        Qemu.Write(path, commands);
         return path;
     }
 
@@ -33,14 +30,11 @@ internal static class TestImage
     public static byte[] Raw(string image, string scratch)
     {
         string raw = Path.Combine(scratch, $"view-{Guid.NewGuid():N}.raw");
-        ProcessRunner.Run("qemu-img", "convert", "-f", "parallels", "-O", "raw", image, raw);
+        Qemu.Convert(image, raw);
         byte[] bytes = File.ReadAllBytes(raw);
         File.Delete(raw);
         return bytes;
     }
-
-    public static ProcessRunner.Result QemuCheck(string image) =>
-        ProcessRunner.Run("qemu-img", ["check", "-f", "parallels", image], check: false);
 
     public static string Hash(string path) => Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(path)));
 

@@ -103,7 +103,7 @@ public sealed class CheckCommandTests
         (exit, output) = RunCheck(image, repair: true);
         Assert.True(exit == 0, output);
         Assert.Contains("Repaired 1 problem", output, StringComparison.Ordinal);
-        var qemu = TestImage.QemuCheck(image);
+        var qemu = Qemu.Check(image);
         Assert.True(qemu.ExitCode == 0, qemu.Stdout + qemu.Stderr);
         Assert.Empty(ImageChecker.Check(image).Problems);
         Assert.Equal(0, RunCheck(image, repair: false).Exit);
@@ -144,7 +144,7 @@ public sealed class CheckCommandTests
         Assert.Equal(6, result.Repair.RepairedCount);
         Assert.Equal(0, result.ExitCode);
         Assert.Empty(result.After.Problems);
-        Assert.Equal(0, TestImage.QemuCheck(image).ExitCode);
+        Assert.Equal(0, Qemu.Check(image).ExitCode);
 
         byte[] expected = (byte[])reference.Clone();
         Array.Copy(reference, 0, expected, 31 * C, C);
@@ -183,7 +183,7 @@ public sealed class CheckCommandTests
             Images.DurabilityTests.BuildCrashImage(corrupted, ops, point, random, crash);
             var again = ImageChecker.Repair(crash);
             Assert.True(again.ExitCode == 0, $"crash at op {point}: {string.Join("; ", again.After.Problems.Select(p => p.ToLine()))}");
-            Assert.Equal(0, TestImage.QemuCheck(crash).ExitCode);
+            Assert.Equal(0, Qemu.Check(crash).ExitCode);
             AssertSameData(expected, TestImage.Raw(crash, temp.Path));
         }
     }
@@ -200,7 +200,7 @@ public sealed class CheckCommandTests
         Assert.True(report.ExitCode == 0, string.Join("; ", report.Images.SelectMany(i => i.Problems).Concat(report.DiskProblems).Select(p => p.ToLine())));
         foreach (var image in report.Images)
         {
-            var qemu = TestImage.QemuCheck(image.Path);
+            var qemu = Qemu.Check(image.Path);
             Assert.True(qemu.ExitCode == 0, qemu.Stdout + qemu.Stderr);
         }
     }
@@ -224,7 +224,7 @@ public sealed class CheckCommandTests
 
         (exit, output) = RunCheck(Path.Combine(chain.Bundle, "DiskDescriptor.xml"), repair: true);
         Assert.True(exit == 0, output);
-        Assert.Equal(0, TestImage.QemuCheck(middle).ExitCode);
+        Assert.Equal(0, Qemu.Check(middle).ExitCode);
         Assert.Equal(rootHash, TestImage.Hash(root));
         Assert.Equal(0, RunCheck(chain.Bundle, repair: false).Exit);
     }

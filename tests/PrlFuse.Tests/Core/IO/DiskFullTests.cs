@@ -49,9 +49,9 @@ public sealed class DiskFullTests(Xunit.Abstractions.ITestOutputHelper output) :
         string size = DiskBytes.ToString(CultureInfo.InvariantCulture);
         string madeBase = _temp.Combine("base.hds");
         string madeTop = _temp.Combine("top.hds");
-        ProcessRunner.Run("qemu-img", "create", "-q", "-f", "parallels", "-o", "cluster_size=1M", madeBase, size);
-        ProcessRunner.Run("qemu-io", "-f", "parallels", "-c", "write -P 0x11 0 4M", "-c", "write -P 0x22 20M 2M", madeBase);
-        ProcessRunner.Run("qemu-img", "create", "-q", "-f", "parallels", "-o", "cluster_size=1M", madeTop, size);
+        Qemu.Create(madeBase, size, clusterSize: "1M");
+        Qemu.Write(madeBase, "write -P 0x11 0 4M", "write -P 0x22 20M 2M");
+        Qemu.Create(madeTop, size, clusterSize: "1M");
         File.Copy(madeBase, basePath);
         File.Copy(madeTop, topPath);
         new DescriptorBuilder(DiskBytes / 512)
@@ -135,7 +135,7 @@ public sealed class DiskFullTests(Xunit.Abstractions.ITestOutputHelper output) :
             disk.Dispose();
         }
 
-        QemuCheck.AssertClean(topPath);
+        Qemu.AssertClean(topPath);
         using (var again = VirtualDisk.Open(bundle))
         {
             AssertView(again.Top, expected, "after reopening");
@@ -143,7 +143,7 @@ public sealed class DiskFullTests(Xunit.Abstractions.ITestOutputHelper output) :
 
         // qemu's own view of the chain (the raw output goes outside the small tmpfs).
         string raw = _temp.Combine("qemu.raw");
-        ProcessRunner.Run("qemu-img", "convert", "--image-opts", $"driver=parallels,file.filename={topPath},backing.driver=parallels,backing.file.filename={basePath}", "-O", "raw", raw);
+        Qemu.ConvertChain([topPath, basePath], raw);
         var qemu = File.ReadAllBytes(raw);
         Assert.Equal(expected.Length, qemu.Length);
         int same = qemu.AsSpan().CommonPrefixLength(expected);

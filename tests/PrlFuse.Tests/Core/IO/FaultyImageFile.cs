@@ -135,13 +135,3 @@ public sealed class FaultyImageFile(ImageFile inner, FaultPlan plan) : ImageFile
         }
     }
 }
-
-/// <summary>qemu-img check as the independent judge of an image's consistency.</summary>
-public static class QemuCheck
-{
-    public static void AssertClean(string path)
-    {
-        var r = ProcessRunner.Run("qemu-img", ["check", "-f", "parallels", path], check: false);
-        Assert.True(r.ExitCode == 0, $"qemu-img check {path}: exit {r.ExitCode}\n{r.Stdout}{r.Stderr}");
-    }
-}

@@ -30,8 +30,6 @@ public sealed class ImageLockTests : IDisposable
         return (chain, Path.Combine(chain.Bundle, chain.Levels[0].Files[0]), Path.Combine(chain.Bundle, chain.Levels[1].Files[0]));
     }
 
-    private static ProcessRunner.Result Qemu(string tool, params string[] args) => ProcessRunner.Run(tool, args, check: false);
-
     private static void AssertRefused(ProcessRunner.Result r, string text)
     {
         Assert.True(r.ExitCode != 0, $"expected a refusal, got exit 0: {r.Stdout}");
@@ -44,7 +42,7 @@ public sealed class ImageLockTests : IDisposable
     public void Lock_bytes_are_the_ones_qemu_takes_in_each_mode()
     {
         string image = _temp.Combine("a.hds");
-        ProcessRunner.Run("qemu-img", "create", "-q", "-f", "parallels", image, "8M");
+        Qemu.Create(image, "8M");
         foreach (var (mode, readOnly, forceShare) in new[] { (ImageLockMode.ReadWrite, false, false), (ImageLockMode.ReadOnly, true, false), (ImageLockMode.ForceShare, true, true) })
         {
             List<int> qemu;
@@ -67,8 +65,8 @@ public sealed class ImageLockTests : IDisposable
 
         // A backing file is locked like a read-only user (bdrv_default_perms_for_cow): so are the images below our top.
         string top = _temp.Combine("top.hds");
-        ProcessRunner.Run("qemu-img", "create", "-q", "-f", "parallels", top, "8M");
-        using (QemuHolder.Start($"driver=parallels,file.filename={top},backing.driver=parallels,backing.file.filename={image}", imageOpts: true, watch: image, watchBytes: 3))
+        Qemu.Create(top, "8M");
+        using (QemuHolder.Start(Qemu.ChainOptions([top, image]), imageOpts: true, watch: image, watchBytes: 3))
         {
             Assert.Equal(ImageLock.Bytes(ImageLockMode.ReadOnly).ToList(), ProcLocks.Bytes(image));
         }
@@ -78,7 +76,7 @@ public sealed class ImageLockTests : IDisposable
     public void A_refused_lock_takes_nothing_and_the_same_handle_can_then_share()
     {
         string image = _temp.Combine("r.hds");
-        ProcessRunner.Run("qemu-img", "create", "-q", "-f", "parallels", image, "8M");
+        Qemu.Create(image, "8M");
         using var holder = QemuHolder.Start(image);
         var qemu = ProcLocks.Bytes(image);
         using var file = PositionalImageFile.Open(image, writable: false);
@@ -99,21 +97,21 @@ public sealed class ImageLockTests : IDisposable
         using (var disk = VirtualDisk.Open(chain.Bundle, ReadWrite))
         {
             Assert.True(disk.Top.IsWritable);
-            AssertRefused(Qemu("qemu-img", "info", "-f", "parallels", top), SharedWrite);
-            AssertOk(Qemu("qemu-img", "info", "-U", "-f", "parallels", top));
-            AssertRefused(Qemu("qemu-io", "-f", "parallels", "-r", "-c", "read 0 512", top), SharedWrite);
-            AssertOk(Qemu("qemu-io", "-f", "parallels", "-r", "-U", "-c", "read 0 512", top));
-            AssertRefused(Qemu("qemu-io", "-f", "parallels", "-c", "read 0 512", top), Write);
-            AssertRefused(Qemu("qemu-img", "check", "-r", "all", "-f", "parallels", top), "lock");
+            AssertRefused(Qemu.Info("-f", "parallels", top), SharedWrite);
+            AssertOk(Qemu.Info("-U", "-f", "parallels", top));
+            AssertRefused(Qemu.Io("-f", "parallels", "-r", "-c", "read 0 512", top), SharedWrite);
+            AssertOk(Qemu.Io("-f", "parallels", "-r", "-U", "-c", "read 0 512", top));
+            AssertRefused(Qemu.Io("-f", "parallels", "-c", "read 0 512", top), Write);
+            AssertRefused(Qemu.Img("check", "-r", "all", "-f", "parallels", top), "lock");
 
             // The base is held like a QEMU backing file: readers share it, writers are refused.
-            AssertRefused(Qemu("qemu-io", "-f", "parallels", "-c", "read 0 512", basePath), Write);
-            AssertOk(Qemu("qemu-io", "-f", "parallels", "-r", "-c", "read 0 512", basePath));
+            AssertRefused(Qemu.Io("-f", "parallels", "-c", "read 0 512", basePath), Write);
+            AssertOk(Qemu.Io("-f", "parallels", "-r", "-c", "read 0 512", basePath));
         }
 
         // Closed: everything is released.
-        AssertOk(Qemu("qemu-io", "-f", "parallels", "-c", "read 0 512", top));
-        AssertOk(Qemu("qemu-io", "-f", "parallels", "-c", "read 0 512", basePath));
+        AssertOk(Qemu.Io("-f", "parallels", "-c", "read 0 512", top));
+        AssertOk(Qemu.Io("-f", "parallels", "-c", "read 0 512", basePath));
     }
 
     [Fact]
@@ -121,9 +119,9 @@ public sealed class ImageLockTests : IDisposable
     {
         var (chain, _, top) = Chain(802);
         using var disk = VirtualDisk.Open(chain.Bundle, ReadOnly);
-        AssertRefused(Qemu("qemu-io", "-f", "parallels", "-c", "read 0 512", top), Write);
-        AssertOk(Qemu("qemu-io", "-f", "parallels", "-r", "-c", "read 0 512", top));
-        AssertOk(Qemu("qemu-img", "info", "-f", "parallels", top));
+        AssertRefused(Qemu.Io("-f", "parallels", "-c", "read 0 512", top), Write);
+        AssertOk(Qemu.Io("-f", "parallels", "-r", "-c", "read 0 512", top));
+        AssertOk(Qemu.Info("-f", "parallels", top));
     }
 
     [Fact]
@@ -221,8 +219,8 @@ public sealed class ImageLockTests : IDisposable
     public void Ynot_of_a_live_qemu_writer_is_in_use_and_of_a_dead_one_unclean()
     {
         string image = _temp.Combine("y.hds");
-        ProcessRunner.Run("qemu-img", "create", "-q", "-f", "parallels", image, "8M");
-        ProcessRunner.Run("qemu-io", "-f", "parallels", "-c", "write -P 7 0 64k", image);
+        Qemu.Create(image, "8M");
+        Qemu.Write(image, "write -P 7 0 64k");
         using (var holder = QemuHolder.Start(image))
         {
             Assert.Equal(ParallelsImageBuilder.InUseOpen, TestImage.ReadU32(image, 44)); // QEMU marks it open

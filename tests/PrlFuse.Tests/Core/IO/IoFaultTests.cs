@@ -171,7 +171,7 @@ public sealed class IoFaultTests : IDisposable
             view.Flush();
         }
 
-        QemuCheck.AssertClean(Path.Combine(folder, "top.hds"));
+        Qemu.AssertClean(Path.Combine(folder, "top.hds"));
         AssertCompact(Path.Combine(folder, "top.hds"));
         using var again = VirtualDisk.Open(folder);
         AssertWritten(again.Top, written, expected);
@@ -242,7 +242,7 @@ public sealed class IoFaultTests : IDisposable
             view.Flush();
         }
 
-        QemuCheck.AssertClean(topPath);
+        Qemu.AssertClean(topPath);
         AssertCompact(topPath);
 
         // Then: every write past the current end fails, so allocations fail; a transient error recovers.
@@ -267,7 +267,7 @@ public sealed class IoFaultTests : IDisposable
             AssertWritten(view, written, expected);
         }
 
-        QemuCheck.AssertClean(topPath);
+        Qemu.AssertClean(topPath);
         AssertCompact(topPath);
         using var again = VirtualDisk.Open(folder);
         AssertWritten(again.Top, written, expected);
@@ -294,7 +294,7 @@ public sealed class IoFaultTests : IDisposable
             Assert.Equal(1, plan.Hits);
         }
 
-        QemuCheck.AssertClean(topPath);
+        Qemu.AssertClean(topPath);
         using var again = VirtualDisk.Open(folder);
         AssertWritten(again.Top, [((30 * Cluster) + 1, data)], expected);
     }
@@ -320,7 +320,7 @@ public sealed class IoFaultTests : IDisposable
         }
 
         Assert.Equal(inUseBefore, BinaryPrimitives.ReadUInt32LittleEndian(File.ReadAllBytes(topPath).AsSpan(44)));
-        QemuCheck.AssertClean(topPath);
+        Qemu.AssertClean(topPath);
         using var again = VirtualDisk.Open(folder, new DiskOpenOptions { ReadOnly = false });
         Assert.False(((ExpandableImage)again.Storages[0].Images[DescriptorBuilder.PredefinedTop]).WasUnclean);
         Assert.True(again.Top.IsWritable);
@@ -344,7 +344,7 @@ public sealed class IoFaultTests : IDisposable
             disk.Top.Flush();
         }
 
-        QemuCheck.AssertClean(topPath);
+        Qemu.AssertClean(topPath);
         using var again = VirtualDisk.Open(folder);
         AssertWritten(again.Top, [((40 * Cluster) - 1000, data)], expected);
     }

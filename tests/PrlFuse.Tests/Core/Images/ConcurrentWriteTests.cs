@@ -28,7 +28,7 @@ public sealed class ConcurrentWriteTests
 
         // Data everywhere below (the built chain is mostly zeros): a read of a new cluster before its data is in the
         // file then shows zeros, which are foreign, instead of passing for the original.
-        ProcessRunner.Run("qemu-io", "-f", "parallels", "-c", $"write -P 92 0 {64 * 2048 * 512}", Path.Combine(chain.Bundle, chain.Levels[0].Files[0]));
+        Qemu.Write(Path.Combine(chain.Bundle, chain.Levels[0].Files[0]), $"write -P 92 0 {64 * 2048 * 512}");
         byte[] original = chain.OracleView(1, temp.Path);
         byte[] model = (byte[])original.Clone();
         var written = new ConcurrentDictionary<long, ConcurrentBag<(int Writer, int Seq)>>();

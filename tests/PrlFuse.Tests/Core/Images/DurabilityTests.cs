@@ -210,7 +210,7 @@ public sealed class DurabilityTests
             // And a repair makes it clean for qemu too, without changing what it reads.
             var repaired = ImageChecker.Repair(crashTop);
             Assert.Equal(0, repaired.ExitCode);
-            Assert.Equal(0, TestImage.QemuCheck(crashTop).ExitCode);
+            Assert.Equal(0, Qemu.Check(crashTop).ExitCode);
             using (var again = VirtualDisk.Open(crashRoot))
             {
                 AssertWholeViewEquals(again.Top, view, $"crash at op {point}, repaired");

@@ -113,7 +113,7 @@ public sealed class FreshSpaceTests
     {
         using var temp = new TempFolder();
         string image = CreateImage(temp, "top.hds");
-        ProcessRunner.Run("qemu-io", "-f", "parallels", "-c", "write -P 0x11 0 1M", image);
+        Qemu.Write(image, "write -P 0x11 0 1M");
 
         // A leaked cluster full of old bytes after the last used one (what a crash leaves): the next allocation gets it.
         using (var stream = new FileStream(image, FileMode.Append))
@@ -167,7 +167,7 @@ public sealed class FreshSpaceTests
     private static string CreateImage(TempFolder temp, string name)
     {
         string image = temp.Combine(name);
-        ProcessRunner.Run("qemu-img", "create", "-q", "-f", "parallels", "-o", "cluster_size=1M", image, "64M");
+        Qemu.Create(image, "64M", clusterSize: "1M");
         return image;
     }
 
@@ -184,8 +184,8 @@ public sealed class FreshSpaceTests
     private static byte[] QemuRaw(TempFolder temp, string image)
     {
         string raw = temp.Combine(Path.GetFileName(image) + ".raw");
-        ProcessRunner.Run("qemu-img", "convert", "-f", "parallels", "-O", "raw", image, raw);
-        var check = ProcessRunner.Run("qemu-img", ["check", "-f", "parallels", image], check: false);
+        Qemu.Convert(image, raw);
+        var check = Qemu.Check(image);
         Assert.True(check.ExitCode == 0, check.Stdout + check.Stderr);
         return File.ReadAllBytes(raw);
     }

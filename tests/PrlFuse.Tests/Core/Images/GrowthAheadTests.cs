@@ -18,7 +18,7 @@ public sealed class GrowthAheadTests
         string image = temp.Combine("top.hds");
         const long Cluster = 1L << 20;
         const int Clusters = 40; // inside the first 64 MiB chunk: only a growth ahead takes the file past it
-        ProcessRunner.Run("qemu-img", ["create", "-q", "-f", "parallels", "-o", "cluster_size=1M", image, "256M"]);
+        Qemu.Create(image, "256M", clusterSize: "1M");
         var data = new byte[Cluster];
         long dataOffset;
         using (var disk = VirtualDisk.Open(image, new DiskOpenOptions { ReadOnly = false }))
@@ -43,7 +43,7 @@ public sealed class GrowthAheadTests
         }
 
         Assert.Equal(dataOffset + (Clusters * Cluster), new FileInfo(image).Length);
-        var check = ProcessRunner.Run("qemu-img", ["check", "-f", "parallels", image], check: false);
+        var check = Qemu.Check(image);
         Assert.True(check.ExitCode == 0, check.Stdout + check.Stderr);
         using var again = VirtualDisk.Open(image);
         var got = new byte[Cluster];

@@ -61,7 +61,7 @@ internal static class WriteTestSupport
     {
         for (int s = 0; s < chain.Storages.Count; s++)
         {
-            var result = TestImage.QemuCheck(TopPath(chain, s));
+            var result = Qemu.Check(TopPath(chain, s));
             Assert.True(result.ExitCode == 0, $"qemu-img check {chain.Levels[^1].Files[s]}: exit {result.ExitCode}\n{result.Stdout}{result.Stderr}");
         }
     }
