@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Text;
 
 namespace PrlFuse.Tests.Support;
 
@@ -85,32 +84,22 @@ public sealed class QemuChain
         }
 
         var chain = new QemuChain(bundle, levels, storages);
-        File.WriteAllText(Path.Combine(bundle, "DiskDescriptor.xml"), chain.Descriptor(useTopGuid, shuffleShots ? random : null));
+        chain.Descriptor(useTopGuid, shuffleShots ? random : null).WriteTo(bundle);
         return chain;
     }
 
-    private string Descriptor(bool useTopGuid, Random? shuffle)
+    private DescriptorBuilder Descriptor(bool useTopGuid, Random? shuffle)
     {
         long size = Storages[^1].End;
-        var sb = new StringBuilder();
-        sb.Append("<?xml version='1.0' encoding='UTF-8'?>\r\n<Parallels_disk_image Version=\"1.0\">\r\n");
-        sb.Append(CultureInfo.InvariantCulture, $"  <Disk_Parameters>\r\n    <Disk_size>{size}</Disk_size>\r\n    <Cylinders>{size / 32}</Cylinders>\r\n    <Heads>1</Heads>\r\n    <Sectors>32</Sectors>\r\n    <Padding>0</Padding>\r\n    <Name>oracle</Name>\r\n  </Disk_Parameters>\r\n");
-        sb.Append("  <StorageData>\r\n");
+        var d = new DescriptorBuilder(size) { Cylinders = size / 32, Heads = 1, SectorsPerTrack = 32, Crlf = true, TopGuid = useTopGuid ? Levels[^1].Guid : null };
+        d.AddElement("Disk_Parameters", "<Name>oracle</Name>");
         for (int s = 0; s < Storages.Count; s++)
         {
-            sb.Append(CultureInfo.InvariantCulture, $"    <Storage>\r\n      <Start>{Storages[s].Start}</Start>\r\n      <End>{Storages[s].End}</End>\r\n      <Blocksize>2048</Blocksize>\r\n");
+            var storage = d.Storage(Storages[s].Start, Storages[s].End);
             foreach (var level in Levels)
             {
-                sb.Append(CultureInfo.InvariantCulture, $"      <Image>\r\n        <GUID>{level.Guid:B}</GUID>\r\n        <Type>Compressed</Type>\r\n        <File>{level.Files[s]}</File>\r\n      </Image>\r\n");
+                storage.Image(level.Guid, "Compressed", level.Files[s]);
             }
-
-            sb.Append("    </Storage>\r\n");
-        }
-
-        sb.Append("  </StorageData>\r\n  <Snapshots>\r\n");
-        if (useTopGuid)
-        {
-            sb.Append(CultureInfo.InvariantCulture, $"    <TopGUID>{Levels[^1].Guid:B}</TopGUID>\r\n");
         }
 
         var order = Enumerable.Range(0, Levels.Count).ToList();
@@ -121,12 +110,10 @@ public sealed class QemuChain
 
         foreach (int i in order)
         {
-            var parent = i == 0 ? Guid.Empty : Levels[i - 1].Guid;
-            sb.Append(CultureInfo.InvariantCulture, $"    <Shot>\r\n      <GUID>{Levels[i].Guid:B}</GUID>\r\n      <ParentGUID>{parent:B}</ParentGUID>\r\n    </Shot>\r\n");
+            d.Shot(Levels[i].Guid, i == 0 ? Guid.Empty : Levels[i - 1].Guid);
         }
 
-        sb.Append("  </Snapshots>\r\n</Parallels_disk_image>\r\n");
-        return sb.ToString();
+        return d;
     }
 
     /// <summary>qemu's raw view of level <paramref name="level"/> (0 = root), all storages concatenated.</summary>

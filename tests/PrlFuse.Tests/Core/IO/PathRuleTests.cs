@@ -11,16 +11,10 @@ public sealed class PathRuleTests
     {
         string bundle = temp.Combine("disk.hdd");
         Directory.CreateDirectory(bundle);
-        File.WriteAllText(Path.Combine(bundle, "DiskDescriptor.xml"), $"""
-            <?xml version='1.0' encoding='UTF-8'?>
-            <Parallels_disk_image Version="1.0">
-              <Disk_Parameters><Disk_size>2048</Disk_size><Cylinders>2</Cylinders><Heads>16</Heads><Sectors>64</Sectors><Padding>0</Padding></Disk_Parameters>
-              <StorageData><Storage><Start>0</Start><End>2048</End><Blocksize>2048</Blocksize>
-                <Image><GUID>{"{5fbaabe3-6958-40ff-92a7-860e329aab41}"}</GUID><Type>Plain</Type><File>{file}</File></Image>
-              </Storage></StorageData>
-              <Snapshots><Shot><GUID>{"{5fbaabe3-6958-40ff-92a7-860e329aab41}"}</GUID><ParentGUID>{"{00000000-0000-0000-0000-000000000000}"}</ParentGUID></Shot></Snapshots>
-            </Parallels_disk_image>
-            """);
+        new DescriptorBuilder(2048) { Cylinders = 2, Heads = 16, SectorsPerTrack = 64 }
+            .SingleStorage(2048, (DescriptorBuilder.PredefinedTop, "Plain", file))
+            .Shot(DescriptorBuilder.PredefinedTop, Guid.Empty)
+            .WriteTo(bundle);
         return bundle;
     }
 
