@@ -3,6 +3,7 @@ using PrlFuse.Tests.Support;
 namespace PrlFuse.Tests.Cli;
 
 /// <summary>Disks that are not what they seem, through the installed binary: a file is a raw disk only when it looks like one or --format raw says so.</summary>
+[Trait("Needs", "Installed")]
 public sealed class DiskKindTests
 {
     [Fact]
@@ -37,6 +38,7 @@ public sealed class DiskKindTests
         Assert.Contains("raw (no format recognised)", info.Stdout, StringComparison.Ordinal);
     }
 
+    [Trait("Needs", "Qemu")]
     [Fact]
     public void ForeignFormatsAreNamed()
     {
@@ -50,6 +52,7 @@ public sealed class DiskKindTests
         Assert.Contains("is not a Parallels image", parallels.Stderr, StringComparison.Ordinal);
     }
 
+    [Trait("Needs", "Qemu")]
     [Fact]
     public void AnOverlayOpenedAloneWarnsThatItsParentsAreMissing()
     {

@@ -5,6 +5,7 @@ using PrlFuse.Tests.Support;
 namespace PrlFuse.Tests.Cli;
 
 /// <summary>`make install` installs a Linux tool: one-line --version, a manual page that renders, bash completion that knows every option; `make uninstall` removes them.</summary>
+[Trait("Needs", "Installed")]
 public sealed class InstallTests
 {
     private static string Prefix => Path.GetDirectoryName(Path.GetDirectoryName(PrlFuseCli.Binary))!;

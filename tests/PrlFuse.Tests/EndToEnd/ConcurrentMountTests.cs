@@ -17,6 +17,9 @@ namespace PrlFuse.Tests.EndToEnd;
 /// </para>
 /// </summary>
 [Collection(FuseKernelCollection.Name)]
+[Trait("Needs", "Kernel")]
+[Trait("Needs", "Qemu")]
+[Trait("Needs", "Installed")]
 public sealed class ConcurrentMountTests
 {
     private const int Cell = 64 * 1024;

@@ -12,6 +12,9 @@ namespace PrlFuse.Tests.EndToEnd;
 /// reads back with its content.
 /// </summary>
 [Collection(FuseKernelCollection.Name)]
+[Trait("Needs", "Kernel")]
+[Trait("Needs", "Qemu")]
+[Trait("Needs", "Installed")]
 public sealed class CrashTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     private const int BlockBytes = 64 * 1024;

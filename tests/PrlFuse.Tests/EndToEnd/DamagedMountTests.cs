@@ -8,6 +8,9 @@ namespace PrlFuse.Tests.EndToEnd;
 /// in the --log file (which keeps receiving the daemon's lines after it detached).
 /// </summary>
 [Collection(FuseKernelCollection.Name)]
+[Trait("Needs", "Kernel")]
+[Trait("Needs", "Qemu")]
+[Trait("Needs", "Installed")]
 public sealed class DamagedMountTests
 {
     private const int C = TestImage.ClusterBytes;

@@ -9,6 +9,9 @@ namespace PrlFuse.Tests.EndToEnd;
 /// in use (never "not closed cleanly", never a --repair advice).
 /// </summary>
 [Collection(FuseKernelCollection.Name)]
+[Trait("Needs", "Kernel")]
+[Trait("Needs", "Qemu")]
+[Trait("Needs", "Installed")]
 public sealed class InUseTests
 {
     private static string Image(string bundle) => Directory.GetFiles(bundle, "*.hds").Single();

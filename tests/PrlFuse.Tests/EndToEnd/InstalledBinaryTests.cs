@@ -8,6 +8,8 @@ namespace PrlFuse.Tests.EndToEnd;
 /// hide files or what the daemon needs are refused.
 /// </summary>
 [Collection(FuseKernelCollection.Name)]
+[Trait("Needs", "Kernel")]
+[Trait("Needs", "Installed")]
 public sealed class InstalledBinaryTests
 {
     private const string ExpandingSha = "7906281f7a25f13df78c907d7bc4e9313d9a26fa86386c6e2a737a784fe80b8f";

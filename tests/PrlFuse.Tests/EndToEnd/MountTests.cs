@@ -8,6 +8,9 @@ namespace PrlFuse.Tests.EndToEnd;
 /// the guest's files. Nothing is mocked.
 /// </summary>
 [Collection(FuseKernelCollection.Name)]
+[Trait("Needs", "Kernel")]
+[Trait("Needs", "Qemu")]
+[Trait("Needs", "Installed")]
 public sealed class MountTests(SharedGuestChain shared) : IClassFixture<SharedGuestChain>
 {
     [Fact]

@@ -8,6 +8,8 @@ namespace PrlFuse.Tests.EndToEnd;
 /// with nothing to repair succeeds without writing.
 /// </summary>
 [Collection(FuseKernelCollection.Name)]
+[Trait("Needs", "Kernel")]
+[Trait("Needs", "Installed")]
 public sealed class ReadOnlyPlaceTests
 {
     [Fact]

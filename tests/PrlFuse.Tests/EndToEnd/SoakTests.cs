@@ -4,6 +4,8 @@ namespace PrlFuse.Tests.EndToEnd;
 
 /// <summary>The CI-sized soak: 60 seconds of scripts/soak.sh (fio verify on ext4 in current.raw, snapshot readers).</summary>
 [Collection(FuseKernelCollection.Name)]
+[Trait("Needs", "Kernel")]
+[Trait("Needs", "Installed")]
 public sealed class SoakTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     [Fact]

@@ -11,6 +11,8 @@ namespace PrlFuse.Tests.EndToEnd;
 /// read-write, a process holding a file open on one and a loop device on the other.
 /// </summary>
 [Collection(FuseKernelCollection.Name)]
+[Trait("Needs", "Kernel")]
+[Trait("Needs", "Installed")]
 public sealed class StatusTests
 {
     [Fact]

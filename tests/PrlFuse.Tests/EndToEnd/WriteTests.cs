@@ -5,6 +5,9 @@ namespace PrlFuse.Tests.EndToEnd;
 
 /// <summary>The read-write top snapshot through the real mount: guest filesystems made, filled, remounted, verified.</summary>
 [Collection(FuseKernelCollection.Name)]
+[Trait("Needs", "Kernel")]
+[Trait("Needs", "Qemu")]
+[Trait("Needs", "Installed")]
 public sealed class WriteTests
 {
     [Theory]

@@ -10,6 +10,7 @@ namespace PrlFuse.Tests.Fuse;
 /// .NET file APIs and checks what reached the in-memory filesystem.
 /// </summary>
 [Collection(FuseKernelCollection.Name)]
+[Trait("Needs", "Kernel")]
 public sealed class FuseKernelTests
 {
     [Fact]

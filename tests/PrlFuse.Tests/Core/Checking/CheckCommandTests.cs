@@ -10,6 +10,7 @@ namespace PrlFuse.Tests.Core.Checking;
 /// exit code and leaves the file byte-identical; --repair fixes it so that qemu-img check and prlfuse check are both
 /// clean and every intact cluster still holds what it held before the corruption.
 /// </summary>
+[Trait("Needs", "Qemu")]
 public sealed class CheckCommandTests
 {
     public enum Corruption
@@ -303,6 +304,7 @@ public sealed class CheckCommandTests
         }
     }
 
+    [Trait("Needs", "Installed")]
     [Fact]
     public void TheRealBinaryExitsWithQemuCodes()
     {

@@ -10,6 +10,7 @@ namespace PrlFuse.Tests.Core.Checking;
 /// being written is not refused but reports that it is in use (and not "not closed cleanly"), with what it could read;
 /// a repair of an image anyone else has open is refused and writes nothing.
 /// </summary>
+[Trait("Needs", "Qemu")]
 public sealed class CheckLockTests : IDisposable
 {
     private readonly TempFolder _temp = new("prlfuse-checklock");

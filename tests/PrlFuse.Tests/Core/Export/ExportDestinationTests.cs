@@ -13,6 +13,7 @@ namespace PrlFuse.Tests.Core.Export;
 /// keeps being a link and its target gets the content, a FIFO, a character device, standard output and a block device
 /// are written through in place. Content is always compared with qemu-img's own conversion of the chain.
 /// </summary>
+[Trait("Needs", "Qemu")]
 public sealed class ExportDestinationTests
 {
     private const long DiskBytes = 8L << 20;
@@ -133,6 +134,7 @@ public sealed class ExportDestinationTests
         Assert.Equal(["null"], Directory.GetFiles(temp.Path).Select(Path.GetFileName));
     }
 
+    [Trait("Needs", "Installed")]
     [Theory]
     [InlineData("-")]
     [InlineData("/dev/stdout")]
@@ -188,6 +190,7 @@ public sealed class ExportDestinationTests
         Assert.Equal(before, File.ReadAllBytes(image));
     }
 
+    [Trait("Needs", "Kernel")]
     [Fact]
     public void LoopDeviceIsWrittenInPlaceEveryByteIncludingZeros()
     {
@@ -207,6 +210,7 @@ public sealed class ExportDestinationTests
         Assert.Equal(chain.OracleView(1, temp.Path), loop.ReadAll());
     }
 
+    [Trait("Needs", "Kernel")]
     [Fact]
     public void TooSmallLoopDeviceIsRefusedNamingBothSizesAndLeftAlone()
     {

@@ -9,6 +9,8 @@ namespace PrlFuse.Tests.Core.IO;
 /// ENOSPC, everything written before reads back, and once space is freed writing works again; after the close
 /// qemu-img check is clean and qemu's view of the chain equals what was written. Needs root (mount).
 /// </summary>
+[Trait("Needs", "Kernel")]
+[Trait("Needs", "Qemu")]
 public sealed class DiskFullTests(Xunit.Abstractions.ITestOutputHelper output) : IDisposable
 {
     private const int ENOSPC = 28;

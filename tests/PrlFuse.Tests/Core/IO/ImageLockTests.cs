@@ -11,6 +11,7 @@ namespace PrlFuse.Tests.Core.IO;
 /// another QEMU would, and what qemu-io holds keeps our opens out; the lock bytes themselves are compared with
 /// /proc/locks of a qemu-io holding the image in each mode.
 /// </summary>
+[Trait("Needs", "Qemu")]
 public sealed class ImageLockTests : IDisposable
 {
     private const string SharedWrite = "Failed to get shared \"write\" lock";

@@ -12,6 +12,7 @@ namespace PrlFuse.Tests.Core.IO;
 /// writes that touch it, with an IOException that carries the errno and never with wrong data; the disk keeps
 /// serving; and after a failed write or flush the image is still consistent (qemu-img check) with earlier data intact.
 /// </summary>
+[Trait("Needs", "Qemu")]
 public sealed class IoFaultTests : IDisposable
 {
     private const long Cluster = 256 * 1024;

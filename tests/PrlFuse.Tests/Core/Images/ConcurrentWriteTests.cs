@@ -14,6 +14,7 @@ namespace PrlFuse.Tests.Core.Images;
 /// disjoint ranges (no write lost), readers that see only bytes written to the sector they read, and a flusher. No cluster is allocated
 /// twice: qemu-img check and our checker are clean afterwards and qemu reads what we read.
 /// </summary>
+[Trait("Needs", "Qemu")]
 public sealed class ConcurrentWriteTests
 {
     private const int Sector = 512;

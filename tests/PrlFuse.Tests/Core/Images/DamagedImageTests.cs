@@ -12,6 +12,7 @@ namespace PrlFuse.Tests.Core.Images;
 /// exactly the clusters the checker reports failing (EIO through the FUSE layer) and every other cluster reading what
 /// qemu reads; a read-write open is refused with the way out.
 /// </summary>
+[Trait("Needs", "Qemu")]
 public sealed class DamagedImageTests
 {
     public enum Damage
@@ -137,6 +138,7 @@ public sealed class DamagedImageTests
         Assert.Single(log);
     }
 
+    [Trait("Needs", "Installed")]
     [Fact]
     public void InfoOfADamagedImageExitsZeroAndListsTheDamage()
     {

@@ -14,6 +14,7 @@ namespace PrlFuse.Tests.Core.Images;
 /// (everything before the last completed flush kept, any subset of the rest) leave images with no corruption in
 /// which every block written before the last completed flush reads back right.
 /// </summary>
+[Trait("Needs", "Qemu")]
 public sealed class DurabilityTests
 {
     [Theory]

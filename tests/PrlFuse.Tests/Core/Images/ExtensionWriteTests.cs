@@ -15,6 +15,7 @@ namespace PrlFuse.Tests.Core.Images;
 /// unknown NECESSARY feature keeps the image read-only, an unknown TRANSIT feature survives with a valid MD5; and the
 /// empty-image flag (which our reader honours) keeps the image read-only rather than losing writes.
 /// </summary>
+[Trait("Needs", "Qemu")]
 public sealed class ExtensionWriteTests
 {
     private const ulong UnknownMagic = 0x1122334455667788;

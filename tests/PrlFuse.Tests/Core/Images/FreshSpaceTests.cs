@@ -12,6 +12,7 @@ namespace PrlFuse.Tests.Core.Images;
 /// below, writes only its own bytes, and large aligned writes there go past the host page cache (O_DIRECT). Space that
 /// was in the file before (leaked clusters) or that a failed write may have touched is never taken for zeros.
 /// </summary>
+[Trait("Needs", "Qemu")]
 public sealed class FreshSpaceTests
 {
     private const long Cluster = 1L << 20;

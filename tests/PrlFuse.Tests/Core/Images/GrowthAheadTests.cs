@@ -9,6 +9,7 @@ namespace PrlFuse.Tests.Core.Images;
 /// The top image grows one chunk ahead of its allocator in the background (fallocated, and brought into the page
 /// cache where writes are not direct); a clean close trims it all away, and what was written reads back.
 /// </summary>
+[Trait("Needs", "Qemu")]
 public sealed class GrowthAheadTests
 {
     [Fact]

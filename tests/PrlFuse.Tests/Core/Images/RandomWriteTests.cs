@@ -11,6 +11,7 @@ namespace PrlFuse.Tests.Core.Images;
 /// all times, and after close qemu sees the same bytes, qemu-img check is clean, in_use is restored and every older
 /// image is byte-identical.
 /// </summary>
+[Trait("Needs", "Qemu")]
 public sealed class RandomWriteTests
 {
     private const uint ParallelsHeaderInUseOpen = PrlFuse.Core.Formats.ParallelsHeader.InUseOpen;
