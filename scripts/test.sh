@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test (unit, qemu oracle, real kernel FUSE/loop tests) and ends with "N passed, N failed".
+# Arguments go to `dotnet test`, e.g. --filter "FullyQualifiedName~MountTests". The unit tests alone (no root, qemu,
+# installed binary or fuzz campaign; seconds) need no install:
+#   dotnet test tests/PrlFuse.Tests -c Release --no-build --filter "Needs!=Kernel&Needs!=Qemu&Needs!=Installed&Needs!=Time"
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # The end-to-end tests drive what users run: the binary `make install` puts in a prefix.

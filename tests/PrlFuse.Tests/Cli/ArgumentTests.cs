@@ -71,6 +71,7 @@ public sealed class ArgumentTests
         }
     }
 
+    [Trait("Needs", "Installed")]
     [Theory]
     [InlineData("-h")]
     [InlineData("--help")]
@@ -89,6 +90,7 @@ public sealed class ArgumentTests
         }
     }
 
+    [Trait("Needs", "Installed")]
     [Fact]
     public void TheInstalledBinarySaysWhatIsWrongInOneLineAndTheUsage()
     {
@@ -106,6 +108,7 @@ public sealed class ArgumentTests
         Assert.Equal(2, PrlFuseCli.Run("export", "d.hdd").ExitCode);
     }
 
+    [Trait("Needs", "Installed")]
     [Fact]
     public void DotNetTextsDoNotLeak()
     {

@@ -3,6 +3,7 @@ using PrlFuse.Tests.Support;
 namespace PrlFuse.Tests.Cli;
 
 /// <summary>Disks that are not what they seem, through the installed binary: a file is a raw disk only when it looks like one or --format raw says so.</summary>
+[Trait("Needs", "Installed")]
 public sealed class DiskKindTests
 {
     [Fact]
@@ -37,12 +38,13 @@ public sealed class DiskKindTests
         Assert.Contains("raw (no format recognised)", info.Stdout, StringComparison.Ordinal);
     }
 
+    [Trait("Needs", "Qemu")]
     [Fact]
     public void ForeignFormatsAreNamed()
     {
         using var temp = new TempFolder();
         string qcow2 = temp.Combine("d.qcow2");
-        ProcessRunner.Run("qemu-img", "create", "-q", "-f", "qcow2", qcow2, "64M");
+        Qemu.Create(qcow2, "64M", format: "qcow2");
         var r = PrlFuseCli.Run("info", qcow2);
         Assert.Equal(1, r.ExitCode);
         Assert.Contains("is a qcow2 image, which prlfuse does not read yet", r.Stderr, StringComparison.Ordinal);
@@ -50,14 +52,15 @@ public sealed class DiskKindTests
         Assert.Contains("is not a Parallels image", parallels.Stderr, StringComparison.Ordinal);
     }
 
+    [Trait("Needs", "Qemu")]
     [Fact]
     public void AnOverlayOpenedAloneWarnsThatItsParentsAreMissing()
     {
         using var temp = new TempFolder();
         var baseGuid = Guid.NewGuid();
         var topGuid = DescriptorBuilder.PredefinedTop;
-        ProcessRunner.Run("qemu-img", "create", "-q", "-f", "parallels", temp.Combine("base.hds"), "64M");
-        ProcessRunner.Run("qemu-img", "create", "-q", "-f", "parallels", temp.Combine("top.hds"), "64M");
+        Qemu.Create(temp.Combine("base.hds"), "64M");
+        Qemu.Create(temp.Combine("top.hds"), "64M");
         new DescriptorBuilder(131072)
             .SingleStorage(2048, (baseGuid, "Compressed", "base.hds"), (topGuid, "Compressed", "top.hds"))
             .Chain(baseGuid, topGuid)

@@ -9,6 +9,7 @@ namespace PrlFuse.Tests.Cli;
 /// marked, depths past the indentation cap as numbers; `--json` with one key set for every image, coded warnings, and
 /// errors as JSON.
 /// </summary>
+[Trait("Needs", "Installed")]
 public sealed partial class InfoOutputTests : IClassFixture<InfoOutputTests.DeepBundle>
 {
     private readonly DeepBundle _bundle;

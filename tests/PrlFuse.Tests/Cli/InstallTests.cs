@@ -5,6 +5,7 @@ using PrlFuse.Tests.Support;
 namespace PrlFuse.Tests.Cli;
 
 /// <summary>`make install` installs a Linux tool: one-line --version, a manual page that renders, bash completion that knows every option; `make uninstall` removes them.</summary>
+[Trait("Needs", "Installed")]
 public sealed class InstallTests
 {
     private static string Prefix => Path.GetDirectoryName(Path.GetDirectoryName(PrlFuseCli.Binary))!;
@@ -67,23 +68,10 @@ public sealed class InstallTests
             File.Copy(file, target);
         }
 
-        string repo = Repository();
+        string repo = Repository.Root;
         var r = ProcessRunner.Run("make", ["-s", "-C", repo, "uninstall", "PREFIX=" + temp.Path]);
         Assert.Empty(Directory.GetFiles(temp.Path, "*", SearchOption.AllDirectories));
         Assert.Contains("removed", r.Stdout, StringComparison.Ordinal);
-    }
-
-    private static string Repository()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "PrlFuse.sln")))
-            {
-                return dir.FullName;
-            }
-        }
-
-        throw new DirectoryNotFoundException("repository root not found");
     }
 
     private static HashSet<string> Complete(string line)

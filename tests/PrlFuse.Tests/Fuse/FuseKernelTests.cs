@@ -1,20 +1,16 @@
 using PrlFuse.Core.IO;
 using System.Runtime.InteropServices;
 using PrlFuse.Fuse.Native;
+using PrlFuse.Tests.Support;
 
 namespace PrlFuse.Tests.Fuse;
-
-[CollectionDefinition(Name, DisableParallelization = true)]
-public sealed class FuseKernelCollection
-{
-    public const string Name = "FUSE kernel mounts";
-}
 
 /// <summary>
 /// Real mounts through /dev/fuse (needs root, fuse3): the test talks to the kernel with ordinary
 /// .NET file APIs and checks what reached the in-memory filesystem.
 /// </summary>
 [Collection(FuseKernelCollection.Name)]
+[Trait("Needs", "Kernel")]
 public sealed class FuseKernelTests
 {
     [Fact]

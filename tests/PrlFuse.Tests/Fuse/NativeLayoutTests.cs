@@ -4,6 +4,7 @@ using System.Globalization;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using PrlFuse.Fuse.Native;
+using PrlFuse.Tests.Support;
 
 namespace PrlFuse.Tests.Fuse;
 
@@ -88,26 +89,19 @@ public sealed class NativeLayoutTests
 
     private static Dictionary<string, long> CompileAndRun()
     {
-        string dir = Directory.CreateTempSubdirectory("prlfuse-layout-").FullName;
-        try
+        using var dir = new TempFolder("prlfuse-layout");
+        string source = dir.Combine("layout.c");
+        string exe = dir.Combine("layout");
+        File.WriteAllText(source, LayoutProgram);
+        string compiled = RunTool("gcc", "-Wall", "-Werror", "-o", exe, source);
+        Assert.True(File.Exists(exe), "gcc did not build the layout program (needs gcc and libfuse3-dev): " + compiled);
+        var result = new Dictionary<string, long>(StringComparer.Ordinal);
+        foreach (string line in RunTool(exe).Split('\n', StringSplitOptions.RemoveEmptyEntries))
         {
-            string source = Path.Combine(dir, "layout.c");
-            string exe = Path.Combine(dir, "layout");
-            File.WriteAllText(source, LayoutProgram);
-            string compiled = RunTool("gcc", "-Wall", "-Werror", "-o", exe, source);
-            Assert.True(File.Exists(exe), "gcc did not build the layout program (needs gcc and libfuse3-dev): " + compiled);
-            var result = new Dictionary<string, long>(StringComparer.Ordinal);
-            foreach (string line in RunTool(exe).Split('\n', StringSplitOptions.RemoveEmptyEntries))
-            {
-                int eq = line.LastIndexOf('=');
-                result[line[..eq]] = long.Parse(line[(eq + 1)..], CultureInfo.InvariantCulture);
-            }
-            return result;
+            int eq = line.LastIndexOf('=');
+            result[line[..eq]] = long.Parse(line[(eq + 1)..], CultureInfo.InvariantCulture);
         }
-        finally
-        {
-            Directory.Delete(dir, recursive: true);
-        }
+        return result;
     }
 
     private static string RunTool(string file, params string[] args)

@@ -85,7 +85,7 @@ public sealed record CaseResult(CaseOutcome Outcome, string? Finding = null, str
 /// </summary>
 public sealed class FuzzRunner : IDisposable
 {
-    private readonly string _root;
+    private readonly TempFolder _root;
     private string _caseDir;
     private int _hung;
 
@@ -93,9 +93,7 @@ public sealed class FuzzRunner : IDisposable
     {
         Timeout = timeout ?? TimeSpan.FromSeconds(5);
         AllocationLimit = allocationLimit;
-        string parent = Directory.Exists("/dev/shm") ? "/dev/shm" : Path.GetTempPath();
-        _root = Path.Combine(parent, $"prlfuse-fuzz-{Environment.ProcessId}-{Guid.NewGuid():N}");
-        Directory.CreateDirectory(_root);
+        _root = new TempFolder($"prlfuse-fuzz-{Environment.ProcessId}", Directory.Exists("/dev/shm") ? "/dev/shm" : null);
         _caseDir = NewCaseDir();
     }
 
@@ -133,7 +131,7 @@ public sealed class FuzzRunner : IDisposable
         return result!;
     }
 
-    private string NewCaseDir() => Directory.CreateDirectory(Path.Combine(_root, "case-" + Guid.NewGuid().ToString("N")[..8])).FullName;
+    private string NewCaseDir() => Directory.CreateDirectory(_root.Combine("case-" + Guid.NewGuid().ToString("N")[..8])).FullName;
 
     private CaseResult Check(string path, FuzzCase c)
     {
@@ -488,13 +486,7 @@ public sealed class FuzzRunner : IDisposable
             return;
         }
 
-        try
-        {
-            Directory.Delete(_root, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
+        _root.Dispose();
     }
 }
 

@@ -48,6 +48,7 @@ public sealed class FuzzTests(ITestOutputHelper output)
         }
     }
 
+    [Trait("Needs", "Time")]
     [Fact]
     public void Ci_run_has_no_findings()
     {

@@ -4,6 +4,7 @@ using PrlFuse.Tests.Support;
 namespace PrlFuse.Tests.Oracle;
 
 /// <summary>Every snapshot view equals qemu's view of the same chain, byte for byte.</summary>
+[Trait("Needs", "Qemu")]
 public sealed class OracleTests
 {
     [Theory]

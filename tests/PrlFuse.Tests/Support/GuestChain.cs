@@ -103,12 +103,12 @@ public sealed class GuestChain
             {
                 string image = Path.Combine(bundle, ImageName(s, guids[level]));
                 long bytes = (storages[s].End - storages[s].Start) * 512;
-                ProcessRunner.Run("qemu-img", "create", "-q", "-f", "parallels", image, bytes.ToString(CultureInfo.InvariantCulture));
+                Qemu.Create(image, bytes.ToString(CultureInfo.InvariantCulture));
                 WriteDifferences(work, level == 0 ? null : raws[level - 1], raws[level], storages[s].Start * 512, bytes, image);
             }
         }
 
-        File.WriteAllText(Path.Combine(bundle, "DiskDescriptor.xml"), Descriptor(guids, storages));
+        Descriptor(guids, storages).WriteTo(bundle);
         File.WriteAllBytes(Path.Combine(bundle, "guest.hdd"), []);
         var sums = versions.Select(v => v.ToDictionary(kv => kv.Key, kv => Convert.ToHexStringLower(SHA256.HashData(kv.Value)), StringComparer.Ordinal)).ToArray();
         return new GuestChain(bundle, guids, raws, sums);
@@ -157,7 +157,7 @@ public sealed class GuestChain
         using var o = older is null ? null : File.OpenHandle(older);
         var a = new byte[Cluster];
         var b = new byte[Cluster];
-        var args = new List<string> { "-f", "parallels" };
+        var commands = new List<string>();
         for (long off = 0; off < sliceBytes; off += Cluster)
         {
             int len = (int)Math.Min(Cluster, sliceBytes - off);
@@ -176,40 +176,30 @@ public sealed class GuestChain
 
             string chunk = Path.Combine(work, $"chunk-{Path.GetFileName(image)}-{off}");
             File.WriteAllBytes(chunk, b.AsSpan(0, len).ToArray());
-            args.Add("-c");
-            args.Add(string.Create(CultureInfo.InvariantCulture, $"write -q -s {chunk} {off} {len}"));
+            commands.Add(string.Create(CultureInfo.InvariantCulture, $"write -q -s {chunk} {off} {len}"));
         }
 
-        if (args.Count > 2)
-        {
-            args.Add(image);
-            ProcessRunner.Run("qemu-io", args);
-        }
+        Qemu.Write(image, commands);
     }
 
-    private static string Descriptor(Guid[] guids, List<(long Start, long End)> storages)
+    private static DescriptorBuilder Descriptor(Guid[] guids, List<(long Start, long End)> storages)
     {
-        var sb = new StringBuilder("<?xml version='1.0' encoding='UTF-8'?>\n<Parallels_disk_image Version=\"1.0\">\n");
         long size = storages[^1].End;
-        sb.Append(CultureInfo.InvariantCulture, $"  <Disk_Parameters><Disk_size>{size}</Disk_size><Cylinders>{size / 512}</Cylinders><Heads>16</Heads><Sectors>32</Sectors><Padding>0</Padding></Disk_Parameters>\n  <StorageData>\n");
+        var d = new DescriptorBuilder(size) { Cylinders = size / 512, Heads = 16, SectorsPerTrack = 32 };
         for (int s = 0; s < storages.Count; s++)
         {
-            sb.Append(CultureInfo.InvariantCulture, $"    <Storage><Start>{storages[s].Start}</Start><End>{storages[s].End}</End><Blocksize>2048</Blocksize>\n");
+            var storage = d.Storage(storages[s].Start, storages[s].End);
             foreach (var g in guids)
             {
-                sb.Append(CultureInfo.InvariantCulture, $"      <Image><GUID>{g:B}</GUID><Type>Compressed</Type><File>{ImageName(s, g)}</File></Image>\n");
+                storage.Image(g, "Compressed", ImageName(s, g));
             }
-
-            sb.Append("    </Storage>\n");
         }
 
-        sb.Append("  </StorageData>\n  <Snapshots>\n");
         for (int i = guids.Length - 1; i >= 0; i--)
         {
-            sb.Append(CultureInfo.InvariantCulture, $"    <Shot><GUID>{guids[i]:B}</GUID><ParentGUID>{(i == 0 ? Guid.Empty : guids[i - 1]):B}</ParentGUID></Shot>\n");
+            d.Shot(guids[i], i == 0 ? Guid.Empty : guids[i - 1]);
         }
 
-        sb.Append("  </Snapshots>\n</Parallels_disk_image>\n");
-        return sb.ToString();
+        return d;
     }
 }

@@ -33,16 +33,8 @@ public static class PrlFuseCli
             return File.Exists(bin) ? bin : throw new InvalidOperationException($"PRLFUSE_BIN={bin} does not exist");
         }
 
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            string candidate = Path.Combine(dir.FullName, "artifacts", "test-prefix", "bin", "prlfuse");
-            if (File.Exists(candidate))
-            {
-                return candidate;
-            }
-        }
-
-        throw new InvalidOperationException("no installed prlfuse: run the tests with 'make test' (it runs 'make install PREFIX=artifacts/test-prefix'), or set PRLFUSE_BIN");
+        string installed = Path.Combine(Repository.Root, "artifacts", "test-prefix", "bin", "prlfuse");
+        return File.Exists(installed) ? installed : throw new InvalidOperationException("no installed prlfuse: run the tests with 'make test' (it runs 'make install PREFIX=artifacts/test-prefix'), or set PRLFUSE_BIN");
     }
 }
 

@@ -51,30 +51,3 @@ public static class ProcessRunner
 
     public static Result Run(string file, params string[] args) => Run(file, (IEnumerable<string>)args);
 }
-
-/// <summary>A temporary folder removed with the test.</summary>
-public sealed class TempFolder : IDisposable
-{
-    public TempFolder(string prefix = "prlfuse-test")
-    {
-        Path = Directory.CreateTempSubdirectory(prefix + "-").FullName;
-    }
-
-    public string Path { get; }
-
-    public string Combine(params string[] parts) => System.IO.Path.Combine([Path, .. parts]);
-
-    public void Dispose()
-    {
-        try
-        {
-            Directory.Delete(Path, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
-        catch (UnauthorizedAccessException)
-        {
-        }
-    }
-}

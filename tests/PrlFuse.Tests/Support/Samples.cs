@@ -5,26 +5,13 @@ namespace PrlFuse.Tests.Support;
 /// <summary>The real Parallels Desktop bundles in ../shared/samples, decompressed into a temporary folder.</summary>
 public static class Samples
 {
+    /// <summary>../shared/samples/parallels-desktop beside the repository: one bundle folder per sample.</summary>
     public static string Root
     {
         get
         {
-            for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            {
-                string candidate = Path.Combine(dir.FullName, "shared", "samples", "parallels-desktop");
-                if (Directory.Exists(candidate))
-                {
-                    return candidate;
-                }
-
-                candidate = Path.Combine(dir.FullName, "..", "shared", "samples", "parallels-desktop");
-                if (Directory.Exists(candidate) && File.Exists(Path.Combine(dir.FullName, "PrlFuse.sln")))
-                {
-                    return Path.GetFullPath(candidate);
-                }
-            }
-
-            throw new DirectoryNotFoundException("../shared/samples/parallels-desktop not found beside the repository");
+            string root = Path.GetFullPath(Path.Combine(Repository.Root, "..", "shared", "samples", "parallels-desktop"));
+            return Directory.Exists(root) ? root : throw new DirectoryNotFoundException($"{root} not found: the samples belong in ../shared/samples beside the repository");
         }
     }
 
