@@ -171,8 +171,8 @@ public sealed class CheckCommandTests
         Array.Copy(reference, 0, expected, 31 * C, C);
         Array.Copy(reference, 1 * C, expected, 4 * C, C);
 
-        var log = new Images.OpLog();
-        var result = ImageChecker.Repair(image, new ImageCheckOptions { OpenFile = Images.RecordingImageFile.Opener(log, _ => true) });
+        var log = new Formats.Parallels.OpLog();
+        var result = ImageChecker.Repair(image, new ImageCheckOptions { OpenFile = Formats.Parallels.RecordingImageFile.Opener(log, _ => true) });
         Assert.Equal(0, result.ExitCode);
         var ops = log.Snapshot();
         Assert.NotEmpty(ops);
@@ -181,7 +181,7 @@ public sealed class CheckCommandTests
         string crash = Path.Combine(temp.Path, "crash.hds");
         for (int point = 1; point <= ops[^1].Seq + 1; point++)
         {
-            Images.DurabilityTests.BuildCrashImage(corrupted, ops, point, random, crash);
+            Formats.Parallels.DurabilityTests.BuildCrashImage(corrupted, ops, point, random, crash);
             var again = ImageChecker.Repair(crash);
             Assert.True(again.ExitCode == 0, $"crash at op {point}: {string.Join("; ", again.After.Problems.Select(p => p.ToLine()))}");
             Assert.Equal(0, Qemu.Check(crash).ExitCode);

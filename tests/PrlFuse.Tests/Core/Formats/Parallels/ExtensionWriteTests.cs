@@ -6,9 +6,9 @@ using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.Images;
 using PrlFuse.Tests.Core.Checking;
 using PrlFuse.Tests.Support;
-using static PrlFuse.Tests.Core.Images.WriteTestSupport;
+using static PrlFuse.Tests.Core.Formats.Parallels.WriteTestSupport;
 
-namespace PrlFuse.Tests.Core.Images;
+namespace PrlFuse.Tests.Core.Formats.Parallels;
 
 /// <summary>
 /// Format extensions built by hand on a qemu-built top image: a write never leaves a dirty bitmap that lies, an

@@ -3,7 +3,7 @@ using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.Images;
 using PrlFuse.Tests.Support;
 
-namespace PrlFuse.Tests.Core.Formats;
+namespace PrlFuse.Tests.Core.Formats.Parallels;
 
 /// <summary>The format extension cluster: checksum, dirty bitmap, unknown features, garbage.</summary>
 public sealed class FormatExtensionTests : IDisposable

@@ -3,7 +3,7 @@ using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.Images;
 using PrlFuse.Tests.Support;
 
-namespace PrlFuse.Tests.Core.Images;
+namespace PrlFuse.Tests.Core.Formats.Parallels;
 
 /// <summary>Expandable images of both magics and several cluster sizes read byte for byte right.</summary>
 public sealed class ImageReadTests : IDisposable

@@ -1,6 +1,6 @@
 using PrlFuse.Core.IO;
 
-namespace PrlFuse.Tests.Core.Images;
+namespace PrlFuse.Tests.Core.Formats.Parallels;
 
 /// <summary>One operation on an image file, in the order it happened.</summary>
 internal abstract record FileOp(int Seq);

@@ -4,9 +4,9 @@ using PrlFuse.Core.Checking;
 using PrlFuse.Core.Engine;
 using PrlFuse.Tests.Core.Checking;
 using PrlFuse.Tests.Support;
-using static PrlFuse.Tests.Core.Images.WriteTestSupport;
+using static PrlFuse.Tests.Core.Formats.Parallels.WriteTestSupport;
 
-namespace PrlFuse.Tests.Core.Images;
+namespace PrlFuse.Tests.Core.Formats.Parallels;
 
 /// <summary>
 /// Several writers and readers at once on the top of a chain: writers racing on the same unallocated clusters with

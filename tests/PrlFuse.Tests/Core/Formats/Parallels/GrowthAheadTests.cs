@@ -4,7 +4,7 @@ using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.Images;
 using PrlFuse.Tests.Support;
 
-namespace PrlFuse.Tests.Core.Images;
+namespace PrlFuse.Tests.Core.Formats.Parallels;
 
 /// <summary>
 /// The top image grows one chunk ahead of its allocator in the background (fallocated, and brought into the page

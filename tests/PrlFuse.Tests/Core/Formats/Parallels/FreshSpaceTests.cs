@@ -3,9 +3,9 @@ using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.IO;
 using PrlFuse.Tests.Core.IO;
 using PrlFuse.Tests.Support;
-using static PrlFuse.Tests.Core.Images.WriteTestSupport;
+using static PrlFuse.Tests.Core.Formats.Parallels.WriteTestSupport;
 
-namespace PrlFuse.Tests.Core.Images;
+namespace PrlFuse.Tests.Core.Formats.Parallels;
 
 /// <summary>
 /// Space the top image grew in this session reads as zeros until written: a write into a new cluster there, over zeros

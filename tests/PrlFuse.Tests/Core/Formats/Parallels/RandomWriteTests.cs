@@ -3,9 +3,9 @@ using PrlFuse.Core.Engine;
 using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.Images;
 using PrlFuse.Tests.Support;
-using static PrlFuse.Tests.Core.Images.WriteTestSupport;
+using static PrlFuse.Tests.Core.Formats.Parallels.WriteTestSupport;
 
-namespace PrlFuse.Tests.Core.Images;
+namespace PrlFuse.Tests.Core.Formats.Parallels;
 
 /// <summary>
 /// Random writes to the top of a qemu-built chain through Core, against an in-memory model: reads equal the model at

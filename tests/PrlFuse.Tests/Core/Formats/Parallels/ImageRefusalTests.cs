@@ -5,7 +5,7 @@ using PrlFuse.Core.IO;
 using PrlFuse.Core.Images;
 using PrlFuse.Tests.Support;
 
-namespace PrlFuse.Tests.Core.Formats;
+namespace PrlFuse.Tests.Core.Formats.Parallels;
 
 /// <summary>
 /// Broken headers are refused with a message that names the file and what is wrong. Damaged BAT entries are not: the

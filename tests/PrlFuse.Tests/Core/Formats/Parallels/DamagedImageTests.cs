@@ -6,7 +6,7 @@ using PrlFuse.Core.Images;
 using PrlFuse.Fuse;
 using PrlFuse.Tests.Support;
 
-namespace PrlFuse.Tests.Core.Images;
+namespace PrlFuse.Tests.Core.Formats.Parallels;
 
 /// <summary>
 /// Images qemu built, damaged on purpose in their BAT or cut short: they open read-only as qemu opens them, with

@@ -3,9 +3,9 @@ using PrlFuse.Core.Checking;
 using PrlFuse.Core.Engine;
 using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Tests.Support;
-using static PrlFuse.Tests.Core.Images.WriteTestSupport;
+using static PrlFuse.Tests.Core.Formats.Parallels.WriteTestSupport;
 
-namespace PrlFuse.Tests.Core.Images;
+namespace PrlFuse.Tests.Core.Formats.Parallels;
 
 /// <summary>
 /// The order in which the write path reaches the disk, recorded by a wrapping ImageFile: "Ynot" is durable before

@@ -1,7 +1,7 @@
 using PrlFuse.Core.Engine;
 using PrlFuse.Tests.Support;
 
-namespace PrlFuse.Tests.Core.Images;
+namespace PrlFuse.Tests.Core.Formats.Parallels;
 
 internal static class WriteTestSupport
 {

@@ -3,7 +3,7 @@ using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.Images;
 using PrlFuse.Tests.Support;
 
-namespace PrlFuse.Tests.Core.Images;
+namespace PrlFuse.Tests.Core.Formats.Parallels;
 
 /// <summary>The in_use field and the empty-image flag.</summary>
 public sealed class ImageStateTests : IDisposable
