@@ -13,10 +13,13 @@ public sealed record MountFileUser(int Pid, string Command, string Fd, string Pa
 public sealed record MountLoopUser(string Device, string BackingFile);
 
 /// <summary>One active prlfuse mount, as the kernel and /proc tell it.</summary>
+/// <param name="Mountpoint">Where it is mounted.</param>
 /// <param name="Disk">What the mount was given (its fsname): a bundle folder, descriptor or image path.</param>
 /// <param name="ReadOnly">Mounted with --read-only (mountinfo's "ro"): current.raw cannot be written.</param>
 /// <param name="DaemonPid">The daemon serving it, or null when none is found.</param>
 /// <param name="Stale">The daemon is gone and the mountpoint answers "Transport endpoint is not connected".</param>
+/// <param name="OpenFiles">Processes with files open (or their working folder) under the mount.</param>
+/// <param name="LoopDevices">Loop devices backed by the mount's files.</param>
 public sealed record PrlFuseMountInfo(
     string Mountpoint,
     string Disk,

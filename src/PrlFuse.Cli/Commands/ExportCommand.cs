@@ -16,8 +16,11 @@ internal static class ExportCommand
     public static int Run(ExportOptions o) =>
         Export(o.Disk, o.Snapshot, o.Output ?? throw new Arguments.UsageException(CommandTable.Find("export"), "missing -o/--output FILE (where to write the raw disk; - for standard output)"), o.CacheBytes, o.AllowOutsideImages, Console.OpenStandardOutput, Console.Error, o.ForceShare, o.DiskFormat);
 
-    /// <param name="openStdout">Opens what "-" writes to (standard output; a test passes its own stream).</param>
-    /// <param name="messages">Where the progress bar (on a terminal only) and the final line go: stderr.</param>
+    /// <summary>
+    /// Exports snapshot <paramref name="snapshot"/> (null: the top) of <paramref name="disk"/> to <paramref name="output"/>
+    /// through Core's exporter. <paramref name="openStdout"/> opens what "-" writes to (standard output; a test passes its
+    /// own stream); <paramref name="messages"/> takes the progress bar (on a terminal only) and the final line: stderr.
+    /// </summary>
     public static int Export(string disk, string? snapshot, string output, long cacheBytes, bool allowOutsideImages, Func<Stream> openStdout, TextWriter messages, bool forceShare = false, Core.Descriptor.DiskFormat format = Core.Descriptor.DiskFormat.Auto)
     {
         // A disk that a writer holds is refused (its image locks say so), unless --force-share: then it is copied as it is.

@@ -24,6 +24,7 @@ public sealed class QemuHolder : IDisposable
     /// <param name="image">The image (qemu-io -f parallels), or with <paramref name="imageOpts"/> the --image-opts text.</param>
     /// <param name="readOnly">-r: a read-only user.</param>
     /// <param name="forceShare">-U: shares everything.</param>
+    /// <param name="imageOpts">--image-opts: <paramref name="image"/> is an options text, not a file.</param>
     /// <param name="watch">The file whose locks show that qemu-io is ready (default: <paramref name="image"/>).</param>
     /// <param name="watchBytes">How many lock bytes on <paramref name="watch"/> mean ready (default: what QEMU 7.2 takes for the mode).</param>
     public static QemuHolder Start(string image, bool readOnly = false, bool forceShare = false, bool imageOpts = false, string? watch = null, int? watchBytes = null)

@@ -14,7 +14,7 @@ internal sealed record WriteOp(int Seq, int StartSeq, long Offset, byte[] Data) 
 
 internal sealed record SetLengthOp(int Seq, long Length) : FileOp(Seq);
 
-/// <summary>A flush: <see cref="Seq"/> when it started (it covers the writes completed before), done when it returned.</summary>
+/// <summary>A flush: <c>Seq</c> when it started (it covers the writes completed before), done when it returned.</summary>
 internal sealed record FlushOp(int Seq, bool DataOnly) : FileOp(Seq)
 {
     public int DoneSeq { get; set; } = -1;
@@ -53,7 +53,7 @@ internal sealed class OpLog
 
 /// <summary>
 /// Wraps the real <see cref="PositionalImageFile"/> and records every write, length change and flush of the files
-/// whose name matches <paramref name="record"/>.
+/// whose name matches the <c>record</c> filter its opener is given.
 /// </summary>
 internal sealed class RecordingImageFile : ImageFile
 {
