@@ -13,9 +13,9 @@ internal static class CheckCommand
     /// <summary>Images larger than this get a progress bar (when stderr is a terminal).</summary>
     private const long ProgressThresholdBytes = 1L << 30;
 
-    public static int Run(CheckOptions o) => Run(o.Disk, o.Repair, Console.Out, Console.IsErrorRedirected, o.ForceShare);
+    public static int Run(CheckOptions o) => Run(o.Disk, o.Repair, Console.Out, Console.IsErrorRedirected, o.ForceShare, o.AllowOutsideImages);
 
-    public static int Run(string disk, bool repair, TextWriter output, bool stderrRedirected = true, bool forceShare = false)
+    public static int Run(string disk, bool repair, TextWriter output, bool stderrRedirected = true, bool forceShare = false, bool allowOutsideImages = false)
     {
         if (repair && forceShare)
         {
@@ -49,7 +49,7 @@ internal static class CheckCommand
                             }
                         },
                     };
-                    return DiskChecker.Check(disk, repair, options, (path, _, _) =>
+                    return DiskChecker.Check(disk, repair, options, allowImagesOutsideBundle: allowOutsideImages, starting: (path, _, _) =>
                     {
                         if (task is not null)
                         {
@@ -62,7 +62,7 @@ internal static class CheckCommand
         }
         else
         {
-            report = DiskChecker.Check(disk, repair, new ImageCheckOptions { ForceShare = forceShare });
+            report = DiskChecker.Check(disk, repair, new ImageCheckOptions { ForceShare = forceShare }, allowImagesOutsideBundle: allowOutsideImages);
         }
 
         Print(report, output);

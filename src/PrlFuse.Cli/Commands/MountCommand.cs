@@ -299,7 +299,7 @@ internal static class MountCommand
         string mountpoint = CheckMountpoint(o.MountPoint, clearStale: true, notices);
         if (o.Repair)
         {
-            RepairFirst(o.Disk, notices);
+            RepairFirst(o.Disk, o.AllowOutsideImages, notices);
         }
 
         var openOptions = new DiskOpenOptions { ReadOnly = o.ReadOnly, CacheBytes = o.CacheBytes, AllowImagesOutsideBundle = o.AllowOutsideImages, ForceShare = o.ForceShare, Format = o.DiskFormat };
@@ -339,9 +339,9 @@ internal static class MountCommand
     }
 
     /// <summary>--repair: what 'prlfuse check --repair' would fix is fixed before the images are opened.</summary>
-    private static void RepairFirst(string disk, TextWriter notices)
+    private static void RepairFirst(string disk, bool allowOutsideImages, TextWriter notices)
     {
-        var report = PrlFuse.Core.Checking.DiskChecker.Check(disk, repair: true);
+        var report = PrlFuse.Core.Checking.DiskChecker.Check(disk, repair: true, allowImagesOutsideBundle: allowOutsideImages);
         int repaired = report.Images.Sum(i => i.RepairedCount);
         if (report.ExitCode is not (0 or 3))
         {

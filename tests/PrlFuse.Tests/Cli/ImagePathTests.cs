@@ -173,14 +173,15 @@ public sealed class ImagePathTests
         using var doc = JsonDocument.Parse(info.Stdout);
         string warning = doc.RootElement.GetProperty("warnings").EnumerateArray()
             .Single(w => w.GetProperty("code").GetString() == "stale-absolute-path").GetProperty("message").GetString()!;
-        Assert.Contains(stale, warning, StringComparison.Ordinal);
+        Assert.StartsWith("DiskDescriptor.xml: image path " + stale, warning, StringComparison.Ordinal);
 
         foreach (string[] check in new[] { new[] { "check", bundle }, ["check", "--repair", bundle] })
         {
             var r = Run(check);
             Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
             Assert.Contains("Checked 1 image of", r.Stdout, StringComparison.Ordinal);
-            Assert.Contains(warning, r.Stdout, StringComparison.Ordinal);
+            var line = Assert.Single(r.Stdout.Split('\n'), l => l.Contains(stale, StringComparison.Ordinal));
+            Assert.Equal("DiskDescriptor.xml: warning descriptor: " + warning["DiskDescriptor.xml: ".Length..], line);
             Assert.Contains("No errors were found", r.Stdout, StringComparison.Ordinal);
         }
     }
