@@ -104,12 +104,12 @@ public sealed class ImagePathResolver
     /// </summary>
     private void Check(string path, string named, bool inBundle)
     {
-        string where = path == named ? "" : $" ({path})";
-        string real = PathRules.RealPath(path) ?? throw new ImagePathException(_descriptorPath, ImagePathRefusal.Missing, $"image {named} does not exist{where}");
+        // The <File> is untrusted text of any length: quoted once, never again inside the path made of it.
+        string real = PathRules.RealPath(path) ?? throw new ImagePathException(_descriptorPath, ImagePathRefusal.Missing, $"image {named} does not exist");
         string kind = PathRules.FileKind(real);
         if (kind != "regular file")
         {
-            throw new ImagePathException(_descriptorPath, ImagePathRefusal.NotRegularFile, $"image {named}{where} is a {kind}, not a regular file; refused");
+            throw new ImagePathException(_descriptorPath, ImagePathRefusal.NotRegularFile, $"image {named} is a {kind}, not a regular file; refused");
         }
 
         if (!inBundle || _allowOutsideBundle)
