@@ -44,6 +44,9 @@ public sealed record ResolvedImagePath(string Path, string DescriptorPath, strin
 /// </summary>
 public sealed class ImagePathResolver
 {
+    /// <summary>PATH_MAX: no file has a longer path, so a longer &lt;File&gt; is quoted only in part.</summary>
+    private const int LongestPath = 4096;
+
     private readonly string _descriptorPath;
     private readonly bool _allowOutsideBundle;
 
@@ -77,12 +80,12 @@ public sealed class ImagePathResolver
         string local = Path.Combine(BundleFolder, Path.GetFileName(file));
         if (!Path.Exists(local))
         {
-            throw new ImagePathException(_descriptorPath, ImagePathRefusal.Missing, $"image {file} does not exist, nor does {local}");
+            throw new ImagePathException(_descriptorPath, ImagePathRefusal.Missing, $"image {Quote(file)} does not exist, nor does {Quote(local)}");
         }
 
         // The name beside the descriptor is not what the descriptor named, so it is held to the bundle rule.
         Check(local, file, inBundle: true);
-        return new ResolvedImagePath(local, _descriptorPath, $"image path {file} does not exist; using {Path.GetFileName(file)} in the bundle folder");
+        return new ResolvedImagePath(local, _descriptorPath, $"image path {Quote(file)} does not exist; using {Path.GetFileName(file)} in the bundle folder");
     }
 
     /// <summary>The file <paramref name="file"/> leads to, or null when the resolver refuses it (for notes, never for use).</summary>
@@ -104,12 +107,11 @@ public sealed class ImagePathResolver
     /// </summary>
     private void Check(string path, string named, bool inBundle)
     {
-        // The <File> is untrusted text of any length: quoted once, never again inside the path made of it.
-        string real = PathRules.RealPath(path) ?? throw new ImagePathException(_descriptorPath, ImagePathRefusal.Missing, $"image {named} does not exist");
+        string real = PathRules.RealPath(path) ?? throw new ImagePathException(_descriptorPath, ImagePathRefusal.Missing, $"image {Quote(named)} does not exist");
         string kind = PathRules.FileKind(real);
         if (kind != "regular file")
         {
-            throw new ImagePathException(_descriptorPath, ImagePathRefusal.NotRegularFile, $"image {named} is a {kind}, not a regular file; refused");
+            throw new ImagePathException(_descriptorPath, ImagePathRefusal.NotRegularFile, $"image {Quote(named)} is a {kind}, not a regular file; refused");
         }
 
         if (!inBundle || _allowOutsideBundle)
@@ -121,7 +123,14 @@ public sealed class ImagePathResolver
         string prefix = bundle.EndsWith('/') ? bundle : bundle + "/";
         if (!real.StartsWith(prefix, StringComparison.Ordinal))
         {
-            throw new ImagePathException(_descriptorPath, ImagePathRefusal.OutsideBundle, $"image path {named} resolves to {real}, outside the bundle folder; refused (only absolute <File> paths may point outside the bundle; give --allow-outside-images to follow it)");
+            throw new ImagePathException(_descriptorPath, ImagePathRefusal.OutsideBundle, $"image path {Quote(named)} resolves to {real}, outside the bundle folder; refused (only absolute <File> paths may point outside the bundle; give --allow-outside-images to follow it)");
         }
     }
+
+    /// <summary>
+    /// A &lt;File&gt; (or a path made of one) for a message. It is untrusted text of any length: one that cannot name a
+    /// file is cut, so a hostile descriptor cannot make a refusal cost megabytes.
+    /// </summary>
+    private static string Quote(string path) =>
+        path.Length <= LongestPath ? path : $"{path[..64]}... ({path.Length} characters, longer than any path)";
 }
