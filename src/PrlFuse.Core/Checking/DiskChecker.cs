@@ -13,6 +13,11 @@ public static class DiskChecker
     /// <summary>Called before each image: (image path, index, count).</summary>
     public delegate void ImageStarting(string path, int index, int count);
 
+    /// <summary>Checks, or with <paramref name="repair"/> repairs, every image of the disk <paramref name="path"/> names.</summary>
+    /// <param name="path">A bundle folder, its DiskDescriptor.xml, or a bare image.</param>
+    /// <param name="repair">Repair what is found, then check again.</param>
+    /// <param name="options">How each image is opened and progress told.</param>
+    /// <param name="starting">Called before each image.</param>
     /// <param name="allowImagesOutsideBundle">Let relative image paths lead out of the bundle folder, as opening the disk does with it.</param>
     public static DiskCheckReport Check(string path, bool repair = false, ImageCheckOptions? options = null, ImageStarting? starting = null, bool allowImagesOutsideBundle = false)
     {

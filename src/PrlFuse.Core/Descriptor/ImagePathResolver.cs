@@ -24,6 +24,7 @@ public sealed class ImagePathException(string file, ImagePathRefusal refusal, st
 
 /// <summary>Where an image's &lt;File&gt; leads, in the descriptor at <paramref name="DescriptorPath"/>.</summary>
 /// <param name="Path">The file to use.</param>
+/// <param name="DescriptorPath">The descriptor that names it.</param>
 /// <param name="Fallback">
 /// Set when the absolute path the descriptor names is gone and the file of the same name beside the descriptor is used
 /// instead: that, in words.
