@@ -1,7 +1,7 @@
 using PrlFuse.Core.Descriptor;
 using PrlFuse.Tests.Support;
 
-namespace PrlFuse.Tests.Core;
+namespace PrlFuse.Tests.Core.Descriptor;
 
 /// <summary>The one mapping from a descriptor's &lt;File&gt; to a file, without opening anything.</summary>
 public sealed class ImagePathResolverTests
