@@ -112,6 +112,19 @@ public static class MountRegistry
         return [.. Processes().Where(p => p.Pid != Environment.ProcessId && ServesMount(p, target)).Select(p => p.Pid)];
     }
 
+    /// <summary>Waits until every process of <paramref name="pids"/> has ended, or <paramref name="timeout"/> has passed.</summary>
+    public static void WaitForExit(IEnumerable<int> pids, TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        foreach (int pid in pids)
+        {
+            while (Directory.Exists($"/proc/{pid}") && DateTime.UtcNow < deadline)
+            {
+                Thread.Sleep(20);
+            }
+        }
+    }
+
     /// <summary>One line of mountinfo, for a prlfuse mount.</summary>
     internal sealed record MountEntry(string Mountpoint, string Disk, bool ReadOnly);
 

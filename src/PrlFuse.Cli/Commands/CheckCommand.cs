@@ -1,4 +1,5 @@
 using PrlFuse.Core.Checking;
+using PrlFuse.Core.Descriptor;
 using Spectre.Console;
 
 namespace PrlFuse.Cli.Commands;
@@ -13,22 +14,23 @@ internal static class CheckCommand
     /// <summary>Images larger than this get a progress bar (when stderr is a terminal).</summary>
     private const long ProgressThresholdBytes = 1L << 30;
 
-    public static int Run(CheckOptions o) => Run(o.Disk, o.Repair, Console.Out, Console.IsErrorRedirected, o.ForceShare);
+    public static int Run(CheckOptions o) => Run(o.Disk, o.Repair, Console.Out, Console.IsErrorRedirected, o.ForceShare, o.AllowOutsideImages);
 
-    public static int Run(string disk, bool repair, TextWriter output, bool stderrRedirected = true, bool forceShare = false)
+    public static int Run(string disk, bool repair, TextWriter output, bool stderrRedirected = true, bool forceShare = false, bool allowOutsideImages = false)
     {
         if (repair && forceShare)
         {
             throw new Core.PrlFuseException(disk, "--repair writes the images, so it does not go with --force-share");
         }
 
-        foreach (var user in Output.InUse.OurMounts(MountedFiles(disk)))
+        var (source, images) = FilesOf(disk, allowOutsideImages);
+        foreach (var user in Output.InUse.OurMounts([disk, .. source is null ? Array.Empty<string>() : [source], .. images]))
         {
             output.WriteLine($"{disk}: in use, {user}" + (repair ? "; unmount it before a repair" : "; checked read-only as it is now"));
         }
 
         DiskCheckReport report;
-        bool large = !stderrRedirected && AnsiConsole.Profile.Capabilities.Interactive && HasLargeImage(disk);
+        bool large = !stderrRedirected && AnsiConsole.Profile.Capabilities.Interactive && HasLargeImage(images);
         if (large)
         {
             var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
@@ -49,7 +51,7 @@ internal static class CheckCommand
                             }
                         },
                     };
-                    return DiskChecker.Check(disk, repair, options, (path, _, _) =>
+                    return DiskChecker.Check(disk, repair, options, allowImagesOutsideBundle: allowOutsideImages, starting: (path, _, _) =>
                     {
                         if (task is not null)
                         {
@@ -62,40 +64,34 @@ internal static class CheckCommand
         }
         else
         {
-            report = DiskChecker.Check(disk, repair, new ImageCheckOptions { ForceShare = forceShare });
+            report = DiskChecker.Check(disk, repair, new ImageCheckOptions { ForceShare = forceShare }, allowImagesOutsideBundle: allowOutsideImages);
         }
 
         Print(report, output);
         return report.ExitCode;
     }
 
-    /// <summary>The disk's descriptor and images, as far as they can be found, for the mount lookup.</summary>
-    private static List<string> MountedFiles(string disk)
+    /// <summary>The disk's descriptor (or bare image) and its image files as Core maps them, as far as they can be read.</summary>
+    private static (string? Source, IReadOnlyList<string> Images) FilesOf(string disk, bool allowOutsideImages)
     {
-        var files = new List<string> { disk };
+        string? source = null;
         try
         {
-            var (path, _) = Core.Descriptor.DiskSource.Resolve(disk);
-            files.Add(path);
-            files.AddRange(Directory.GetFiles(Path.GetDirectoryName(path) ?? "/", "*.hds"));
+            source = DiskSource.Resolve(disk).Path;
+            return (source, DiskSource.ImageFiles(disk, allowOutsideImages));
         }
         catch (Core.PrlFuseException)
         {
             // The checker says what is wrong with the disk itself.
+            return (source, []);
         }
-
-        return files;
     }
 
-    private static bool HasLargeImage(string disk)
+    private static bool HasLargeImage(IReadOnlyList<string> images)
     {
-        string full = Path.GetFullPath(disk);
-        string folder = Directory.Exists(full) ? full : Path.GetDirectoryName(full) ?? ".";
         try
         {
-            return File.Exists(full) && !full.EndsWith(".xml", StringComparison.OrdinalIgnoreCase)
-                ? new FileInfo(full).Length > ProgressThresholdBytes
-                : Directory.EnumerateFiles(folder, "*.hds").Any(f => new FileInfo(f).Length > ProgressThresholdBytes);
+            return images.Any(f => new FileInfo(f).Length > ProgressThresholdBytes);
         }
         catch (IOException)
         {

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Runtime.InteropServices;
 using PrlFuse.Core;
 using PrlFuse.Core.Engine;
@@ -6,24 +5,20 @@ using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.IO;
 using PrlFuse.Core.Images;
 using PrlFuse.Fuse;
+using PrlFuse.Fuse.Daemon;
 using PrlFuse.Fuse.Native;
 
 namespace PrlFuse.Cli.Commands;
 
 /// <summary>
-/// `prlfuse mount`. Without --foreground the command starts itself again as a detached daemon (.NET cannot fork)
-/// and returns once the daemon reports, on a pipe, that the mount answers, or exits non-zero with the daemon's own
-/// message. The daemon works from "/" and checks that nothing it needs lies below the mountpoint before it mounts:
+/// `prlfuse mount`. Without --foreground the command has <see cref="DaemonLauncher"/> start prlfuse again as the
+/// detached daemon, and returns once the mount answers, or exits non-zero with the daemon's own message. The daemon works from "/" and checks that nothing it needs lies below the mountpoint before it mounts:
 /// a lookup of its own mountpoint before the loop serves would block it, and every process that stats mounts after it.
 /// </summary>
 internal static class MountCommand
 {
-    private const string ReadyLine = "PRLFUSE-READY";
-
     /// <summary>Test seam: a daemon started with this variable set fails right after fuse_mount, before it serves.</summary>
     internal const string FaultAfterMountVariable = "PRLFUSE_FAULT_AFTER_MOUNT";
-
-    private static readonly TimeSpan ReadyTimeout = TimeSpan.FromSeconds(60);
 
     public static int Run(MountOptions o)
     {
@@ -44,101 +39,13 @@ internal static class MountCommand
     {
         // Fail fast on what the parent can see, so the common mistakes need no daemon round trip.
         string mountpoint = CheckMountpoint(o.MountPoint, clearStale: false);
-        string program = Environment.ProcessPath ?? throw new PrlFuseException(null, "cannot find the prlfuse program to start the mount daemon");
-        var psi = new ProcessStartInfo(program)
+        if (DaemonLauncher.Start(DaemonArguments(o, mountpoint), mountpoint, Console.Error) is not { } failed)
         {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            RedirectStandardInput = true,
-            UseShellExecute = false,
-            WorkingDirectory = "/",
-        };
-
-        // Under `dotnet prlfuse.dll` the process is the host: it needs the assembly again. The apphost and the
-        // single-file binary are the program itself (there argv[0] is the dll or the binary, never to be repeated).
-        if (Path.GetFileNameWithoutExtension(program) == "dotnet")
-        {
-            psi.ArgumentList.Add(Path.GetFullPath(Environment.GetCommandLineArgs()[0]));
+            return Program.ExitOk;
         }
 
-        foreach (var arg in DaemonArguments(o, mountpoint))
-        {
-            psi.ArgumentList.Add(arg);
-        }
-
-        using var child = Process.Start(psi) ?? throw new PrlFuseException(null, "cannot start the mount daemon");
-        child.StandardInput.Close();
-        var stderr = new System.Text.StringBuilder();
-        child.ErrorDataReceived += (_, e) =>
-        {
-            if (e.Data is not null)
-            {
-                lock (stderr)
-                {
-                    stderr.AppendLine(e.Data);
-                }
-            }
-        };
-        child.BeginErrorReadLine();
-
-        // Before it is ready the daemon writes its notices (warnings, a cleared stale mount) on stdout: relay them.
-        var deadline = DateTime.UtcNow + ReadyTimeout;
-        while (DateTime.UtcNow < deadline)
-        {
-            var line = child.StandardOutput.ReadLineAsync();
-            if (!line.Wait(deadline - DateTime.UtcNow) || line.Result is null)
-            {
-                break;
-            }
-
-            if (line.Result == ReadyLine)
-            {
-                ConfirmAnswers(mountpoint);
-                return Program.ExitOk;
-            }
-
-            Console.Error.WriteLine(line.Result);
-        }
-
-        if (!child.WaitForExit(5000))
-        {
-            child.Kill(entireProcessTree: true);
-            throw new PrlFuseException(mountpoint, "the mount daemon did not become ready in time; rerun with --foreground to see what it does");
-        }
-
-        child.WaitForExit();
-        string said = Snapshot(stderr);
-        if (said.Trim().Length == 0)
-        {
-            throw new PrlFuseException(mountpoint, $"the mount daemon exited with status {child.ExitCode} without saying why; rerun with --foreground --debug");
-        }
-
-        Console.Error.Write(said);
-        return child.ExitCode == 0 ? Program.ExitError : child.ExitCode;
-    }
-
-    /// <summary>The daemon said it serves: the mount must answer a lookup before the command reports success.</summary>
-    private static void ConfirmAnswers(string mountpoint)
-    {
-        string current = Path.Combine(mountpoint, BundleFileSystem.CurrentFileName);
-        var probe = Task.Run(() => File.Exists(current));
-        if (!probe.Wait(TimeSpan.FromSeconds(30)))
-        {
-            throw new PrlFuseException(mountpoint, "the mount does not answer (the daemon hangs); see 'prlfuse status', and 'fusermount3 -uz' clears it");
-        }
-
-        if (!probe.Result)
-        {
-            throw new PrlFuseException(mountpoint, $"the daemon reported the mount ready, but {current} is not there; see the daemon's --log");
-        }
-    }
-
-    private static string Snapshot(System.Text.StringBuilder sb)
-    {
-        lock (sb)
-        {
-            return sb.ToString();
-        }
+        Console.Error.Write(failed.Said);
+        return failed.ExitCode == 0 ? Program.ExitError : failed.ExitCode;
     }
 
     private static IEnumerable<string> DaemonArguments(MountOptions o, string mountpoint)
@@ -282,12 +189,6 @@ internal static class MountCommand
 
     private static int Serve(MountOptions o)
     {
-        if (o.DaemonChild)
-        {
-            // Our own session: the daemon outlives the terminal and the command that started it.
-            Posix.SetSid();
-        }
-
         // A daemon child's stdout goes to the waiting parent, which shows these lines to the user.
         var notices = o.DaemonChild ? Console.Out : Console.Error;
         o.Disk = Path.GetFullPath(o.Disk);
@@ -296,11 +197,11 @@ internal static class MountCommand
 
         // From here on no relative path is used; a working folder below the mountpoint would block the daemon.
         Directory.SetCurrentDirectory("/");
-        var detach = o.DaemonChild ? Detach.Prepare(o.Log) : null;
+        var detach = o.DaemonChild ? DaemonChild.Begin(o.Log) : null;
         string mountpoint = CheckMountpoint(o.MountPoint, clearStale: true, notices);
         if (o.Repair)
         {
-            RepairFirst(o.Disk, notices);
+            RepairFirst(o.Disk, o.AllowOutsideImages, notices);
         }
 
         var openOptions = new DiskOpenOptions { ReadOnly = o.ReadOnly, CacheBytes = o.CacheBytes, AllowImagesOutsideBundle = o.AllowOutsideImages, ForceShare = o.ForceShare, Format = o.DiskFormat };
@@ -340,9 +241,9 @@ internal static class MountCommand
     }
 
     /// <summary>--repair: what 'prlfuse check --repair' would fix is fixed before the images are opened.</summary>
-    private static void RepairFirst(string disk, TextWriter notices)
+    private static void RepairFirst(string disk, bool allowOutsideImages, TextWriter notices)
     {
-        var report = PrlFuse.Core.Checking.DiskChecker.Check(disk, repair: true);
+        var report = PrlFuse.Core.Checking.DiskChecker.Check(disk, repair: true, allowImagesOutsideBundle: allowOutsideImages);
         int repaired = report.Images.Sum(i => i.RepairedCount);
         if (report.ExitCode is not (0 or 3))
         {
@@ -385,7 +286,7 @@ internal static class MountCommand
         throw new PrlFuseException(disk.SourcePath, "the top snapshot's image cannot be opened for writing; mount with --read-only");
     }
 
-    private static int ServeDisk(VirtualDisk disk, string mountpoint, MountOptions o, Detach? detach)
+    private static int ServeDisk(VirtualDisk disk, string mountpoint, MountOptions o, DaemonChild? detach)
     {
         var fuseOptions = o.FuseOptions.Select(x => x.Trim()).Where(x => x.Length > 0).ToList();
         fuseOptions.RemoveAll(x => x == "nonempty"); // ours to check (see CheckMountpointAgainstDisk); libfuse 3 has no such option
@@ -487,58 +388,5 @@ internal static class MountCommand
     private sealed class Registrations(List<PosixSignalRegistration> list) : IDisposable
     {
         public void Dispose() => list.ForEach(r => r.Dispose());
-    }
-
-    /// <summary>
-    /// The daemon's way out of the parent's pipes: /dev/null and the log file are opened before the mount (so a
-    /// failure is still reported to the parent), and swapped in for stdio once readiness is told.
-    /// </summary>
-    private sealed class Detach
-    {
-        private readonly int _devNull;
-        private readonly int _log;
-
-        private Detach(int devNull, int log)
-        {
-            _devNull = devNull;
-            _log = log;
-        }
-
-        public static Detach Prepare(string? log)
-        {
-            int devNull = Posix.Open("/dev/null", Posix.OReadWrite | Posix.OCloexec, 0);
-            if (devNull < 0)
-            {
-                throw new PrlFuseException("/dev/null", $"cannot be opened (errno {Posix.LastError})");
-            }
-
-            int logFd = devNull;
-            if (log is not null)
-            {
-                logFd = Posix.Open(log, Posix.OWriteOnly | Posix.OCreate | Posix.OAppend | Posix.OCloexec, 0x180 /* 0600 */);
-                if (logFd < 0)
-                {
-                    throw new PrlFuseException(log, $"cannot open the log file (errno {Posix.LastError}); choose a writable path for --log");
-                }
-            }
-
-            return new Detach(devNull, logFd);
-        }
-
-        /// <summary>Tells the waiting parent we serve, then points stdio away from its pipes.</summary>
-        public void ReportReady()
-        {
-            Console.Out.WriteLine(ReadyLine);
-            Console.Out.Flush();
-            Console.Error.Flush();
-            Posix.Dup2(_devNull, 0);
-            Posix.Dup2(_devNull, 1);
-            Posix.Dup2(_log, 2);
-
-            // .NET's console streams write to their own duplicates of fds 1 and 2, made when first used: they still
-            // lead to the parent's pipe, whose reader is gone. New ones duplicate the new fds, so the log gets our lines.
-            Console.SetOut(new StreamWriter(Console.OpenStandardOutput()) { AutoFlush = true });
-            Console.SetError(new StreamWriter(Console.OpenStandardError()) { AutoFlush = true });
-        }
     }
 }

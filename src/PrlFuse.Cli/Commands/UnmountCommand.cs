@@ -60,15 +60,7 @@ internal static class UnmountCommand
         }
 
         // The daemon now flushes and closes the images; wait so the next user sees them closed cleanly.
-        var deadline = DateTime.UtcNow + DaemonExitTimeout;
-        foreach (int pid in daemons)
-        {
-            while (Directory.Exists($"/proc/{pid}") && DateTime.UtcNow < deadline)
-            {
-                Thread.Sleep(20);
-            }
-        }
-
+        MountRegistry.WaitForExit(daemons, DaemonExitTimeout);
         return Program.ExitOk;
     }
 

@@ -13,7 +13,13 @@ public static class DiskChecker
     /// <summary>Called before each image: (image path, index, count).</summary>
     public delegate void ImageStarting(string path, int index, int count);
 
-    public static DiskCheckReport Check(string path, bool repair = false, ImageCheckOptions? options = null, ImageStarting? starting = null)
+    /// <summary>Checks, or with <paramref name="repair"/> repairs, every image of the disk <paramref name="path"/> names.</summary>
+    /// <param name="path">A bundle folder, its DiskDescriptor.xml, or a bare image.</param>
+    /// <param name="repair">Repair what is found, then check again.</param>
+    /// <param name="options">How each image is opened and progress told.</param>
+    /// <param name="starting">Called before each image.</param>
+    /// <param name="allowImagesOutsideBundle">Let relative image paths lead out of the bundle folder, as opening the disk does with it.</param>
+    public static DiskCheckReport Check(string path, bool repair = false, ImageCheckOptions? options = null, ImageStarting? starting = null, bool allowImagesOutsideBundle = false)
     {
         options ??= new ImageCheckOptions();
         if (repair && options.ForceShare)
@@ -43,7 +49,7 @@ public static class DiskChecker
         }
         else if (kind == DiskSourceKind.Descriptor)
         {
-            FindImages(source, images, diskProblems);
+            FindImages(source, allowImagesOutsideBundle, images, diskProblems);
         }
 
         // A bare raw image has no metadata to check.
@@ -86,8 +92,11 @@ public static class DiskChecker
         return new DiskCheckReport(source, diskProblems, reports, after);
     }
 
-    /// <summary>The expandable images the descriptor lists (each once), with descriptor and file problems as errors.</summary>
-    private static void FindImages(string descriptorPath, List<string> images, List<CheckProblem> problems)
+    /// <summary>
+    /// The expandable images the descriptor lists (each once), with descriptor and file problems as errors: an image
+    /// path opening the disk would refuse is never checked, let alone repaired.
+    /// </summary>
+    private static void FindImages(string descriptorPath, bool allowImagesOutsideBundle, List<string> images, List<CheckProblem> problems)
     {
         DiskDescriptor descriptor;
         try
@@ -110,16 +119,31 @@ public static class DiskChecker
             problems.Add(Error(descriptorPath, CheckProblemKind.BadDescriptor, e.Problem));
         }
 
-        string bundle = Path.GetDirectoryName(descriptorPath)!;
+        var resolver = new ImagePathResolver(descriptorPath, allowImagesOutsideBundle);
         var seen = new HashSet<string>(StringComparer.Ordinal);
         foreach (var storage in descriptor.Storages)
         {
             foreach (var image in storage.Images)
             {
-                string? file = Resolve(bundle, image.File);
-                if (file is null)
+                string file;
+                try
                 {
-                    problems.Add(Error(descriptorPath, CheckProblemKind.MissingImage, $"image {DiskDescriptor.FormatGuid(image.Guid)}: file {image.File} does not exist"));
+                    var resolved = resolver.Resolve(image.File);
+                    file = resolved.Path;
+                    if (resolved.Fallback is { } fallback)
+                    {
+                        problems.Add(new CheckProblem(descriptorPath, CheckProblemKind.BadDescriptor, CheckSeverity.Warning, "descriptor", fallback));
+                    }
+                }
+                catch (ImagePathException e)
+                {
+                    var kind = e.Refusal switch
+                    {
+                        ImagePathRefusal.Missing => CheckProblemKind.MissingImage,
+                        ImagePathRefusal.OutsideBundle => CheckProblemKind.BadDescriptor,
+                        _ => CheckProblemKind.BadImage,
+                    };
+                    problems.Add(Error(descriptorPath, kind, e.Problem));
                     continue;
                 }
 
@@ -142,24 +166,6 @@ public static class DiskChecker
                 images.Add(file);
             }
         }
-    }
-
-    /// <summary>As the reader resolves image paths: relative to the descriptor; a stale absolute path by its name in the bundle.</summary>
-    private static string? Resolve(string bundle, string file)
-    {
-        if (!Path.IsPathRooted(file))
-        {
-            string full = Path.GetFullPath(Path.Combine(bundle, file));
-            return File.Exists(full) ? full : null;
-        }
-
-        if (File.Exists(file))
-        {
-            return file;
-        }
-
-        string local = Path.Combine(bundle, Path.GetFileName(file));
-        return File.Exists(local) ? local : null;
     }
 
     private static CheckProblem Error(string file, CheckProblemKind kind, string what) =>

@@ -63,6 +63,28 @@ public static class DiskSource
         return (full, kind);
     }
 
+    /// <summary>
+    /// The image files of the disk <paramref name="path"/> names, each once, without opening them: its descriptor's
+    /// images as <see cref="ImagePathResolver"/> maps them (the ones it refuses left out), or the bare image itself.
+    /// Throws <see cref="PrlFuseException"/> when the disk or its descriptor cannot be read.
+    /// </summary>
+    public static IReadOnlyList<string> ImageFiles(string path, bool allowImagesOutsideBundle = false, DiskFormat format = DiskFormat.Auto)
+    {
+        var (source, kind) = Resolve(path, format);
+        if (kind != DiskSourceKind.Descriptor)
+        {
+            return [source];
+        }
+
+        var resolver = new ImagePathResolver(source, allowImagesOutsideBundle);
+        var images = DescriptorParser.ParseFile(source).Storages
+            .SelectMany(s => s.Images)
+            .Select(i => resolver.TryResolve(i.File))
+            .OfType<string>()
+            .Distinct(StringComparer.Ordinal);
+        return [.. images];
+    }
+
     /// <summary>Magics of formats prlfuse does not read, at offset 0: a clear refusal beats serving their metadata as data.</summary>
     private static readonly (byte[] Magic, string Name)[] ForeignFormats =
     [

@@ -167,7 +167,9 @@ public sealed class VirtualDisk : IDisposable
         {
             var descriptor = DescriptorParser.ParseFile(xml);
             string name = Path.GetFileName(image);
-            var guids = descriptor.Storages.SelectMany(s => s.Images).Where(i => Path.GetFileName(i.File) == name).Select(i => i.Guid).ToHashSet();
+            var resolver = new ImagePathResolver(xml, allowOutsideBundle: true);
+            var identity = PathRules.Identity(image);
+            var guids = descriptor.Storages.SelectMany(s => s.Images).Where(i => resolver.TryResolve(i.File) is { } file && PathRules.Identity(file) == identity).Select(i => i.Guid).ToHashSet();
             bool overlay = descriptor.Snapshots.Shots.Any(s => guids.Contains(s.Guid) && s.ParentGuid != Guid.Empty);
             return overlay
                 ? $"{name}: is an overlay (a snapshot's changes) in {xml}; its parent snapshots are not included, so unchanged data reads as zeros: open the bundle {folder} for the whole disk"
@@ -240,7 +242,7 @@ public sealed class VirtualDisk : IDisposable
         BlockCache? cache = null;
         try
         {
-            string bundle = Path.GetDirectoryName(source)!;
+            var resolver = new ImagePathResolver(source, options.AllowImagesOutsideBundle || bare);
             bool topWritable = !options.ReadOnly && tree.ChildrenOf(tree.Top).Count == 0;
             string? readOnlyPlace = null;
             var storages = new List<OpenStorage>();
@@ -251,8 +253,13 @@ public sealed class VirtualDisk : IDisposable
                 foreach (var guid in tree.Snapshots)
                 {
                     var id = sd.FindImage(guid)!;
-                    string file = ResolveImagePath(bundle, id.File, source, warnings);
-                    PathRules.CheckImagePath(file, bundle, Path.IsPathRooted(id.File) && file == id.File, source, options.AllowImagesOutsideBundle || bare);
+                    var resolved = resolver.Resolve(id.File);
+                    string file = resolved.Path;
+                    if (resolved.Warning is { } stale)
+                    {
+                        warnings.Add(stale);
+                    }
+
                     bool writable = topWritable && guid == tree.Top;
                     if (writable && PathRules.ReadOnlyReason(file) is { } readOnly)
                     {
@@ -312,32 +319,6 @@ public sealed class VirtualDisk : IDisposable
             cache?.Dispose();
             throw;
         }
-    }
-
-    /// <summary>
-    /// Relative paths are relative to the descriptor. An absolute path that no longer exists falls back to the
-    /// same file name in the bundle folder, because bundles are moved between machines.
-    /// </summary>
-    private static string ResolveImagePath(string bundle, string file, string descriptorPath, ImmutableArray<DiskWarning>.Builder warnings)
-    {
-        if (!Path.IsPathRooted(file))
-        {
-            return Path.GetFullPath(Path.Combine(bundle, file));
-        }
-
-        if (File.Exists(file))
-        {
-            return file;
-        }
-
-        string local = Path.Combine(bundle, Path.GetFileName(file));
-        if (File.Exists(local))
-        {
-            warnings.Add(new(WarningCodes.StaleAbsolutePath, $"{Path.GetFileName(descriptorPath)}: image path {file} does not exist; using {Path.GetFileName(file)} in the bundle folder"));
-            return local;
-        }
-
-        throw new PrlFuseException(descriptorPath, $"image {file} does not exist, nor does {local}");
     }
 
     private static ImageLayer OpenLayer(string path, ImageDescriptor id, StorageDescriptor sd, int storageIndex, bool writable, DiskOpenOptions options, ImmutableArray<DiskWarning>.Builder warnings)

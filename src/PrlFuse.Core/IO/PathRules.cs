@@ -3,9 +3,7 @@ using System.Runtime.InteropServices;
 namespace PrlFuse.Core.IO;
 
 /// <summary>
-/// The descriptor is untrusted input: it must not make PrlFuse open (and then serve through a mount) a file the user
-/// did not mean. An image path must resolve, after symlinks, to a regular file inside the bundle folder, or be an
-/// absolute path the descriptor names that is a regular file. Device nodes, FIFOs and sockets are always refused.
+/// What a path leads to on this machine, after symlinks: its kind, its identity, whether it may be written.
 /// </summary>
 public static class PathRules
 {
@@ -15,29 +13,6 @@ public static class PathRules
     private const int StatSize = 144;
     private const int StatModeOffset = 24;
     private const int StatInodeOffset = 8;
-
-    /// <summary>Checks an image path; <paramref name="namedAbsolute"/> says the descriptor named this absolute path.</summary>
-    public static void CheckImagePath(string path, string bundleFolder, bool namedAbsolute, string descriptorPath, bool allowAnywhere)
-    {
-        string real = RealPath(path) ?? throw new PrlFuseException(path, "image does not exist");
-        string kind = FileKind(real);
-        if (kind != "regular file")
-        {
-            throw new PrlFuseException(path, $"image is a {kind}, not a regular file; refused");
-        }
-
-        if (allowAnywhere || namedAbsolute)
-        {
-            return;
-        }
-
-        string bundle = RealPath(bundleFolder) ?? bundleFolder;
-        string prefix = bundle.EndsWith('/') ? bundle : bundle + "/";
-        if (!real.StartsWith(prefix, StringComparison.Ordinal))
-        {
-            throw new PrlFuseException(descriptorPath, $"image path {path} resolves to {real}, outside the bundle folder; refused (only absolute <File> paths may point outside the bundle)");
-        }
-    }
 
     /// <summary>Refuses a descriptor that is not a regular file (a FIFO would block the reader forever).</summary>
     public static void CheckRegularFile(string path)

@@ -1,4 +1,5 @@
 using PrlFuse.Core;
+using PrlFuse.Core.Descriptor;
 using PrlFuse.Core.Engine;
 using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.Images;
@@ -79,13 +80,13 @@ public sealed class BundleTests : IDisposable
     {
         string folder = _temp.Folder("missing.hdd");
         new DescriptorBuilder(2048).SingleStorage(2048, (Top, "Compressed", "/nowhere/x.hds")).Shot(Top, Guid.Empty).WriteTo(folder);
-        var e = Assert.Throws<PrlFuseException>(() => VirtualDisk.Open(folder).Dispose());
+        var e = Assert.Throws<ImagePathException>(() => VirtualDisk.Open(folder).Dispose());
         Assert.Contains("/nowhere/x.hds", e.Message, StringComparison.Ordinal);
         Assert.Contains(Path.Combine(folder, "x.hds"), e.Message, StringComparison.Ordinal);
 
         string folder2 = _temp.Folder("missing2.hdd");
         new DescriptorBuilder(2048).SingleStorage(2048, (Top, "Compressed", "gone.hds")).Shot(Top, Guid.Empty).WriteTo(folder2);
-        e = Assert.Throws<PrlFuseException>(() => VirtualDisk.Open(folder2).Dispose());
+        e = Assert.Throws<ImagePathException>(() => VirtualDisk.Open(folder2).Dispose());
         Assert.Contains("gone.hds", e.Message, StringComparison.Ordinal);
         Assert.Contains("does not exist", e.Message, StringComparison.Ordinal);
     }

@@ -1,4 +1,5 @@
 using PrlFuse.Core;
+using PrlFuse.Core.Descriptor;
 using PrlFuse.Core.Engine;
 using PrlFuse.Tests.Support;
 
@@ -23,7 +24,7 @@ public sealed class PathRuleTests
     {
         using var temp = new TempFolder();
         File.WriteAllBytes(temp.Combine("secret.raw"), new byte[1 << 20]);
-        var e = Assert.Throws<PrlFuseException>(() => VirtualDisk.Open(Bundle(temp, "../secret.raw")).Dispose());
+        var e = Assert.Throws<ImagePathException>(() => VirtualDisk.Open(Bundle(temp, "../secret.raw")).Dispose());
         Assert.Contains("outside the bundle folder", e.Message, StringComparison.Ordinal);
         Assert.Contains("DiskDescriptor.xml", e.Message, StringComparison.Ordinal);
     }
@@ -35,7 +36,7 @@ public sealed class PathRuleTests
         File.WriteAllBytes(temp.Combine("secret.raw"), new byte[1 << 20]);
         string bundle = Bundle(temp, "image.raw");
         File.CreateSymbolicLink(Path.Combine(bundle, "image.raw"), temp.Combine("secret.raw"));
-        Assert.Throws<PrlFuseException>(() => VirtualDisk.Open(bundle).Dispose());
+        Assert.Throws<ImagePathException>(() => VirtualDisk.Open(bundle).Dispose());
         using var disk = VirtualDisk.Open(bundle, new DiskOpenOptions { AllowImagesOutsideBundle = true });
         Assert.Equal(1 << 20, disk.Size);
     }
@@ -55,7 +56,7 @@ public sealed class PathRuleTests
     public void DeviceNodesAreAlwaysRefused(string device, string kind)
     {
         using var temp = new TempFolder();
-        var e = Assert.Throws<PrlFuseException>(() => VirtualDisk.Open(Bundle(temp, device), new DiskOpenOptions { AllowImagesOutsideBundle = true }).Dispose());
+        var e = Assert.Throws<ImagePathException>(() => VirtualDisk.Open(Bundle(temp, device), new DiskOpenOptions { AllowImagesOutsideBundle = true }).Dispose());
         Assert.Contains(kind, e.Message, StringComparison.Ordinal);
     }
 
@@ -65,7 +66,7 @@ public sealed class PathRuleTests
         using var temp = new TempFolder();
         string bundle = Bundle(temp, "image.raw");
         ProcessRunner.Run("mkfifo", Path.Combine(bundle, "image.raw"));
-        var e = Assert.Throws<PrlFuseException>(() => VirtualDisk.Open(bundle).Dispose());
+        var e = Assert.Throws<ImagePathException>(() => VirtualDisk.Open(bundle).Dispose());
         Assert.Contains("FIFO", e.Message, StringComparison.Ordinal);
 
         // A FIFO as the descriptor itself is refused too (reading it would block forever).
