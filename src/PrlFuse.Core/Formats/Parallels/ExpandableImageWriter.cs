@@ -7,15 +7,15 @@ using PrlFuse.Core.Images;
 namespace PrlFuse.Core.Formats.Parallels;
 
 /// <summary>
-/// The write path of a Parallels expandable image that is the writable top of its chain: allocation, growth, the
-/// order of data and BAT writes, and the clean close. Opened over its parent (<see cref="IParentContent"/>), whose
+/// The write path of a Parallels expandable image that is the writable top of its chain: cluster allocation (the
+/// space itself comes from a <see cref="DataAreaAllocator"/>), the order of data and BAT writes, and the clean close. Opened over its parent (<see cref="IParentContent"/>), whose
 /// content fills the rest of a cluster written for the first time. Reading stays with <see cref="ExpandableImage"/>.
 /// <para>
 /// Locking. Readers never lock: a BAT entry is published (release) only after the data it points at is in the
 /// file. Writers to an allocated cluster write in place with no lock. Allocating a cluster takes the cluster's
-/// stripe lock (so racing writers on one cluster allocate it once and neither write is lost), reserves space at the
+/// stripe lock (so racing writers on one cluster allocate it once and neither write is lost), reserves a slot at the
 /// data end, fills the cluster (old content from the chain below plus the new bytes), writes it, then publishes the
-/// entry. <see cref="_flushLock"/> is the one lock for the BAT's on-disk state and file growth: allocators hold it
+/// entry. <see cref="_flushLock"/> is the one lock for the BAT's on-disk state: allocators hold it
 /// shared from the data write to the publication, and <see cref="Flush"/> holds it exclusively, so every BAT entry
 /// that reaches the disk points at data that was made durable (fdatasync) before it. A crash at any moment leaves at
 /// worst leaked clusters.
@@ -23,9 +23,6 @@ namespace PrlFuse.Core.Formats.Parallels;
 /// </summary>
 public sealed class ExpandableImageWriter : LayerWriter
 {
-    /// <summary>File growth step: one ftruncate per this many bytes of allocation, not one per cluster.</summary>
-    public const long GrowthChunkBytes = 64L << 20;
-
     private const int StripeCount = 64;
 
     private readonly ExpandableImage _image;
@@ -35,18 +32,14 @@ public sealed class ExpandableImageWriter : LayerWriter
     private readonly long _clusterBytes;
     private readonly object[] _stripes = CreateStripes();
     private readonly ReaderWriterLockSlim _flushLock = new(LockRecursionPolicy.NoRecursion);
-    private readonly object _growLock = new();
     private readonly object _openLock = new();
     private byte[]? _dirtyBatPages;
-    private long _nextFree;
-    private long _fileEnd;
 
-    /// <summary>Space from here on was grown by this session: it reads as zeros except where this session wrote.</summary>
-    private long _freshFrom = long.MaxValue;
+    /// <summary>Where new clusters go; set by the first change (<see cref="EnsureOpenForWrite"/>).</summary>
+    private DataAreaAllocator? _space;
     private bool _directWrites;
     private bool _openedForWrite;
     private bool _closed;
-    private int _growingAhead;
     private uint _closedInUse;
 
     /// <summary>Only <see cref="ExpandableImage"/> opens its writer, after it judged the image writable.</summary>
@@ -91,7 +84,7 @@ public sealed class ExpandableImageWriter : LayerWriter
         long host = _bat.GetHostOffset(cluster);
         if (host != 0)
         {
-            WriteData(data, host + within, host >= Volatile.Read(ref _freshFrom));
+            WriteData(data, host + within, _space!.IsFresh(host));
             return (host + within, data.Length);
         }
 
@@ -100,7 +93,7 @@ public sealed class ExpandableImageWriter : LayerWriter
             host = _bat.GetHostOffset(cluster);
             if (host != 0)
             {
-                WriteData(data, host + within, host >= Volatile.Read(ref _freshFrom));
+                WriteData(data, host + within, _space!.IsFresh(host));
                 return (host + within, data.Length);
             }
 
@@ -109,8 +102,8 @@ public sealed class ExpandableImageWriter : LayerWriter
             _flushLock.EnterReadLock();
             try
             {
-                host = Reserve();
-                bool fresh = host >= Volatile.Read(ref _freshFrom);
+                host = _space!.Reserve();
+                bool fresh = _space!.IsFresh(host);
                 try
                 {
                     if (data.Length == clusterBytes)
@@ -142,7 +135,7 @@ public sealed class ExpandableImageWriter : LayerWriter
                 catch
                 {
                     // The read below or the write failed (EIO, ENOSPC): give the slot back so it is not leaked.
-                    Unreserve(host);
+                    _space.Unreserve(host);
                     throw;
                 }
 
@@ -175,115 +168,6 @@ public sealed class ExpandableImageWriter : LayerWriter
         {
             _file.Write(data, host);
         }
-    }
-
-    /// <summary>Reserves one cluster at the data end, growing the file in chunks.</summary>
-    private long Reserve()
-    {
-        long clusterBytes = _clusterBytes;
-        long host = Interlocked.Add(ref _nextFree, clusterBytes) - clusterBytes;
-        if (host / _bat.UnitBytes > uint.MaxValue)
-        {
-            throw new IOException($"{_image.Path}: image is full: its BAT cannot address offset {host}", Errno.EFBIG);
-        }
-
-        long fileEnd = Volatile.Read(ref _fileEnd);
-        if (host + clusterBytes > fileEnd)
-        {
-            lock (_growLock)
-            {
-                if (host + clusterBytes > _fileEnd)
-                {
-                    long target = Math.Max(host + clusterBytes, _fileEnd + GrowthChunkBytes);
-                    try
-                    {
-                        // Allocated space, not a sparse tail: writing into a sparse tail makes the host filesystem
-                        // allocate blocks on every write, several times slower (README, Performance).
-                        _file.Allocate(_fileEnd, target);
-                    }
-                    catch
-                    {
-                        Unreserve(host);
-                        throw;
-                    }
-
-                    Volatile.Write(ref _fileEnd, target);
-                    fileEnd = target;
-                }
-            }
-        }
-
-        if (fileEnd - (host + clusterBytes) < GrowthChunkBytes)
-        {
-            GrowAhead();
-        }
-
-        return host;
-    }
-
-    /// <summary>
-    /// Keeps one growth chunk ahead of the allocator, grown and brought into the page cache by a background thread.
-    /// Why: writing a new cluster means new page-cache pages, and creating them (allocating and zeroing memory; in a VM
-    /// often a fault into the hypervisor as well) was the largest part of the CPU of a write into new clusters. Done ahead, on
-    /// another CPU, the write only copies into pages that exist. Where writes into grown space go direct (see
-    /// <see cref="WriteData"/>) the pages are not brought in: they would only be invalidated again. Space grown ahead is
-    /// trimmed by a clean close; a crash leaves it as leaked space, like the chunk growth itself.
-    /// </summary>
-    private void GrowAhead()
-    {
-        if (Interlocked.CompareExchange(ref _growingAhead, 1, 0) != 0)
-        {
-            return;
-        }
-
-        ThreadPool.UnsafeQueueUserWorkItem(
-            static image =>
-            {
-                try
-                {
-                    long from;
-                    long target;
-                    lock (image._growLock)
-                    {
-                        from = image._fileEnd;
-                        target = from + GrowthChunkBytes;
-                        if (image._closed || Volatile.Read(ref image._nextFree) + GrowthChunkBytes <= from || target / image._bat.UnitBytes > uint.MaxValue)
-                        {
-                            return;
-                        }
-
-                        image._file.Allocate(from, target);
-                        Volatile.Write(ref image._fileEnd, target);
-                    }
-
-                    if (!image._directWrites)
-                    {
-                        image._file.Prefetch(from, target - from);
-                    }
-                }
-                catch (Exception e) when (e is IOException or UnauthorizedAccessException or ObjectDisposedException)
-                {
-                    // Only a head start: the allocator grows the file itself when it gets there, and reports errors.
-                }
-                finally
-                {
-                    Volatile.Write(ref image._growingAhead, 0);
-                }
-            },
-            this,
-            preferLocal: false);
-    }
-
-    /// <summary>
-    /// Returns a reserved slot that was never published, when it is still the last one (an allocation racing past it
-    /// leaves it leaked, which is harmless: a leak is never corruption).
-    /// </summary>
-    private void Unreserve(long host)
-    {
-        // The slot may hold part of the failed write now: it is fresh no more. Marked before it is handed back, so an
-        // allocator that gets it again cannot take it for zeros.
-        Atomic.RaiseTo(ref _freshFrom, host + _clusterBytes);
-        Interlocked.CompareExchange(ref _nextFree, host, host + _clusterBytes);
     }
 
     /// <summary>Before the first change: mark the image open ("Ynot"), drop what a write would make untrue, make it durable.</summary>
@@ -324,10 +208,13 @@ public sealed class ExpandableImageWriter : LayerWriter
 
             // Clusters sit at data_off + k * cluster; the next free one is the first such slot past everything used.
             long slots = (usedEnd - _image.DataOffsetBytes + clusterBytes - 1) / clusterBytes;
-            _nextFree = _image.DataOffsetBytes + (slots * clusterBytes);
-            _fileEnd = _file.Length;
-            _freshFrom = _fileEnd;
             _directWrites = _file.EnableDirectWrites();
+            _space = new DataAreaAllocator(
+                _file,
+                clusterBytes,
+                nextFree: _image.DataOffsetBytes + (slots * clusterBytes),
+                limit: (uint.MaxValue + 1L) * _bat.UnitBytes,
+                prefetch: !_directWrites);
             _dirtyBatPages = new byte[FieldLocations.BatPageCount(_bat.Count)];
 
             var opened = _image.Header with { InUse = ParallelsHeader.InUseOpen, ExtensionOffsetSectors = extOffset };
@@ -508,15 +395,8 @@ public sealed class ExpandableImageWriter : LayerWriter
             usedEnd = Math.Max(usedEnd, ((long)_image.Header.ExtensionOffsetSectors * 512) + _clusterBytes);
         }
 
-        // Under the grow lock, with _closed set: a growth ahead still queued finds the image closed and does nothing.
-        lock (_growLock)
-        {
-            _closed = true;
-            if (usedEnd < _file.Length)
-            {
-                _file.SetLength(usedEnd);
-            }
-        }
+        _closed = true;
+        _space!.Close(usedEnd);
 
         var closed = _image.Header with { InUse = _closedInUse };
         WriteHeader(closed);
@@ -534,23 +414,9 @@ public sealed class ExpandableImageWriter : LayerWriter
             }
             finally
             {
-                StopGrowthAhead();
+                _space?.Stop();
                 _flushLock.Dispose();
             }
         }
-    }
-
-    /// <summary>
-    /// Stops growth ahead and waits for one in flight: its fallocate or fadvise holds a reference to the handle, which
-    /// would keep the file (and its image locks) open past Dispose, so an immediate reopen would find it "in use".
-    /// </summary>
-    private void StopGrowthAhead()
-    {
-        lock (_growLock)
-        {
-            _closed = true;
-        }
-
-        SpinWait.SpinUntil(() => Volatile.Read(ref _growingAhead) == 0);
     }
 }

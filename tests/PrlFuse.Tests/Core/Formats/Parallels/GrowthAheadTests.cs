@@ -36,12 +36,12 @@ public sealed class GrowthAheadTests
             // The allocator needs data_off + 40 clusters; ahead means at least one more whole chunk on top of that.
             long needed = dataOffset + (Clusters * Cluster);
             var watch = Stopwatch.StartNew();
-            while (new FileInfo(image).Length < needed + ExpandableImageWriter.GrowthChunkBytes && watch.Elapsed < TimeSpan.FromSeconds(10))
+            while (new FileInfo(image).Length < needed + DataAreaAllocator.GrowthChunkBytes && watch.Elapsed < TimeSpan.FromSeconds(10))
             {
                 Thread.Sleep(10);
             }
 
-            Assert.True(new FileInfo(image).Length >= needed + ExpandableImageWriter.GrowthChunkBytes, $"file is {new FileInfo(image).Length} bytes, not grown ahead of {needed}");
+            Assert.True(new FileInfo(image).Length >= needed + DataAreaAllocator.GrowthChunkBytes, $"file is {new FileInfo(image).Length} bytes, not grown ahead of {needed}");
         }
 
         Assert.Equal(dataOffset + (Clusters * Cluster), new FileInfo(image).Length);
