@@ -1,5 +1,4 @@
 using System.Buffers;
-using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.IO;
 using PrlFuse.Core.Images;
 
@@ -111,8 +110,8 @@ public sealed class StorageChain
         return true;
     }
 
-    /// <summary>A layer holds the cluster at <paramref name="offset"/> but its BAT entry is damaged (see ImageLayer.DamagedHostOffset).</summary>
-    private DamagedClusterException Damaged(int layer, long offset) => ((ExpandableImage)_layers[layer]).DamagedRead(offset);
+    /// <summary>A layer holds the cluster at <paramref name="offset"/> but its mapping is damaged (see ImageLayer.DamagedHostOffset).</summary>
+    private DamagedClusterException Damaged(int layer, long offset) => _layers[layer].DamagedRead(offset);
 
     private static bool Append(Span<HostPiece> pieces, ref int count, ImageFile? file, long host, int length)
     {

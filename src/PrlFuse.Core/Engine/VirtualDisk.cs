@@ -278,7 +278,7 @@ public sealed class VirtualDisk : IDisposable
                 storages.Add(new OpenStorage(s, sd, images));
             }
 
-            if (!options.ReadOnly && opened.OfType<ExpandableImage>().FirstOrDefault(i => i.IsDamaged) is { } damaged)
+            if (!options.ReadOnly && opened.FirstOrDefault(l => l.DamageText is not null) is { } damaged)
             {
                 // Served read-only it can be inspected; written, new clusters could land where damaged entries point.
                 throw new ImageFormatException(damaged.Path, $"image has {damaged.DamageText}, so it is not opened for writing: run 'prlfuse check --repair {source}' first, or open it read-only");

@@ -1,16 +1,15 @@
+using PrlFuse.Core.IO;
+
 namespace PrlFuse.Core.Images;
 
 /// <summary>
-/// A read touched a cluster whose BAT entry is damaged, so where its data is cannot be known: the read fails as an
-/// unreadable sector of a disk does. An <see cref="IOException"/> carrying EIO, which the FUSE layer returns as is.
+/// A read touched a cluster whose mapping (a Parallels BAT entry, say) is damaged, so where its data is cannot be known: the read fails as an
+/// unreadable sector of a disk does. An <see cref="IOException"/> carrying EIO in HResult (as .NET puts a raw errno there on Linux), which the FUSE layer returns as is.
 /// </summary>
 public sealed class DamagedClusterException : IOException
 {
-    /// <summary>EIO, in <see cref="Exception.HResult"/> as .NET puts a raw errno there on Linux.</summary>
-    public const int Errno = 5;
-
     public DamagedClusterException(string imagePath, long cluster, string problem)
-        : base($"{imagePath}: guest cluster {cluster} cannot be read: {problem}; run 'prlfuse check --repair'", Errno)
+        : base($"{imagePath}: guest cluster {cluster} cannot be read: {problem}; run 'prlfuse check --repair'", Errno.EIO)
     {
         ImagePath = imagePath;
         Cluster = cluster;

@@ -1,4 +1,3 @@
-using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.IO;
 
 namespace PrlFuse.Core.Images;
@@ -70,10 +69,19 @@ public abstract class ImageLayer : IDisposable
     }
 
     /// <summary>
-    /// The host offset <see cref="TryMap"/> gives for a cluster this layer holds but whose BAT entry is damaged:
-    /// reading it is an I/O error (<see cref="ExpandableImage.DamagedRead"/>), and no layer below answers for it.
+    /// The host offset <see cref="TryMap"/> gives for a cluster this layer holds but whose mapping is damaged: reading
+    /// it is an I/O error (<see cref="DamagedRead"/>), and no layer below answers for it.
     /// </summary>
     public const long DamagedHostOffset = -1;
+
+    /// <summary>
+    /// The error for a read of guest <paramref name="offset"/>, which <see cref="TryMap"/> answered with
+    /// <see cref="DamagedHostOffset"/>. A format that can find damage says what is wrong there.
+    /// </summary>
+    public virtual DamagedClusterException DamagedRead(long offset) => new(Path, offset / ClusterBytes, "its mapping is damaged");
+
+    /// <summary>Damage found at open that makes writing this layer unsafe, in words ("2 damaged BAT entries"), or null.</summary>
+    public virtual string? DamageText => null;
 
     /// <summary>
     /// Maps a guest offset. Returns true with the host offset when this layer holds the data (or

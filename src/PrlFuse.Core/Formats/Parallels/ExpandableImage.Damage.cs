@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using PrlFuse.Core.Images;
 
 namespace PrlFuse.Core.Formats.Parallels;
@@ -23,13 +24,11 @@ public sealed partial class ExpandableImage
     public bool DataOffsetPastEnd { get; private set; }
 
     /// <summary>
-    /// Damage that makes a write unsafe: a write could allocate over space a damaged entry points at, or (data_off past
-    /// the end) into space the header says is not data. The image is served read-only until a repair.
+    /// The damage in words ("2 damaged BAT entries"), or null when there is none. Damage makes a write unsafe: a write
+    /// could allocate over space a damaged entry points at, or (data_off past the end) into space the header says is
+    /// not data. The image is served read-only until a repair.
     /// </summary>
-    public bool IsDamaged => DamagedClusterCount > 0 || DataOffsetPastEnd;
-
-    /// <summary>The damage in words ("2 damaged BAT entries"), or null when there is none.</summary>
-    public string? DamageText => (DamagedClusterCount, DataOffsetPastEnd) switch
+    public override string? DamageText => (DamagedClusterCount, DataOffsetPastEnd) switch
     {
         (0, false) => null,
         (0, true) => "a data_off past the end of the file",
@@ -37,6 +36,7 @@ public sealed partial class ExpandableImage
     };
 
     /// <summary>True when reads of guest cluster <paramref name="cluster"/> fail because its BAT entry is damaged.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public bool IsClusterDamaged(long cluster) =>
         _damaged is { } d && (ulong)cluster < (ulong)Bat.Count && (d[cluster >> 6] & (1UL << (int)(cluster & 63))) != 0;
 
@@ -94,7 +94,7 @@ public sealed partial class ExpandableImage
     }
 
     /// <summary>The error for a read of guest <paramref name="offset"/>, which <see cref="TryMap"/> found damaged.</summary>
-    public DamagedClusterException DamagedRead(long offset)
+    public override DamagedClusterException DamagedRead(long offset)
     {
         long cluster = offset / ClusterBytes;
         uint entry = Bat.GetEntry(cluster);

@@ -167,7 +167,7 @@ public sealed partial class ExpandableImage : ImageLayer
         long within = offset - (cluster * clusterBytes);
         run = clusterBytes - within;
         long host = _empty ? 0 : Bat.GetHostOffset(cluster);
-        if (host != 0 && _damaged is { } damaged && (damaged[cluster >> 6] & (1UL << (int)(cluster & 63))) != 0)
+        if (host != 0 && IsClusterDamaged(cluster))
         {
             // This layer holds the cluster (nothing below may answer for it) but cannot say where.
             hostOffset = DamagedHostOffset;
@@ -204,7 +204,7 @@ public sealed partial class ExpandableImage : ImageLayer
         {
             WriteBlockedReason = "image was not closed cleanly; run 'prlfuse check --repair'";
         }
-        else if (IsDamaged)
+        else if (DamageText is not null)
         {
             // A write could allocate over space a damaged entry points at; the repair decides what those clusters hold.
             WriteBlockedReason = $"image has {DamageText}; run 'prlfuse check --repair'";

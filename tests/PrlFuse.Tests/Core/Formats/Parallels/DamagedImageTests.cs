@@ -3,6 +3,7 @@ using PrlFuse.Core.Checking;
 using PrlFuse.Core.Engine;
 using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.Images;
+using PrlFuse.Core.IO;
 using PrlFuse.Fuse;
 using PrlFuse.Tests.Support;
 
@@ -97,7 +98,7 @@ public sealed class DamagedImageTests
                     // Unaligned and partial reads of it fail too.
                     var e = Assert.Throws<DamagedClusterException>(() => disk.Top.Read(buffer.AsSpan(0, 100), (c * C) + 777));
                     Assert.Equal(c, e.Cluster);
-                    Assert.Equal(DamagedClusterException.Errno, e.HResult);
+                    Assert.Equal(Errno.EIO, e.HResult);
                     Assert.Contains("prlfuse check --repair", e.Message, StringComparison.Ordinal);
                     continue;
                 }
