@@ -138,53 +138,130 @@ public sealed class SnapshotView
     }
 
     /// <summary>
+    /// SEEK_DATA: the first offset at or after <paramref name="offset"/> where a layer of this snapshot holds data, or -1
+    /// when there is none before the end (lseek then fails with ENXIO). From the allocation tables; nothing is read.
+    /// </summary>
+    public long SeekData(long offset)
+    {
+        if (offset < 0 || offset >= Size)
+        {
+            return -1;
+        }
+
+        for (int s = FindStorage(offset); s < _storages.Length; s++)
+        {
+            var storage = _storages[s];
+            long within = Math.Max(0, offset - storage.StartBytes);
+            long data = storage.NextData(within);
+            if (data < storage.LengthBytes)
+            {
+                return storage.StartBytes + data;
+            }
+        }
+
+        return -1;
+    }
+
+    /// <summary>
+    /// SEEK_HOLE: the first offset at or after <paramref name="offset"/> that no layer holds, or <see cref="Size"/> (the
+    /// end of a file counts as a hole); -1 when <paramref name="offset"/> is past the end.
+    /// </summary>
+    public long SeekHole(long offset)
+    {
+        if (offset < 0 || offset >= Size)
+        {
+            return -1;
+        }
+
+        for (int s = FindStorage(offset); s < _storages.Length; s++)
+        {
+            var storage = _storages[s];
+            long within = Math.Max(0, offset - storage.StartBytes);
+            long hole = storage.NextHole(within);
+            if (hole < storage.LengthBytes)
+            {
+                return storage.StartBytes + hole;
+            }
+        }
+
+        return Size;
+    }
+
+    /// <summary>
+    /// Where this snapshot's bytes from <paramref name="offset"/> come from (the start of an allocation map entry):
+    /// the storage, the layer that holds them (null: no layer, they read as zeros) with its depth in the chain (0 for the
+    /// top) and host offset, and how many bytes, at most <paramref name="maxLength"/>, keep that answer (contiguous in
+    /// the host file). Unallocated runs are answered in one step.
+    /// </summary>
+    public ViewExtent GetExtent(long offset, long maxLength)
+    {
+        if (offset < 0 || offset >= Size)
+        {
+            throw new ArgumentOutOfRangeException(nameof(offset));
+        }
+
+        var storage = _storages[FindStorage(offset)];
+        long within = offset - storage.StartBytes;
+        long limit = Math.Min(maxLength, storage.LengthBytes - within);
+        int depth = storage.ResolveExtent(within, limit, out long host, out long length);
+        return new ViewExtent(offset, length, depth, depth < 0 ? null : storage.Layers[depth], depth < 0 ? 0 : host, storage);
+    }
+
+    /// <summary>
+    /// Makes guest bytes [offset, offset + length) read as zeros (fallocate PUNCH_HOLE or ZERO_RANGE on the top snapshot
+    /// of a read-write disk): host space is released where the format allows (see StorageChain.Discard). Not durable
+    /// until <see cref="Flush"/>. Returns true when the host could not punch holes and zeros were written instead.
+    /// </summary>
+    public bool Discard(long offset, long length)
+    {
+        if (!IsWritable)
+        {
+            throw new InvalidOperationException($"snapshot {Id:B} is read-only");
+        }
+
+        if (offset < 0 || length < 0 || offset > Size || length > Size - offset)
+        {
+            throw new ArgumentOutOfRangeException(nameof(offset), "discard beyond the end of the disk");
+        }
+
+        bool punchUnsupported = false;
+        long done = 0;
+        int s = FindStorage(offset);
+        while (done < length)
+        {
+            var storage = _storages[s];
+            long within = offset + done - storage.StartBytes;
+            long n = Math.Min(length - done, storage.LengthBytes - within);
+            punchUnsupported |= storage.Discard(within, n);
+            done += n;
+            s++;
+        }
+
+        return punchUnsupported;
+    }
+
+    /// <summary>
     /// Whether <paramref name="offset"/> is allocated in any layer of this snapshot, and for how many bytes (at most
     /// <paramref name="maxLength"/>) that stays so.
     /// </summary>
     public long GetAllocationStatus(long offset, long maxLength, out bool allocated)
     {
         maxLength = Math.Min(maxLength, Size - offset);
-        allocated = false;
-        long done = 0;
-        int s = FindStorage(offset);
-        while (done < maxLength && s < _storages.Length)
-        {
-            var storage = _storages[s];
-            long within = offset + done - storage.StartBytes;
-            long limit = Math.Min(maxLength - done, storage.LengthBytes - within);
-            bool hit = storage.Resolve(within, limit, out _, out long run) >= 0;
-            if (done == 0)
-            {
-                allocated = hit;
-            }
-            else if (hit != allocated)
-            {
-                break;
-            }
-
-            done += run;
-            if (within + run >= storage.LengthBytes)
-            {
-                s++;
-            }
-        }
-
-        return done;
+        long data = SeekData(offset);
+        allocated = data == offset;
+        long end = allocated ? SeekHole(offset) : data < 0 ? Size : data;
+        return Math.Min(maxLength, end - offset);
     }
 
-    /// <summary>Bytes allocated anywhere in this snapshot's chains (what st_blocks reports).</summary>
+    /// <summary>Bytes allocated anywhere in this snapshot's chains (what st_blocks reports), from the allocation tables.</summary>
     public long CountAllocatedBytes()
     {
         long total = 0;
-        for (long offset = 0; offset < Size;)
+        for (long data = SeekData(0); data >= 0;)
         {
-            long n = GetAllocationStatus(offset, Size - offset, out bool allocated);
-            if (allocated)
-            {
-                total += n;
-            }
-
-            offset += n;
+            long hole = SeekHole(data);
+            total += hole - data;
+            data = hole < Size ? SeekData(hole) : -1;
         }
 
         return total;
@@ -210,3 +287,10 @@ public sealed class SnapshotView
         return lo;
     }
 }
+
+/// <summary>
+/// One entry of a snapshot's allocation map: guest [Start, Start + Length) comes from <see cref="Layer"/> at
+/// <see cref="Depth"/> in its storage's chain (0: the top) at host <see cref="HostOffset"/> onwards, or from no layer
+/// (Depth -1, Layer null: zeros).
+/// </summary>
+public readonly record struct ViewExtent(long Start, long Length, int Depth, PrlFuse.Core.Images.ImageLayer? Layer, long HostOffset, StorageChain Storage);

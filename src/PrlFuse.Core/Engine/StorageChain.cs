@@ -204,6 +204,118 @@ public sealed class StorageChain
         }
     }
 
+    /// <summary>
+    /// The first offset at or after <paramref name="offset"/> (relative to this storage) where a layer at index
+    /// <paramref name="firstLayer"/> or below holds data, or <see cref="LengthBytes"/> when none does. From the layers'
+    /// allocation tables; nothing is read.
+    /// </summary>
+    public long NextData(long offset, int firstLayer = 0)
+    {
+        long best = LengthBytes;
+        for (int i = firstLayer; i < _layers.Length && best > offset; i++)
+        {
+            best = Math.Min(best, _layers[i].FindNext(offset, allocated: true));
+        }
+
+        return Math.Max(best, offset);
+    }
+
+    /// <summary>
+    /// The first offset at or after <paramref name="offset"/> where no layer holds data, or <see cref="LengthBytes"/>
+    /// when there is none before the end: each layer that holds the offset moves it to its own next gap, until none does.
+    /// </summary>
+    public long NextHole(long offset)
+    {
+        long at = offset;
+        while (at < LengthBytes)
+        {
+            bool moved = false;
+            foreach (var layer in _layers)
+            {
+                long gap = layer.FindNext(at, allocated: false);
+                if (gap > at)
+                {
+                    at = gap;
+                    moved = true;
+                }
+            }
+
+            if (!moved)
+            {
+                return at;
+            }
+        }
+
+        return LengthBytes;
+    }
+
+    /// <summary>
+    /// Where guest bytes from <paramref name="offset"/> come from, for at most <paramref name="limit"/> bytes: the layer
+    /// (-1 for none: zeros), its host offset, and how many bytes keep that answer with contiguous host offsets.
+    /// Unallocated runs are skipped in one step through the allocation tables.
+    /// </summary>
+    public int ResolveExtent(long offset, long limit, out long hostOffset, out long length)
+    {
+        int layer = Resolve(0, offset, limit, out hostOffset, out long run);
+        if (layer < 0)
+        {
+            length = Math.Min(limit, NextData(offset) - offset);
+            return layer;
+        }
+
+        length = run;
+        while (hostOffset >= 0 && length < limit)
+        {
+            int next = Resolve(0, offset + length, limit - length, out long host, out long more);
+            if (next != layer || host != hostOffset + length)
+            {
+                break;
+            }
+
+            length += more;
+        }
+
+        return layer;
+    }
+
+    /// <summary>
+    /// Makes guest bytes [offset, offset + length) of this storage read as zeros (discard and write-zeroes), one top
+    /// cluster at a time: ranges where no layer holds data are left alone; each top cluster the range covers wholly is
+    /// released or left as a hole that hides the layers below (see <see cref="LayerWriter.Discard"/>); the rest is
+    /// written with zeros. Returns true when the host could not punch a hole somewhere and zeros were written instead.
+    /// </summary>
+    public bool Discard(long offset, long length)
+    {
+        var writer = _writer ?? throw new IOException($"{TopLayer.Path}: image is read-only");
+        var top = _layers[0];
+        long clusterBytes = top.ClusterBytes;
+        bool punchUnsupported = false;
+        long end = offset + length;
+        long pos = offset;
+        while (pos < end)
+        {
+            long clusterStart = pos - (pos % clusterBytes);
+            long clusterEnd = Math.Min(clusterStart + clusterBytes, LengthBytes);
+            long stop = Math.Min(end, clusterEnd);
+            long data = NextData(pos);
+            if (data >= stop)
+            {
+                // Nothing anywhere holds data here: jump to the cluster of the next data.
+                pos = Math.Max(stop, Math.Min(end, data - (data % clusterBytes)));
+                continue;
+            }
+
+            bool whole = pos == clusterStart && stop == clusterEnd;
+            bool hideParent = _layers.Length > 1 && NextData(clusterStart, firstLayer: 1) < clusterEnd;
+            var outcome = writer.Discard(pos, (int)(stop - pos), whole, hideParent);
+            Invalidate(top, outcome.Host, outcome.Length);
+            punchUnsupported |= outcome.PunchUnsupported;
+            pos = stop;
+        }
+
+        return punchUnsupported;
+    }
+
     /// <summary>Makes the top layer's completed writes durable.</summary>
     public void Flush() => _writer?.Flush();
 

@@ -43,6 +43,12 @@ public abstract class ImageFile : IDisposable
     public virtual void Allocate(long from, long to) => SetLength(to);
 
     /// <summary>
+    /// Makes [offset, offset + length) read as zeros and gives its blocks back to the host filesystem, without changing
+    /// the length. False when the file or its filesystem cannot punch holes: the caller writes zeros instead.
+    /// </summary>
+    public virtual bool TryPunchHole(long offset, long length) => false;
+
+    /// <summary>
     /// Asks the host to bring [offset, offset + length) into its page cache now (a hint; no effect where unsupported).
     /// </summary>
     public virtual void Prefetch(long offset, long length)
@@ -123,6 +129,7 @@ public sealed class PositionalImageFile : ImageFile
     private volatile bool _directRefused;
     private long _length;
     private bool _noFallocate;
+    private bool _noPunchHole;
 
     private PositionalImageFile(string path, SafeFileHandle handle, bool writable)
         : base(path, writable)
@@ -273,6 +280,33 @@ public sealed class PositionalImageFile : ImageFile
         }
 
         SetLength(to);
+    }
+
+    public override bool TryPunchHole(long offset, long length)
+    {
+        if (length <= 0)
+        {
+            return true;
+        }
+
+        if (Volatile.Read(ref _noPunchHole))
+        {
+            return false;
+        }
+
+        int rc = PosixSync.PunchHole(_handle, offset, length);
+        if (rc == 0)
+        {
+            return true;
+        }
+
+        if (rc is Errno.EOPNOTSUPP or Errno.ENOSYS or Errno.EINVAL)
+        {
+            Volatile.Write(ref _noPunchHole, true);
+            return false;
+        }
+
+        throw new IOException($"{Path}: cannot release space at offset {offset} (fallocate errno {rc})", rc);
     }
 
     public override void Flush(bool dataOnly)

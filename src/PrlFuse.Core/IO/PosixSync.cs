@@ -11,6 +11,15 @@ internal static class PosixSync
     public static int Fallocate(SafeFileHandle fd, long offset, long length) =>
         Posix.Fallocate(fd, 0, offset, length) == 0 ? 0 : Posix.LastError;
 
+    /// <summary>
+    /// fallocate(2) FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE: the range reads as zeros and its blocks are released.
+    /// 0 or the errno.
+    /// </summary>
+    public static int PunchHole(SafeFileHandle fd, long offset, long length) =>
+        Posix.Fallocate(fd, PunchHoleMode, offset, length) == 0 ? 0 : Posix.LastError;
+
+    private const int PunchHoleMode = 0x02 | 0x01; // FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+
     /// <summary>posix_fadvise(POSIX_FADV_WILLNEED): 0 or the error number.</summary>
     public static int FadviseWillNeed(SafeFileHandle fd, long offset, long length) => Posix.Fadvise(fd, offset, length, FadviseWillNeed_);
 

@@ -92,6 +92,31 @@ public abstract class ImageLayer : IDisposable
 
     public abstract long CountAllocatedClusters();
 
+    /// <summary>
+    /// The first guest offset at or after <paramref name="offset"/> where this layer holds data (<paramref name="allocated"/>
+    /// true: <see cref="TryMap"/> answers true there, damaged clusters included) or does not; <see cref="long.MaxValue"/>
+    /// when there is none. Never reads data. This default walks <see cref="TryMap"/>'s runs; a format with an allocation
+    /// table answers from it.
+    /// </summary>
+    public virtual long FindNext(long offset, bool allocated)
+    {
+        while (true)
+        {
+            bool hit = TryMap(offset, out _, out long run);
+            if (hit == allocated)
+            {
+                return offset;
+            }
+
+            if (run >= long.MaxValue - offset)
+            {
+                return long.MaxValue;
+            }
+
+            offset += run;
+        }
+    }
+
     /// <summary>The write side, once <see cref="OpenWriter"/> opened it; null for a layer that is only read.</summary>
     public LayerWriter? Writer { get; private set; }
 

@@ -35,6 +35,9 @@ public sealed class PlainImage : ImageLayer
         return false;
     }
 
+    public override long FindNext(long offset, bool allocated) =>
+        offset < _size ? (allocated ? offset : _size) : (allocated ? long.MaxValue : offset);
+
     protected override LayerWriter CreateWriter(IParentContent parent) => new PlainImageWriter(File);
 
     public override long CountAllocatedClusters() => (_size + ReportingClusterBytes - 1) / ReportingClusterBytes;

@@ -18,6 +18,18 @@ public sealed class PlainImageWriter : LayerWriter
         return (guestOffset, data.Length);
     }
 
+    /// <summary>A raw file has no metadata: the range itself becomes a hole in the host file, or zeros where it cannot.</summary>
+    public override DiscardOutcome Discard(long guestOffset, int length, bool wholeCluster, bool hideParent)
+    {
+        if (_file.TryPunchHole(guestOffset, length))
+        {
+            return new DiscardOutcome(guestOffset, length, PunchUnsupported: false);
+        }
+
+        WriteHostZeros(_file, guestOffset, length);
+        return new DiscardOutcome(guestOffset, length, PunchUnsupported: true);
+    }
+
     public override void Flush() => _file.Flush(dataOnly: true);
 
     public override void Close()

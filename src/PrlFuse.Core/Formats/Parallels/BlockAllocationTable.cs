@@ -39,11 +39,23 @@ public sealed class BlockAllocationTable
 {
     private readonly uint[] _entries;
 
+    // One bit per entry, set when the entry is not zero: finding the next allocated (or free) cluster scans 64 entries
+    // per step, which is what SEEK_DATA/SEEK_HOLE and the allocation map need on disks of millions of clusters.
+    private readonly ulong[] _allocated;
+
     public BlockAllocationTable(uint[] entries, long unitBytes, long clusterBytes)
     {
         _entries = entries;
         UnitBytes = unitBytes;
         ClusterBytes = clusterBytes;
+        _allocated = new ulong[(entries.Length + 63) / 64];
+        for (int i = 0; i < entries.Length; i++)
+        {
+            if (entries[i] != 0)
+            {
+                _allocated[i >> 6] |= 1UL << (i & 63);
+            }
+        }
     }
 
     /// <summary>Number of entries (clusters the image can address).</summary>
@@ -73,7 +85,46 @@ public sealed class BlockAllocationTable
         (ulong)cluster < (ulong)_entries.Length ? Volatile.Read(ref _entries[cluster]) * UnitBytes : 0;
 
     /// <summary>Publishes an entry. The data it points at must already be in the file.</summary>
-    public void SetEntry(long index, uint value) => Volatile.Write(ref _entries[index], value);
+    public void SetEntry(long index, uint value)
+    {
+        Volatile.Write(ref _entries[index], value);
+        ulong bit = 1UL << (int)(index & 63);
+        if (value != 0)
+        {
+            Interlocked.Or(ref _allocated[index >> 6], bit);
+        }
+        else
+        {
+            Interlocked.And(ref _allocated[index >> 6], ~bit);
+        }
+    }
+
+    /// <summary>
+    /// The first entry at or after <paramref name="index"/> that is allocated (<paramref name="allocated"/> true) or zero,
+    /// or <see cref="Count"/> when there is none.
+    /// </summary>
+    public long FindNext(long index, bool allocated)
+    {
+        if (index >= _entries.Length)
+        {
+            return _entries.Length;
+        }
+
+        long word = index >> 6;
+        ulong flip = allocated ? 0 : ulong.MaxValue;
+        ulong bits = (Volatile.Read(ref _allocated[word]) ^ flip) & (ulong.MaxValue << (int)(index & 63));
+        while (bits == 0)
+        {
+            if (++word >= _allocated.Length)
+            {
+                return _entries.Length;
+            }
+
+            bits = Volatile.Read(ref _allocated[word]) ^ flip;
+        }
+
+        return Math.Min(_entries.Length, (word << 6) + System.Numerics.BitOperations.TrailingZeroCount(bits));
+    }
 
     public uint EntryForHostOffset(long hostOffset) => checked((uint)(hostOffset / UnitBytes));
 

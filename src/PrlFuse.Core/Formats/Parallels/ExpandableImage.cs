@@ -180,6 +180,25 @@ public sealed partial class ExpandableImage : ImageLayer
 
     public override long CountAllocatedClusters() => _empty ? 0 : Bat.CountAllocated();
 
+    public override long FindNext(long offset, bool allocated)
+    {
+        long clusterBytes = _clusterBytes;
+        long cluster = offset / clusterBytes;
+        if (cluster >= Bat.Count || _empty)
+        {
+            return allocated ? long.MaxValue : offset;
+        }
+
+        long next = Bat.FindNext(cluster, allocated);
+        if (next == cluster)
+        {
+            return offset;
+        }
+
+        // Past the table nothing is allocated.
+        return next >= Bat.Count && allocated ? long.MaxValue : next * clusterBytes;
+    }
+
     protected override LayerWriter CreateWriter(IParentContent parent) => new ExpandableImageWriter(this, parent);
 
     /// <summary>The writer replaced the header on disk (in_use on open and close): readers see it from now on.</summary>

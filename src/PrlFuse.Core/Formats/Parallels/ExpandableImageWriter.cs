@@ -156,6 +156,94 @@ public sealed class ExpandableImageWriter : LayerWriter
     }
 
     /// <summary>
+    /// Discard of guest [guestOffset, + length) within one cluster. Part of a cluster is zeroed by a write (copy-on-write
+    /// as any write). A whole cluster: when nothing below holds data there, its BAT entry goes to zero and its space is
+    /// punched out of the file (the slot is never reused: new clusters go at the data end); when the chain below holds
+    /// data, the cluster must keep hiding it, so it stays (or becomes) allocated over a host hole, which reads as zeros.
+    /// Crash order as for writes: a new slot is punched (or zeroed) before its entry is published, so a BAT entry never
+    /// points at old bytes; a dropped entry is written at the next flush, and until then points at the hole.
+    /// </summary>
+    public override DiscardOutcome Discard(long guestOffset, int length, bool wholeCluster, bool hideParent)
+    {
+        if (!wholeCluster)
+        {
+            var (written, bytes) = WriteZeros(guestOffset, length);
+            return new DiscardOutcome(written, bytes, PunchUnsupported: false);
+        }
+
+        long cluster = guestOffset / _clusterBytes;
+        if (cluster >= _bat.Count)
+        {
+            return default;
+        }
+
+        EnsureOpenForWrite();
+        lock (_stripes[cluster % StripeCount])
+        {
+            _flushLock.EnterReadLock();
+            try
+            {
+                long host = _bat.GetHostOffset(cluster);
+                if (host != 0 && !hideParent)
+                {
+                    _bat.SetEntry(cluster, 0);
+                    Volatile.Write(ref _dirtyBatPages![FieldLocations.BatPageOf(cluster)], 1);
+                    return new DiscardOutcome(host, _clusterBytes, PunchUnsupported: !_file.TryPunchHole(host, _clusterBytes));
+                }
+
+                if (host != 0)
+                {
+                    return new DiscardOutcome(host, _clusterBytes, PunchUnsupported: !ZeroSlot(host, wasFresh: false));
+                }
+
+                if (!hideParent)
+                {
+                    return default;
+                }
+
+                host = _space!.Reserve();
+                bool punched;
+                try
+                {
+                    punched = ZeroSlot(host, _space.IsFresh(host));
+                }
+                catch
+                {
+                    _space.Unreserve(host);
+                    throw;
+                }
+
+                _bat.SetEntry(cluster, _bat.EntryForHostOffset(host));
+                Volatile.Write(ref _dirtyBatPages![FieldLocations.BatPageOf(cluster)], 1);
+                return new DiscardOutcome(host, _clusterBytes, PunchUnsupported: !punched);
+            }
+            finally
+            {
+                _flushLock.ExitReadLock();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Makes the cluster slot at <paramref name="host"/> read as zeros: a hole where the file allows, else zeros written
+    /// (not needed over fresh space, which reads as zeros). False when no hole could be punched.
+    /// </summary>
+    private bool ZeroSlot(long host, bool wasFresh)
+    {
+        if (_file.TryPunchHole(host, _clusterBytes))
+        {
+            return true;
+        }
+
+        if (!wasFresh)
+        {
+            WriteHostZeros(_file, host, _clusterBytes);
+        }
+
+        return false;
+    }
+
+    /// <summary>
     /// Writes into a cluster of this image. Fresh space (past the file's end when it was opened for writing, grown by
     /// this session) is written past the host page cache where the file allows it: those pages are not in the cache,
     /// and creating them (allocating and zeroing memory, in a VM often faulting it in from the hypervisor) cost more
