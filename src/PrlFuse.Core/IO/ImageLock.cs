@@ -228,10 +228,35 @@ public static class ImageLock
     public static ImageLockState Acquire(ImageFile file, ImageLockMode mode)
     {
         var state = file.Handle is { } handle
-            ? Change(handle, file.Path, file.LockState is { Locked: true } held ? held.Mode : null, mode)
+            ? ChangeWaitingOutForks(handle, file.Path, file.LockState is { Locked: true } held ? held.Mode : null, mode)
             : new ImageLockState(mode, Locked: false, OtherWriter: false, NotLockedReason: null);
         file.LockState = state;
         return state;
+    }
+
+    /// <summary>How long a conflict is retried before it is reported (see <see cref="ChangeWaitingOutForks"/>).</summary>
+    private static readonly TimeSpan ForkWindowWait = TimeSpan.FromMilliseconds(300);
+
+    /// <summary>
+    /// <see cref="Change"/>, retried for a moment on a conflict. The locks belong to the open file description, and a
+    /// child that any thread of a process forks holds a copy of every descriptor until its exec closes them (CLOEXEC
+    /// acts only then): an image closed by this process an instant ago can still be locked by such a child. A real
+    /// holder keeps its lock past the wait and is reported.
+    /// </summary>
+    private static ImageLockState ChangeWaitingOutForks(SafeFileHandle handle, string path, ImageLockMode? current, ImageLockMode mode)
+    {
+        long deadline = Environment.TickCount64 + (long)ForkWindowWait.TotalMilliseconds;
+        while (true)
+        {
+            try
+            {
+                return Change(handle, path, current, mode);
+            }
+            catch (ImageInUseException) when (Environment.TickCount64 < deadline)
+            {
+                Thread.Sleep(10);
+            }
+        }
     }
 
     /// <summary>

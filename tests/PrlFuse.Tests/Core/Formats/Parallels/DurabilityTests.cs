@@ -143,7 +143,6 @@ public sealed class DurabilityTests
         using var temp = new TempFolder();
         var chain = QemuChain.Build(temp.Path, 2, [16 * 2048], seed);
         string topPath = TopPath(chain);
-        string topName = Path.GetFileName(topPath);
         byte[] initial = File.ReadAllBytes(topPath);
         byte[] model = chain.OracleView(1, temp.Path);
         var log = new OpLog();
@@ -168,10 +167,19 @@ public sealed class DurabilityTests
             }
         }
 
-        var ops = log.Snapshot();
-        string crashRoot = Path.Combine(temp.Path, "crash");
+        AssertCrashesKeepWhatWasFlushed(chain, topPath, initial, log.Snapshot(), model.Length, random, Path.Combine(temp.Path, "crash"));
+    }
+
+    /// <summary>
+    /// Crashes at random points of a recorded session (and after its last op) leave the top image with no corruption
+    /// (only "not closed cleanly" and leaks), every sector changed before the last completed flush reads as it was then
+    /// (the "flushed" marks carry the model; "write"/"change" marks say which sectors later ops may have touched), and a
+    /// repair makes the image clean for QEMU without changing what it reads.
+    /// </summary>
+    internal static void AssertCrashesKeepWhatWasFlushed(QemuChain chain, string topPath, byte[] initial, List<FileOp> ops, int modelLength, Random random, string crashRoot)
+    {
         CopyFolder(chain.Bundle, crashRoot);
-        string crashTop = Path.Combine(crashRoot, topName);
+        string crashTop = Path.Combine(crashRoot, Path.GetFileName(topPath));
         int lastSeq = ops[^1].Seq;
         var points = Enumerable.Range(0, 14).Select(_ => random.Next(1, lastSeq + 1)).Append(lastSeq + 1).ToList();
         foreach (int point in points)
@@ -183,10 +191,10 @@ public sealed class DurabilityTests
                 report.Problems.All(p => p.Kind is CheckProblemKind.NotClosedCleanly or CheckProblemKind.LeakedSpace),
                 $"crash at op {point}: {string.Join("; ", report.Problems.Select(p => p.ToLine()))}");
 
-            // What was written before the last completed flush reads back right; later writes may or may not be there.
+            // What was changed before the last completed flush reads back right; later changes may or may not be there.
             var flushed = ops.OfType<MarkOp>().Last(m => m.What == "flushed" && m.Seq < point);
-            var unsure = new bool[model.Length / 512];
-            foreach (var w in ops.OfType<MarkOp>().Where(m => m.What == "write" && m.Seq > flushed.Seq && m.Seq < point))
+            var unsure = new bool[modelLength / 512];
+            foreach (var w in ops.OfType<MarkOp>().Where(m => m.What is "write" or "change" && m.Seq > flushed.Seq && m.Seq < point && m.Length > 0))
             {
                 for (long s = w.Offset / 512; s <= (w.Offset + w.Length - 1) / 512; s++)
                 {
@@ -194,8 +202,8 @@ public sealed class DurabilityTests
                 }
             }
 
-            byte[] view = new byte[model.Length];
-            using (var crashed = VirtualDisk.Open(crashRoot))
+            byte[] view = new byte[modelLength];
+            using (var crashed = Reopen.Retrying(() => VirtualDisk.Open(crashRoot)))
             {
                 Assert.Equal(view.Length, crashed.Top.Read(view, 0));
             }
@@ -204,7 +212,7 @@ public sealed class DurabilityTests
             {
                 if (!unsure[s] && !view.AsSpan(s * 512, 512).SequenceEqual(flushed.Model.AsSpan(s * 512, 512)))
                 {
-                    Assert.Fail($"crash at op {point}: sector {s}, flushed at op {flushed.Seq} and not written since, reads wrong");
+                    Assert.Fail($"crash at op {point}: sector {s}, flushed at op {flushed.Seq} and not changed since, reads wrong");
                 }
             }
 
@@ -212,7 +220,7 @@ public sealed class DurabilityTests
             var repaired = ImageChecker.Repair(crashTop);
             Assert.Equal(0, repaired.ExitCode);
             Assert.Equal(0, Qemu.Check(crashTop).ExitCode);
-            using (var again = VirtualDisk.Open(crashRoot))
+            using (var again = Reopen.Retrying(() => VirtualDisk.Open(crashRoot)))
             {
                 AssertWholeViewEquals(again.Top, view, $"crash at op {point}, repaired");
             }
@@ -277,6 +285,7 @@ public sealed class DurabilityTests
             bool started = op switch
             {
                 WriteOp w => w.StartSeq < point,
+                PunchOp p => p.StartSeq < point,
                 _ => op.Seq < point,
             };
             bool keep = op.Seq < durable || (started && random.Next(2) == 0);
@@ -293,6 +302,11 @@ public sealed class DurabilityTests
                     break;
                 case SetLengthOp l:
                     f.SetLength(l.Length);
+                    break;
+                case PunchOp p when p.Offset < f.Length:
+                    // A punched range reads as zeros (within the file; a hole never extends it).
+                    f.Position = p.Offset;
+                    f.Write(new byte[Math.Min(p.Length, f.Length - p.Offset)]);
                     break;
             }
         }

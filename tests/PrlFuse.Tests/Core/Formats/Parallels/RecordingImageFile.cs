@@ -14,6 +14,9 @@ internal sealed record WriteOp(int Seq, int StartSeq, long Offset, byte[] Data) 
 
 internal sealed record SetLengthOp(int Seq, long Length) : FileOp(Seq);
 
+/// <summary>A hole punched: <see cref="StartSeq"/> when it began, <see cref="FileOp.Seq"/> when it was done.</summary>
+internal sealed record PunchOp(int Seq, int StartSeq, long Offset, long Length) : FileOp(Seq);
+
 /// <summary>A flush: <c>Seq</c> when it started (it covers the writes completed before), done when it returned.</summary>
 internal sealed record FlushOp(int Seq, bool DataOnly) : FileOp(Seq)
 {
@@ -95,6 +98,18 @@ internal sealed class RecordingImageFile : ImageFile
         }
 
         _log.Add(new WriteOp(_log.Next(), start, offset, buffer.ToArray()) { Direct = true });
+        return true;
+    }
+
+    public override bool TryPunchHole(long offset, long length)
+    {
+        int start = _log.Next();
+        if (!_inner.TryPunchHole(offset, length))
+        {
+            return false;
+        }
+
+        _log.Add(new PunchOp(_log.Next(), start, offset, length));
         return true;
     }
 
