@@ -122,6 +122,39 @@ public sealed class DiscardTests
         Assert.True(chain.OracleView(depth - 1, temp.Path).AsSpan().SequenceEqual(model), "QEMU's view differs after the discard");
     }
 
+    [Theory]
+    [InlineData(741, 1)]
+    [InlineData(742, 3)]
+    public void Where_the_host_cannot_punch_holes_zeros_are_written_and_said(int seed, int depth)
+    {
+        using var temp = new TempFolder();
+        var chain = QemuChain.Build(temp.Path, depth, [16 * 2048], seed);
+        byte[] model = chain.OracleView(depth - 1, temp.Path);
+        var random = new Random(seed);
+
+        // A file that cannot punch holes (the ImageFile default), as on a filesystem without them.
+        var noHoles = new PrlFuse.Tests.Core.IO.FaultPlan { FileName = Path.GetFileName(TopPath(chain)), Armed = false };
+        using (var disk = VirtualDisk.Open(chain.Bundle, noHoles.Options(readOnly: false)))
+        {
+            var top = disk.Top;
+            long cluster = top.Storages[0].TopLayer.ClusterBytes;
+            byte[] data = new byte[(int)cluster * 4];
+            random.NextBytes(data);
+            top.Write(data, cluster * 2);
+            data.CopyTo(model, cluster * 2);
+
+            Assert.False(top.Discard((cluster * 2) + 100, 1000), "a part of a cluster is zeroed by a write, not a hole");
+            model.AsSpan((int)(cluster * 2) + 100, 1000).Clear();
+            Assert.True(top.Discard(cluster * 3, cluster * 2), "whole clusters could not be punched: the caller must hear it");
+            model.AsSpan((int)(cluster * 3), (int)(cluster * 2)).Clear();
+            disk.Flush();
+            AssertWholeViewEquals(top, model, "after discards without holes");
+        }
+
+        AssertQemuClean(chain);
+        Assert.True(chain.OracleView(depth - 1, temp.Path).AsSpan().SequenceEqual(model), "QEMU's view differs after discards without holes");
+    }
+
     [Fact]
     public void A_read_only_view_refuses_discard()
     {
