@@ -13,6 +13,7 @@ public static class PathRules
     private const int StatSize = 144;
     private const int StatModeOffset = 24;
     private const int StatInodeOffset = 8;
+    private const int StatOwnerOffset = 28;
 
     /// <summary>Refuses a descriptor that is not a regular file (a FIFO would block the reader forever).</summary>
     public static void CheckRegularFile(string path)
@@ -62,15 +63,27 @@ public static class PathRules
     }
 
     /// <summary>
-    /// Why a file must not be opened for writing although the open might succeed: no write permission bit at all
-    /// (mode 0444: root could write it anyway, and must not), or a read-only filesystem. Null when neither.
+    /// Why a file must not (or cannot) be opened for writing: no write permission bit at all (mode 0444: root could write
+    /// it anyway, and must not), write permission that is not this user's (another user's 0644 file), or a read-only
+    /// filesystem. Null when none. Each is served read-only alike, with the reason said.
     /// </summary>
     public static unsafe string? ReadOnlyReason(string path)
     {
         byte* buffer = stackalloc byte[StatSize + 64];
-        if (Posix.Stat(path, buffer) == 0 && (*(uint*)(buffer + StatModeOffset) & 0x92) == 0)
+        if (Posix.Stat(path, buffer) == 0)
         {
-            return $"the image file is read-only (mode {Convert.ToString(*(uint*)(buffer + StatModeOffset) & 0xFFF, 8).PadLeft(4, '0')})";
+            uint mode = *(uint*)(buffer + StatModeOffset) & 0xFFF;
+            string octal = Convert.ToString(mode, 8).PadLeft(4, '0');
+            if ((mode & 0x92) == 0)
+            {
+                return $"the image file is read-only (mode {octal})";
+            }
+
+            if (Posix.Access(path, Posix.WriteOk) != 0 && Posix.LastError == Errno.EACCES)
+            {
+                uint owner = *(uint*)(buffer + StatOwnerOffset);
+                return $"you may not write the image file (owner uid {owner}, mode {octal})";
+            }
         }
 
         if (Posix.StatVfs(path, out var vfs) == 0 && (vfs.Flags & Posix.StatVfsReadOnly) != 0)

@@ -87,6 +87,11 @@ public static unsafe partial class Posix
     [LibraryImport(LibraryName, EntryPoint = "statvfs", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int StatVfs(string path, out StatVfs buffer);
 
+    [LibraryImport(LibraryName, EntryPoint = "access", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int Access(string path, int mode);
+
+    public const int WriteOk = 2; // W_OK
+
     [LibraryImport(LibraryName, EntryPoint = "stat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int Stat(string path, byte* buffer);
 

@@ -51,6 +51,55 @@ public sealed class ReadOnlyPlaceTests
     }
 
     [Fact]
+    public void AnImageAnotherUserOwnsIsTreatedAsReadOnlyLikeMode0444()
+    {
+        // Run as "nobody" over root's 0644 files: permission to write exists, but not for this user. The binary is copied
+        // where nobody can run it (the repository may sit in a folder only root enters).
+        using var temp = new TempFolder();
+        File.SetUnixFileMode(temp.Path, (UnixFileMode)0x1ED);
+        string binary = temp.Combine("prlfuse");
+        File.Copy(PrlFuseCli.Binary, binary);
+        File.SetUnixFileMode(binary, (UnixFileMode)0x1ED);
+        string bundle = Samples.Extract("expanding", temp.Path);
+        File.SetUnixFileMode(bundle, (UnixFileMode)0x1ED);
+        foreach (string file in Directory.GetFiles(bundle))
+        {
+            File.SetUnixFileMode(file, (UnixFileMode)0x1A4);
+        }
+
+        string image = Directory.GetFiles(bundle, "*.hds").Single();
+        string hash = TestImage.Hash(image);
+        var env = new Dictionary<string, string> { ["HOME"] = temp.Path };
+        ProcessRunner.Result AsNobody(params string[] args) =>
+            ProcessRunner.Run("runuser", ["-u", "nobody", "--", binary, .. args], TimeSpan.FromMinutes(2), check: false, env: env);
+
+        var repair = AsNobody("check", "--repair", bundle);
+        Assert.True(repair.ExitCode == 0, repair.Stdout + repair.Stderr);
+        Assert.Contains("No errors were found", repair.Stdout, StringComparison.Ordinal);
+
+        // A plain mount serves it read-only with the reason, as for mode 0444. Whether the mount itself then succeeds
+        // depends on /dev/fuse's mode for other users (Debian: 0666; some machines: 0600), which is not what is tested.
+        string mnt = temp.Combine("mnt");
+        Directory.CreateDirectory(mnt);
+        File.SetUnixFileMode(mnt, (UnixFileMode)0x1FF);
+        var mount = AsNobody("mount", bundle, mnt);
+        try
+        {
+            Assert.Contains("you may not write the image file (owner uid 0, mode 0644); serving read-only", mount.Stderr, StringComparison.Ordinal);
+            Assert.DoesNotContain("permission denied opening for writing", mount.Stderr, StringComparison.Ordinal);
+        }
+        finally
+        {
+            if (mount.ExitCode == 0)
+            {
+                AsNobody("unmount", mnt);
+            }
+        }
+
+        Assert.Equal(hash, TestImage.Hash(image));
+    }
+
+    [Fact]
     public void ABundleOnAReadOnlyFilesystemChecksRepairsNothingAndMountsReadOnly()
     {
         using var temp = new TempFolder();
