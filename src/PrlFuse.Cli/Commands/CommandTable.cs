@@ -30,6 +30,31 @@ internal static class CommandTable
         },
         new CommandSpec
         {
+            Name = "map",
+            Summary = "Show where each range of a snapshot's bytes comes from (which image, at what depth of the chain, at what offset in the file), as 'qemu-img map' does.",
+            Description =
+            [
+                "Made from the images' allocation tables; no data is read. Ranges no image holds read as zeros. A split disk's ranges never cross a storage, and depth counts within the storage's chain (0: the snapshot's own image).",
+                "--json prints qemu-img map's JSON (start, length, depth, present, zero, data, and offset for data), so scripts written for it read it, with \"filename\" added for data and \"damaged\": true where a mapping cannot be read. Without --json: the ranges holding data in hex, as qemu-img map prints them, then the allocated bytes.",
+            ],
+            Positionals = [Positional<MapOptions>("disk", DiskHelp, (o, v) => o.Disk = v)],
+            Options =
+            [
+                Value<MapOptions>("snapshot", 's', "GUID", "The snapshot, with or without braces, any case (default: the top, the current state).", (o, v) => o.Snapshot = v),
+                Flag<MapOptions>("json", null, "Print qemu-img map's JSON, one range a line.", o => o.Json = true),
+                .. DiskSourceOptions<MapOptions>(),
+                Debug<MapOptions>(),
+            ],
+            Examples =
+            [
+                "prlfuse map disk.hdd",
+                "prlfuse map --json disk.hdd --snapshot {986476cf-d62e-45d1-b355-86feca91376e}",
+            ],
+            Create = () => new MapOptions(),
+            Run = o => MapCommand.Run((MapOptions)o),
+        },
+        new CommandSpec
+        {
             Name = "export",
             Summary = "Write one snapshot of a disk as a raw disk image.",
             Description =

@@ -131,6 +131,13 @@ internal static class InfoCommand
             output.WriteLine(line);
         }
 
+        console.MarkupLine("[bold]Allocated[/] (bytes of each snapshot that its images hold; the rest reads as zeros)");
+        foreach (var g in SnapshotsByDepth(disk.Tree))
+        {
+            long allocated = disk.Views[g].CountAllocatedBytes();
+            output.WriteLine($"  {DiskDescriptor.FormatGuid(g)}{(g == disk.Tree.Top ? " *" : "  ")}  {allocated} bytes ({Sizes.Human(allocated)})");
+        }
+
         if (disk.DiskWarnings.Length > 0)
         {
             console.MarkupLine("[bold yellow]Warnings[/]");
@@ -221,6 +228,9 @@ internal static class InfoCommand
         return lines;
     }
 
+    /// <summary>The snapshots root first, then by depth in the tree, then by GUID.</summary>
+    private static IEnumerable<Guid> SnapshotsByDepth(SnapshotTree tree) => tree.Snapshots.OrderBy(g => tree.ChainOf(g).Length).ThenBy(g => g);
+
     /// <summary>The format extension, or null when the image has none.</summary>
     private static JsonObject? ExtensionJson(ExpandableImage e)
     {
@@ -290,7 +300,7 @@ internal static class InfoCommand
         }
 
         var snapshots = new JsonArray();
-        foreach (var g in disk.Tree.Snapshots.OrderBy(g => disk.Tree.ChainOf(g).Length).ThenBy(g => g))
+        foreach (var g in SnapshotsByDepth(disk.Tree))
         {
             var parent = disk.Tree.ParentOf(g);
             snapshots.Add(new JsonObject
@@ -299,6 +309,7 @@ internal static class InfoCommand
                 ["parent"] = parent == Guid.Empty ? null : DiskDescriptor.FormatGuid(parent),
                 ["top"] = g == disk.Tree.Top,
                 ["depth"] = disk.Tree.ChainOf(g).Length - 1,
+                ["allocatedBytes"] = disk.Views[g].CountAllocatedBytes(),
             });
         }
 

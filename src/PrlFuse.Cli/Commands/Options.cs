@@ -29,6 +29,13 @@ internal sealed class InfoOptions : DiskOptions
     public bool Json { get; set; }
 }
 
+internal sealed class MapOptions : DiskOptions
+{
+    public string? Snapshot { get; set; }
+
+    public bool Json { get; set; }
+}
+
 internal sealed class ExportOptions : DiskOptions
 {
     public string? Snapshot { get; set; }

@@ -113,8 +113,9 @@ public static class DiskExporter
     }
 
     /// <summary>
-    /// Reads the view in order and hands each piece to <paramref name="write"/>: allocated ranges as read, unallocated
-    /// ones as <paramref name="zeros"/>, or not at all when <paramref name="zeros"/> is null (they stay holes).
+    /// Walks the view's data and holes in order (SeekData/SeekHole, from the allocation tables) and hands each piece to
+    /// <paramref name="write"/>: data as read, holes as <paramref name="zeros"/>, or not at all when
+    /// <paramref name="zeros"/> is null (they stay holes). A hole is never read.
     /// </summary>
     private static void Copy(SnapshotView view, Action<long> progress, Action<ReadOnlySpan<byte>, long> write, byte[]? zeros)
     {
@@ -124,33 +125,34 @@ public static class DiskExporter
             long offset = 0;
             while (offset < view.Size)
             {
-                long run = view.GetAllocationStatus(offset, view.Size - offset, out bool allocated);
-                if (!allocated && zeros is null)
+                long data = view.SeekData(offset);
+                long holeEnd = data < 0 ? view.Size : data;
+                if (zeros is not null)
                 {
-                    offset += run;
-                    progress(offset);
-                    continue;
+                    for (long at = offset; at < holeEnd; at += ChunkBytes)
+                    {
+                        int n = (int)Math.Min(ChunkBytes, holeEnd - at);
+                        write(zeros.AsSpan(0, n), at);
+                        progress(at + n);
+                    }
                 }
 
-                for (long done = 0; done < run;)
+                progress(holeEnd);
+                if (data < 0)
                 {
-                    int n = (int)Math.Min(ChunkBytes, run - done);
-                    if (allocated)
-                    {
-                        var span = buffer.AsSpan(0, n);
-                        view.Read(span, offset + done);
-                        write(span, offset + done);
-                    }
-                    else
-                    {
-                        write(zeros!.AsSpan(0, n), offset + done);
-                    }
-
-                    done += n;
-                    progress(offset + done);
+                    break;
                 }
 
-                offset += run;
+                long dataEnd = view.SeekHole(data);
+                for (long at = data; at < dataEnd; at += ChunkBytes)
+                {
+                    var span = buffer.AsSpan(0, (int)Math.Min(ChunkBytes, dataEnd - at));
+                    view.Read(span, at);
+                    write(span, at);
+                    progress(at + span.Length);
+                }
+
+                offset = dataEnd;
             }
         }
         finally

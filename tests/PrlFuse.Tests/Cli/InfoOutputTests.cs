@@ -26,7 +26,7 @@ public sealed partial class InfoOutputTests : IClassFixture<InfoOutputTests.Deep
         Assert.True(r.ExitCode == 0, r.Stderr);
         string[] lines = r.Stdout.Split('\n');
         int start = Array.FindIndex(lines, l => l.StartsWith("Snapshots", StringComparison.Ordinal));
-        int end = Array.FindIndex(lines, start + 1, l => l.StartsWith("Warnings", StringComparison.Ordinal));
+        int end = Array.FindIndex(lines, start + 1, l => l.StartsWith("Allocated", StringComparison.Ordinal));
         Assert.True(start >= 0 && end > start, r.Stdout);
         var tree = lines[(start + 1)..end];
 
@@ -42,6 +42,16 @@ public sealed partial class InfoOutputTests : IClassFixture<InfoOutputTests.Deep
 
         // Indentation stops growing at the cap: a line at depth 58 is as long as one at depth 17.
         Assert.Equal(tree[17].Length, tree[^2].Length);
+
+        // Then every snapshot's allocated bytes, root first, the top marked: the Plain root holds the whole disk.
+        int warnings = Array.FindIndex(lines, end + 1, l => l.StartsWith("Warnings", StringComparison.Ordinal));
+        var allocated = lines[(end + 1)..warnings];
+        Assert.Equal(DeepBundle.Depth, allocated.Length);
+        for (int i = 0; i < DeepBundle.Depth; i++)
+        {
+            string mark = i == DeepBundle.Depth - 1 ? " *" : "  ";
+            Assert.Equal($"  {_bundle.Guids[i]:B}{mark}  {DeepBundle.Bytes} bytes (1 MiB)", allocated[i]);
+        }
     }
 
     [Fact]
@@ -67,7 +77,9 @@ public sealed partial class InfoOutputTests : IClassFixture<InfoOutputTests.Deep
         });
         var codes = warnings.Select(w => w.GetProperty("code").GetString()).ToHashSet();
         Assert.Superset(new HashSet<string?> { "stale-absolute-path", "geometry-mismatch", "cluster-size-mismatch" }, codes);
-        Assert.Equal(DeepBundle.Depth, doc.RootElement.GetProperty("snapshots").GetArrayLength());
+        var snapshots = doc.RootElement.GetProperty("snapshots").EnumerateArray().ToList();
+        Assert.Equal(DeepBundle.Depth, snapshots.Count);
+        Assert.All(snapshots, s => Assert.Equal(DeepBundle.Bytes, s.GetProperty("allocatedBytes").GetInt64()));
     }
 
     [Fact]
@@ -88,6 +100,7 @@ public sealed partial class InfoOutputTests : IClassFixture<InfoOutputTests.Deep
     public sealed class DeepBundle : IDisposable
     {
         public const int Depth = 60;
+        public const long Bytes = Sectors * 512;
         private const long Sectors = 2048;
         private readonly TempFolder _temp = new("prlfuse-info");
 

@@ -41,6 +41,45 @@ public sealed class ExportDestinationTests
     }
 
     [Fact]
+    public void HugeSparseDiskIsExportedFromItsMapWithoutReadingItsHoles()
+    {
+        // 4 TiB of which 2 MiB hold data: reading the holes would take many minutes, walking the map takes moments.
+        const long Size = 4L << 40;
+        const long Far = 3L << 40;
+        const long Last = Size - (1 << 20);
+        using var temp = new TempFolder();
+        string image = temp.Combine("big.hds");
+        Qemu.Create(image, Size.ToString(CultureInfo.InvariantCulture));
+        Qemu.Write(image, "write -P 7 0 1M", string.Create(CultureInfo.InvariantCulture, $"write -P 9 {Far} 64k"), string.Create(CultureInfo.InvariantCulture, $"write -P 11 {Last} 1M"));
+        string output = temp.Combine("big.raw");
+
+        var r = ProcessRunner.Run(PrlFuseCli.Binary, ["export", image, "-o", output], TimeSpan.FromSeconds(60), check: false);
+
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Equal(Size, new FileInfo(output).Length);
+        using (var f = File.OpenHandle(output))
+        {
+            void Expect(long offset, int length, byte value)
+            {
+                var bytes = new byte[length];
+                Assert.Equal(length, RandomAccess.Read(f, bytes, offset));
+                Assert.True(Array.TrueForAll(bytes, b => b == value), $"bytes at {offset} are not all {value}");
+            }
+
+            Expect(0, 1 << 20, 7);
+            Expect(1 << 20, 1 << 20, 0);
+            Expect(Far, 64 << 10, 9);
+            Expect(Far + (64 << 10), (1 << 20) - (64 << 10), 0);
+            Expect(2L << 40, 1 << 20, 0);
+            Expect(Last, 1 << 20, 11);
+        }
+
+        // A file system block or two of extent tree beside the data, no more.
+        long blocks = long.Parse(ProcessRunner.Run("stat", "-c", "%b", output).Stdout.Trim(), CultureInfo.InvariantCulture);
+        Assert.True(blocks * 512 <= 4L << 20, $"{blocks * 512} bytes allocated for 2 MiB of data: not sparse");
+    }
+
+    [Fact]
     public void ExistingFileIsReplacedByRenameKeepingItsMode()
     {
         using var temp = new TempFolder();
