@@ -35,8 +35,41 @@ public sealed class PlainImage : ImageLayer
         return false;
     }
 
-    public override long FindNext(long offset, bool allocated) =>
-        offset < _size ? (allocated ? offset : _size) : (allocated ? long.MaxValue : offset);
+    /// <summary>
+    /// A raw file's own holes (SEEK_DATA/SEEK_HOLE on the host file) are holes of the layer: a sparse raw disk is not all
+    /// data. Where the host cannot say, every byte up to the size is data.
+    /// </summary>
+    public override long FindNext(long offset, bool allocated)
+    {
+        if (offset >= _size)
+        {
+            return allocated ? long.MaxValue : offset;
+        }
+
+        long end = Math.Min(_size, File.Length);
+        if (offset >= end)
+        {
+            // Past the file's end it reads as zeros.
+            return allocated ? long.MaxValue : offset;
+        }
+
+        if (File.Handle is not { } handle)
+        {
+            return allocated ? offset : end;
+        }
+
+        long found = Posix.LSeek(handle, offset, allocated ? SeekData : SeekHole);
+        if (found < 0)
+        {
+            // ENXIO: no data from here to the end of the file; anything else: the host cannot say, so all is data.
+            return Posix.LastError == Errno.ENXIO ? (allocated ? long.MaxValue : offset) : (allocated ? offset : end);
+        }
+
+        return allocated ? (found >= end ? long.MaxValue : found) : Math.Min(found, end);
+    }
+
+    private const int SeekData = 3;
+    private const int SeekHole = 4;
 
     protected override LayerWriter CreateWriter(IParentContent parent) => new PlainImageWriter(File);
 

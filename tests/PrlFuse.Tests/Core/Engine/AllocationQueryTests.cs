@@ -98,4 +98,28 @@ public sealed class AllocationQueryTests
             Assert.Equal(expected, ours);
         }
     }
+
+    [Fact]
+    public void A_sparse_raw_disk_has_the_holes_of_its_file()
+    {
+        using var temp = new TempFolder();
+        string raw = temp.Combine("disk.raw");
+        using (var f = File.Create(raw))
+        {
+            f.SetLength(64 << 20);
+            f.Position = 8 << 20;
+            f.Write(Enumerable.Repeat((byte)7, 4096).ToArray());
+            f.Position = 40 << 20;
+            f.Write(Enumerable.Repeat((byte)9, 1 << 20).ToArray());
+        }
+
+        using var disk = VirtualDisk.Open(raw);
+        var view = disk.Top;
+        Assert.Equal(8 << 20, view.SeekData(0));
+        Assert.Equal((8 << 20) + 4096, view.SeekHole(8 << 20));
+        Assert.Equal(40 << 20, view.SeekData((8 << 20) + 4096));
+        Assert.Equal(41 << 20, view.SeekHole(40 << 20));
+        Assert.Equal(-1, view.SeekData(41 << 20));
+        Assert.Equal(4096 + (1 << 20), view.CountAllocatedBytes());
+    }
 }
