@@ -257,13 +257,21 @@ public sealed class StorageChain
     public int ResolveExtent(long offset, long limit, out long hostOffset, out long length)
     {
         int layer = Resolve(0, offset, limit, out hostOffset, out long run);
+        if (layer == _layers.Length - 1 && _layers[layer].FindNext(offset, allocated: true) > offset)
+        {
+            // A root that maps the offset but holds no data there (a raw file's own hole) reads zeros, as no layer.
+            layer = -1;
+        }
+
         if (layer < 0)
         {
             length = Math.Min(limit, NextData(offset) - offset);
             return layer;
         }
 
-        length = run;
+        // A raw layer's data ends at its file's next hole; an allocation table's at the cluster's end, as TryMap says.
+        limit = Math.Min(limit, _layers[layer].FindNext(offset, allocated: false) - offset);
+        length = Math.Min(run, limit);
         while (hostOffset >= 0 && length < limit)
         {
             int next = Resolve(0, offset + length, limit - length, out long host, out long more);

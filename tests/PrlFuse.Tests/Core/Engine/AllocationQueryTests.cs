@@ -121,5 +121,16 @@ public sealed class AllocationQueryTests
         Assert.Equal(41 << 20, view.SeekHole(40 << 20));
         Assert.Equal(-1, view.SeekData(41 << 20));
         Assert.Equal(4096 + (1 << 20), view.CountAllocatedBytes());
+
+        // The extent map agrees: zeros, the 4 KiB, zeros, the 1 MiB, zeros.
+        var extents = new List<(long Start, long Length, bool Data)>();
+        for (long at = 0; at < view.Size;)
+        {
+            var e = view.GetExtent(at, view.Size - at);
+            extents.Add((e.Start, e.Length, e.Layer is not null));
+            at += e.Length;
+        }
+
+        Assert.Equal([(0, 8 << 20, false), (8 << 20, 4096, true), ((8 << 20) + 4096, (32 << 20) - 4096, false), (40 << 20, 1 << 20, true), (41 << 20, 23 << 20, false)], extents);
     }
 }
