@@ -395,6 +395,26 @@ public sealed class BundleFileSystem : IFuseFileSystem
         }
     }
 
+    /// <summary>SEEK_DATA and SEEK_HOLE from the allocation tables of the file's chain (nothing is read).</summary>
+    public long Lseek(ReadOnlySpan<byte> path, long offset, int whence, FuseFileInfo fileInfo)
+    {
+        var file = FromHandle(fileInfo, path);
+        if (file is null)
+        {
+            return -Errno.ENOENT;
+        }
+
+        if (whence is not (SeekWhence.Data or SeekWhence.Hole))
+        {
+            return -Errno.EINVAL;
+        }
+
+        // A negative offset, or one at or past the end, finds nothing: ENXIO, as ext4 and xfs answer.
+        var view = file.View;
+        long found = whence == SeekWhence.Data ? view.SeekData(offset) : view.SeekHole(offset);
+        return found < 0 ? -Errno.ENXIO : found;
+    }
+
     public int Fsync(ReadOnlySpan<byte> path, bool dataSync, FuseFileInfo fileInfo)
     {
         var file = FromHandle(fileInfo, path);
