@@ -80,12 +80,7 @@ public sealed class CrashTests(Xunit.Abstractions.ITestOutputHelper output)
                 expected[b] = done.Contains(b) ? bytes.AsSpan(b * BlockBytes, BlockBytes).ToArray() : [];
             }
 
-            // No corruption, only the crash's marks.
-            var report = DiskChecker.Check(chain.Bundle);
-            var bad = report.Images.SelectMany(i => i.Problems)
-                .Where(p => p.Kind is not (CheckProblemKind.NotClosedCleanly or CheckProblemKind.LeakedSpace) && p.Severity != CheckSeverity.Warning)
-                .Concat(report.DiskProblems).ToList();
-            Assert.True(bad.Count == 0, $"round {round} (done {done.Count}): " + string.Join("; ", bad.Select(p => p.ToLine())));
+            var report = AssertOnlyCrashMarks(chain.Bundle, $"round {round} (done {done.Count})");
 
             // Every fsync'd block reads back (the unclean image opens read-only).
             using var disk = VirtualDisk.Open(chain.Bundle);
@@ -113,7 +108,18 @@ public sealed class CrashTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.True(check.ExitCode == 0, check.Stdout + check.Stderr);
     }
 
-    private static Process Start(string file, params string[] args)
+    /// <summary>The disk after a kill: no corruption, only the crash's marks (not closed cleanly, leaked space).</summary>
+    internal static DiskCheckReport AssertOnlyCrashMarks(string bundle, string when)
+    {
+        var report = DiskChecker.Check(bundle);
+        var bad = report.Images.SelectMany(i => i.Problems)
+            .Where(p => p.Kind is not (CheckProblemKind.NotClosedCleanly or CheckProblemKind.LeakedSpace) && p.Severity != CheckSeverity.Warning)
+            .Concat(report.DiskProblems).ToList();
+        Assert.True(bad.Count == 0, $"{when}: " + string.Join("; ", bad.Select(p => p.ToLine())));
+        return report;
+    }
+
+    internal static Process Start(string file, params string[] args)
     {
         var psi = new ProcessStartInfo(file) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
         foreach (var a in args)

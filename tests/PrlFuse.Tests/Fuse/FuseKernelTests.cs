@@ -157,6 +157,27 @@ public sealed class FuseKernelTests
     }
 
     [Fact]
+    public void LseekAnswersReachTheCallerAndEnosysMakesTheKernelTreatFilesAsData()
+    {
+        using var m = MountedFileSystem.Start();
+        using var direct = File.OpenHandle(m.PathOf("direct.bin"));
+        Assert.Equal(MemoryFileSystem.DirectDataStart, SparseFile.Seek(direct, 0, SparseFile.SeekData));
+        Assert.Equal(MemoryFileSystem.DirectDataEnd, SparseFile.Seek(direct, MemoryFileSystem.DirectDataStart + 1, SparseFile.SeekHole));
+        Assert.Equal(-Errno.ENXIO, SparseFile.Seek(direct, MemoryFileSystem.DirectDataEnd, SparseFile.SeekData));
+
+        // An exception in the filesystem becomes EIO.
+        using var boom = File.OpenHandle(m.PathOf("boom.bin"));
+        Assert.Equal(-Errno.EIO, SparseFile.Seek(boom, 0, SparseFile.SeekData));
+        Assert.Contains(m.Fs.Exceptions, e => e is InvalidOperationException);
+
+        // ENOSYS: from then on the kernel answers itself, for every file, as for a file without holes.
+        using var ro = File.OpenHandle(m.PathOf("ro.bin"));
+        Assert.Equal(100, SparseFile.Seek(ro, 100, SparseFile.SeekData));
+        Assert.Equal(MemoryFileSystem.ReadOnlySize, SparseFile.Seek(ro, 100, SparseFile.SeekHole));
+        Assert.Equal(0, SparseFile.Seek(direct, 0, SparseFile.SeekData));
+    }
+
+    [Fact]
     public void DirectIoSetInOpenBypassesThePageCache()
     {
         using var m = MountedFileSystem.Start();

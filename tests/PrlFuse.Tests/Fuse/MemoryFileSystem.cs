@@ -144,6 +144,30 @@ internal sealed class MemoryFileSystem : IFuseFileSystem
         }
     }
 
+    /// <summary>direct.bin has one data range, [<see cref="DirectDataStart"/>, <see cref="DirectDataEnd"/>); boom.bin throws;
+    /// the others answer ENOSYS (what the interface's default answers).</summary>
+    public long Lseek(ReadOnlySpan<byte> path, long offset, int whence, FuseFileInfo fileInfo)
+    {
+        CheckHandle(fileInfo);
+        switch (Find(path))
+        {
+            case Node.Boom:
+                throw new InvalidOperationException("boom: the binding must turn this into EIO");
+            case Node.Direct:
+                if (offset >= DirectDataEnd)
+                {
+                    return -Errno.ENXIO;
+                }
+
+                return whence == SeekWhence.Data ? Math.Max(offset, DirectDataStart) : offset < DirectDataStart ? offset : DirectDataEnd;
+            default:
+                return -Errno.ENOSYS;
+        }
+    }
+
+    public const long DirectDataStart = 4096;
+    public const long DirectDataEnd = 8192;
+
     public int Read(ReadOnlySpan<byte> path, Span<byte> buffer, long offset, FuseFileInfo fileInfo)
     {
         CheckHandle(fileInfo);

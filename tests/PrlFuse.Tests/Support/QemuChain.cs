@@ -116,13 +116,43 @@ public sealed class QemuChain
         return d;
     }
 
+    /// <summary>The layer files of level <paramref name="level"/>'s chain in storage <paramref name="storage"/>, top first.</summary>
+    public List<string> ChainFiles(int level, int storage) =>
+        Enumerable.Range(0, level + 1).Reverse().Select(l => Path.Combine(Bundle, Levels[l].Files[storage])).ToList();
+
+    /// <summary>
+    /// QEMU's data ranges (start, end) of level <paramref name="level"/> (see <see cref="Qemu.DataRanges"/>), all storages
+    /// concatenated, merged where they meet.
+    /// </summary>
+    public List<(long Start, long End)> DataRanges(int level)
+    {
+        var result = new List<(long Start, long End)>();
+        for (int s = 0; s < Storages.Count; s++)
+        {
+            long shift = Storages[s].Start * 512;
+            foreach (var (start, end) in Qemu.DataRanges(ChainFiles(level, s)))
+            {
+                if (result.Count > 0 && result[^1].End == start + shift)
+                {
+                    result[^1] = (result[^1].Start, end + shift);
+                }
+                else
+                {
+                    result.Add((start + shift, end + shift));
+                }
+            }
+        }
+
+        return result;
+    }
+
     /// <summary>qemu's raw view of level <paramref name="level"/> (0 = root), all storages concatenated.</summary>
     public byte[] OracleView(int level, string scratch)
     {
         var result = new byte[SizeBytes];
         for (int s = 0; s < Storages.Count; s++)
         {
-            var topFirst = Enumerable.Range(0, level + 1).Reverse().Select(l => Path.Combine(Bundle, Levels[l].Files[s])).ToList();
+            var topFirst = ChainFiles(level, s);
             string raw = Path.Combine(scratch, $"oracle-{level}-{s}.raw");
             Qemu.ConvertChain(topFirst, raw);
             byte[] bytes = File.ReadAllBytes(raw);
