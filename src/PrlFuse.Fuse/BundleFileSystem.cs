@@ -53,6 +53,9 @@ public sealed class BundleFileSystem : IFuseFileSystem
     // Damaged clusters already logged (image, cluster): grows only with the clusters actually read.
     private readonly ConcurrentDictionary<(string Image, long Cluster), byte> _reportedDamage = new();
 
+    // 1 once the host's lack of hole punching has been logged (once per mount: a guest's fstrim discards a lot).
+    private int _reportedPunchFallback;
+
     public BundleFileSystem(VirtualDisk disk, BundleFileSystemOptions options)
     {
         _disk = disk;
@@ -388,6 +391,88 @@ public sealed class BundleFileSystem : IFuseFileSystem
             file.View.Write(buffer[..n], offset);
             file.ModifyTime = TimeSpec.FromDateTimeOffset(DateTimeOffset.UtcNow);
             return n;
+        }
+        catch (IOException e)
+        {
+            return Fail(e, file);
+        }
+    }
+
+    /// <summary>SEEK_DATA and SEEK_HOLE from the allocation tables of the file's chain (nothing is read).</summary>
+    public long Lseek(ReadOnlySpan<byte> path, long offset, int whence, FuseFileInfo fileInfo)
+    {
+        var file = FromHandle(fileInfo, path);
+        if (file is null)
+        {
+            return -Errno.ENOENT;
+        }
+
+        if (whence is not (SeekWhence.Data or SeekWhence.Hole))
+        {
+            return -Errno.EINVAL;
+        }
+
+        // A negative offset, or one at or past the end, finds nothing: ENXIO, as ext4 and xfs answer.
+        var view = file.View;
+        long found = whence == SeekWhence.Data ? view.SeekData(offset) : view.SeekHole(offset);
+        return found < 0 ? -Errno.ENXIO : found;
+    }
+
+    /// <summary>
+    /// Discard (PUNCH_HOLE with KEEP_SIZE, what a loop device sends for a discard) and write-zeroes (ZERO_RANGE, with or
+    /// without KEEP_SIZE) on the writable top: the range reads as zeros and whole clusters give their host space back.
+    /// Ranges past the end are cut at the end when the size is kept. ZERO_RANGE without KEEP_SIZE past the end would
+    /// grow the disk: EFBIG, the file's size being its limit, fails that request alone, whereas EOPNOTSUPP would tell
+    /// callers (QEMU's raw driver) that the mode never works and make them stop using it. Other modes: EOPNOTSUPP.
+    /// </summary>
+    public int Fallocate(ReadOnlySpan<byte> path, int mode, long offset, long length, FuseFileInfo fileInfo)
+    {
+        var file = FromHandle(fileInfo, path);
+        if (file is null)
+        {
+            return -Errno.ENOENT;
+        }
+
+        if (!file.Writable)
+        {
+            return -Errno.EROFS;
+        }
+
+        bool keepSize = (mode & FallocateMode.KeepSize) != 0;
+        int operation = mode & ~FallocateMode.KeepSize;
+        // PUNCH_HOLE always comes with KEEP_SIZE (the kernel refuses it alone); plain allocation would promise space for
+        // clusters the format allocates only on write.
+        if (!(operation == FallocateMode.ZeroRange || (operation == FallocateMode.PunchHole && keepSize)))
+        {
+            return -Errno.EOPNOTSUPP;
+        }
+
+        if (offset < 0 || length <= 0)
+        {
+            return -Errno.EINVAL;
+        }
+
+        var view = file.View;
+        long size = view.Size;
+        if (!keepSize && length > size - offset)
+        {
+            return -Errno.EFBIG;
+        }
+
+        if (offset >= size)
+        {
+            return 0;
+        }
+
+        try
+        {
+            if (view.Discard(offset, Math.Min(length, size - offset)) && Interlocked.Exchange(ref _reportedPunchFallback, 1) == 0)
+            {
+                _options.Log?.Invoke($"{Encoding.UTF8.GetString(file.Path)}: the host filesystem of {view.Storages[0].TopLayer.Path} cannot punch holes; discarded ranges are written with zeros");
+            }
+
+            file.ModifyTime = TimeSpec.FromDateTimeOffset(DateTimeOffset.UtcNow);
+            return 0;
         }
         catch (IOException e)
         {

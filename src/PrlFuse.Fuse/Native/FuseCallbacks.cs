@@ -57,6 +57,7 @@ internal static unsafe class FuseCallbacks
         Chmod = (IntPtr)(delegate* unmanaged[Cdecl]<byte*, uint, FuseFileInfoNative*, int>)&Chmod,
         Chown = (IntPtr)(delegate* unmanaged[Cdecl]<byte*, uint, uint, FuseFileInfoNative*, int>)&Chown,
         Fallocate = (IntPtr)(delegate* unmanaged[Cdecl]<byte*, int, long, long, FuseFileInfoNative*, int>)&Fallocate,
+        Lseek = (IntPtr)(delegate* unmanaged[Cdecl]<byte*, long, int, FuseFileInfoNative*, long>)&Lseek,
     };
 
     // libfuse passes NUL-terminated paths; this view costs a strlen, no allocation.
@@ -339,6 +340,19 @@ internal static unsafe class FuseCallbacks
         try
         {
             return Fs.Fallocate(PathOf(path), mode, offset, length, new FuseFileInfo(fi));
+        }
+        catch (Exception e)
+        {
+            return Fail(e);
+        }
+    }
+
+    [UnmanagedCallersOnly(CallConvs = new[] { typeof(CallConvCdecl) })]
+    private static long Lseek(byte* path, long offset, int whence, FuseFileInfoNative* fi)
+    {
+        try
+        {
+            return Fs.Lseek(PathOf(path), offset, whence, new FuseFileInfo(fi));
         }
         catch (Exception e)
         {

@@ -65,6 +65,13 @@ public interface IFuseFileSystem
     /// <summary>fallocate(2) with FALLOC_FL_* <paramref name="mode"/>. Default EOPNOTSUPP (safe: mkfs copes).</summary>
     int Fallocate(ReadOnlySpan<byte> path, int mode, long offset, long length, FuseFileInfo fileInfo) => -Errno.EOPNOTSUPP;
 
+    /// <summary>
+    /// lseek(2) with SEEK_DATA or SEEK_HOLE (<paramref name="whence"/>; the kernel answers the other modes itself): the
+    /// resulting offset, or a negated errno (ENXIO: no data at or after <paramref name="offset"/>). Default ENOSYS: the
+    /// kernel then stops asking and treats the whole file as data.
+    /// </summary>
+    long Lseek(ReadOnlySpan<byte> path, long offset, int whence, FuseFileInfo fileInfo) => -Errno.ENOSYS;
+
     /// <summary>utimensat(2); a Nanoseconds of TimeSpec.UtimeNow/UtimeOmit means now/leave. Default: accept and ignore.</summary>
     int SetTimes(ReadOnlySpan<byte> path, in TimeSpec accessTime, in TimeSpec modifyTime, FuseFileInfo fileInfo) => 0;
 

@@ -74,6 +74,27 @@ public static class OpenFlags
         RuntimeInformation.ProcessArchitecture is Architecture.Arm64 or Architecture.Arm ? 0x10000 : 0x4000;
 }
 
+/// <summary>The lseek(2) whence values the kernel forwards to a FUSE filesystem (Linux values).</summary>
+public static class SeekWhence
+{
+    /// <summary>SEEK_DATA: the next offset holding data.</summary>
+    public const int Data = 3;
+
+    /// <summary>SEEK_HOLE: the next offset in a hole (the end of the file counts as one).</summary>
+    public const int Hole = 4;
+}
+
+/// <summary>fallocate(2) mode bits (FALLOC_FL_*, Linux values).</summary>
+public static class FallocateMode
+{
+    public const int KeepSize = 0x01;
+    public const int PunchHole = 0x02;
+    public const int CollapseRange = 0x08;
+    public const int ZeroRange = 0x10;
+    public const int InsertRange = 0x20;
+    public const int UnshareRange = 0x40;
+}
+
 /// <summary>The stable head of struct fuse_file_info. Never allocated by us, only reached through libfuse's pointer.</summary>
 [StructLayout(LayoutKind.Explicit)]
 internal struct FuseFileInfoNative
