@@ -7,7 +7,8 @@
 #   PRLFUSE_BENCH_DATA   bench data from scripts/bench-data.sh (default /tmp/prlfuse-bench); scratch goes in $DATA/fuse
 #   PRLFUSE_FUSE_RUNS    runs per figure, the median is reported (default 3)
 #   PRLFUSE_BIN          the prlfuse binary (default: publish single-file ReadyToRun to artifacts/publish, as `make install`)
-#   PRLFUSE_FUSE_ONLY    space-separated subset of: read write ext4 chain big cache (default: all)
+#   PRLFUSE_FUSE_ONLY    space-separated subset of: read write ext4 chain big cache sparse (default: all)
+#   PRLFUSE_SPARSE_TIMEOUT  seconds one copy of the sparse subset may take before it is reported as a timeout (300)
 # Writes bench/results/fuse.json, bench/results/fuse.png (if gnuplot is there) and prints a table; the summary lines
 # start with "fuse ".
 set -euo pipefail
@@ -15,10 +16,11 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 DATA=${PRLFUSE_BENCH_DATA:-/tmp/prlfuse-bench}
 RUNS=${PRLFUSE_FUSE_RUNS:-3}
-ONLY=${PRLFUSE_FUSE_ONLY:-read write ext4 chain big cache}
+ONLY=${PRLFUSE_FUSE_ONLY:-read write ext4 chain big cache sparse}
 RESULTS=$repo/bench/results
 W=$DATA/fuse
-SHM=/dev/shm/prlfuse-bench
+# tmpfs scratch named after the data folder: two benches with their own data never share (or remove) it
+SHM=/dev/shm/prlfuse-bench${DATA//\//_}
 BUNDLE=$DATA/bench.hdd
 BASE=$BUNDLE/base.hds
 CACHE_MIB=64 # prlfuse's default --cache-size
@@ -338,6 +340,105 @@ if want cache; then
   row cache_seq_read "MB/s" higher "${CA[64M.seq]}" "${CA[0.seq]}" null "cache>=0.95" "sequential 1 MiB O_DIRECT reads: cache on vs off (must not slow down)"
 fi
 
+# --- holes are holes: a 64 GiB disk with 1 GiB written, copied by tools that ask SEEK_DATA/SEEK_HOLE ----------------
+# qemu-img convert -f raw and cp --sparse=always of current.raw should cost what the written 1 GiB costs, not what
+# 64 GiB of zeros cost. The yardstick is a 2 GiB disk with the same 1 GiB written; the limit is the same content as a
+# sparse raw file in tmpfs (the host filesystem's SEEK_DATA). Every copy is compared with QEMU's view of the image.
+SP_T= SP_DU=
+sparse_copy() { # sparse_copy KIND(convert|cp) SOURCE IMAGE: one timed copy into $SHM, checked; sets SP_T (s or timeout), SP_DU
+  local kind=$1 src=$2 img=$3 out fmt rc=0 t0 t1
+  dd if="$src" iflag=nocache count=0 status=none # the peer's export keeps a page cache: each run starts without it
+  case $kind in
+    convert) out=$SHM/sparse-out.qcow2; fmt=qcow2 ;;
+    cp) out=$SHM/sparse-out.raw; fmt=raw ;;
+  esac
+  rm -f "$out"
+  t0=$(now)
+  case $kind in
+    convert) timeout "$SPARSE_TIMEOUT" qemu-img convert -q -f raw "$src" -O qcow2 "$out" || rc=$? ;;
+    cp) timeout "$SPARSE_TIMEOUT" cp --sparse=always "$src" "$out" || rc=$? ;;
+  esac
+  t1=$(now)
+  if [ "$rc" = 124 ]; then rm -f "$out"; SP_T=timeout; SP_DU=; return; fi
+  [ "$rc" = 0 ] || { log "sparse: FAILED: $kind of $src exited with $rc"; exit 1; }
+  if ! qemu-img compare -q -f parallels "$img" -F "$fmt" "$out"; then
+    log "sparse: MISMATCH: the $kind of $src differs from QEMU's view of $img"
+    exit 1
+  fi
+  SP_T=$(elapsed "$t0" "$t1")
+  SP_DU=$(du -k "$out" | awk '{printf "%.1f", $1 / 1024}')
+  rm -f "$out"
+}
+sparse_image() { # sparse_image GIB: a GIB GiB image (1 MiB clusters) with 1024 distinct 1 MiB clusters written, seeded
+  local gib=$1 img=$W/sparse-$1.hds
+  [ -s "$img" ] && return 0
+  log "sparse: $gib GiB image, 1 GiB written as 1 MiB pieces at seeded random clusters"
+  rm -f "$img.tmp"
+  qemu-img create -q -f parallels -o cluster_size=1M "$img.tmp" "${gib}G"
+  mapfile -t args < <(awk -v clusters=$((gib << 10)) -v seed=$((20250700 + gib)) 'BEGIN {
+    srand(seed)
+    for (i = 0; i < clusters; i++) c[i] = i
+    for (i = 0; i < 1024; i++) {
+      j = i + int(rand() * (clusters - i)); t = c[i]; c[i] = c[j]; c[j] = t
+      printf "-c\nwrite -q -P %d %dM 1M\n", i % 255 + 1, c[i]
+    }
+  }')
+  qemu-io -f parallels "${args[@]}" "$img.tmp" >/dev/null
+  local written
+  written=$(qemu-img map -f parallels --output=json "$img.tmp" | python3 -c 'import json, sys; print(sum(e["length"] for e in json.load(sys.stdin) if e["data"]))')
+  [ "$written" = 1073741824 ] || { log "sparse: $img.tmp holds $written bytes, not 1 GiB"; exit 1; }
+  mv "$img.tmp" "$img"
+}
+if want sparse; then
+  SPARSE_TIMEOUT=${PRLFUSE_SPARSE_TIMEOUT:-300}
+  declare -A SP
+  for gib in 2 64; do
+    sparse_image "$gib"
+    img=$W/sparse-$gib.hds
+    qemu-img convert -q -f parallels -O raw "$img" "$SHM/sparse-$gib.raw"
+    warm "$img"
+    prl_mount "$img" "$W/m-sparse" --read-only
+    mapfile -t bd < <(qsd_image "$img" off); qsd_start "$W/qsd-sparse" off "${bd[@]}"
+    declare -A ST=()
+    for ((i = 0; i < RUNS; i++)); do
+      for side in prl peer limit; do
+        case $side in
+          prl) f=$W/m-sparse/current.raw ;;
+          peer) f=$W/qsd-sparse ;;
+          limit) f=$SHM/sparse-$gib.raw ;;
+        esac
+        for kind in convert cp; do
+          if [ "${ST[$side.$kind.timeout]:-}" = 1 ]; then continue; fi # one timeout is the figure; the next would be too
+          sparse_copy "$kind" "$f" "$img"
+          if [ "$SP_T" = timeout ]; then
+            log "  $gib GiB $kind $side: TIMEOUT after $SPARSE_TIMEOUT s"
+            ST[$side.$kind.timeout]=1; ST[$side.$kind]="$SPARSE_TIMEOUT"
+            SP[$gib.$kind.timeout]+="${SP[$gib.$kind.timeout]:+, }$side"
+            continue
+          fi
+          ST[$side.$kind]+="$SP_T "
+          [ "$kind" = cp ] && ST[$side.du]+="$SP_DU "
+        done
+      done
+    done
+    qsd_stop; prl_unmount "$W/m-sparse"; rm -f "$SHM/sparse-$gib.raw"
+    for side in prl peer limit; do
+      for kind in convert cp du; do
+        read -r -a v <<< "${ST[$side.$kind]:-}"
+        log "  $gib GiB $side $kind: ${v[*]:-none}"
+        SP[$gib.$side.$kind]=$(median "${v[@]}")
+      done
+    done
+  done
+  timed_out() { [ -z "${SP[$1.$2.timeout]:-}" ] || echo "; TIMEOUT after $SPARSE_TIMEOUT s (the figure is that cap): ${SP[$1.$2.timeout]}"; }
+  what="1 GiB written as 1024 x 1 MiB at random clusters, read-only mount; limit: the content as a sparse raw file in tmpfs"
+  row sparse_convert_2g "s" lower "${SP[2.prl.convert]}" "${SP[2.peer.convert]}" "${SP[2.limit.convert]}" "-" "yardstick: qemu-img convert -f raw VIEW -O qcow2 of a 2 GiB disk ($what)$(timed_out 2 convert)"
+  row sparse_cp_2g "s" lower "${SP[2.prl.cp]}" "${SP[2.peer.cp]}" "${SP[2.limit.cp]}" "-" "yardstick: cp --sparse=always VIEW of the same 2 GiB disk$(timed_out 2 cp)"
+  row sparse_convert_64g "s" lower "${SP[64.prl.convert]}" "${SP[64.peer.convert]}" "${SP[64.limit.convert]}" "row:sparse_convert_2g<=2" "the same qemu-img convert of a 64 GiB disk with the same 1 GiB written: proportional to the 1 GiB is at most twice the yardstick$(timed_out 64 convert)"
+  row sparse_cp_64g "s" lower "${SP[64.prl.cp]}" "${SP[64.peer.cp]}" "${SP[64.limit.cp]}" "row:sparse_cp_2g<=2" "the same cp --sparse=always of the 64 GiB disk$(timed_out 64 cp)"
+  row sparse_cp_allocated "MiB" lower "${SP[64.prl.du]}" "${SP[64.peer.du]}" "${SP[64.limit.du]}" "value<1100" "du of the cp --sparse=always copy of the 64 GiB disk (1024 MiB written)"
+fi
+
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 total=$(elapsed "$started" "$(now)")
 python3 bench/fuse/report.py "$rows" "$RESULTS" \
@@ -349,3 +450,17 @@ python3 bench/fuse/report.py "$rows" "$RESULTS" \
   --machine "qemu=$(qemu-storage-daemon --version | head -1 | awk '{print $3}')" \
   --machine "load_before=$load_before" --machine "load_after=$load_after" \
   --machine "runs=$RUNS" --machine "seconds=$total" --machine "prlfuse=$PRL"
+if want sparse; then
+  # One line for the claim: the 64 GiB disk costs about what its 1 GiB of data costs (64 GiB time / 2 GiB yardstick).
+  sp_ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "" || b == "" || b == 0) print "-"; else printf "%.2f", a / b}'; }
+  sp_s() { awk -v a="$1" 'BEGIN {if (a == "") print "-"; else printf "%.2f s", a}'; }
+  line="fuse sparse: 64 GiB disk with 1 GiB written"
+  for kind in convert cp; do
+    line+="; $([ $kind = convert ] && echo "qemu-img convert to qcow2" || echo "cp --sparse=always")"
+    line+=" prlfuse $(sp_s "${SP[64.prl.$kind]}")${SP[64.$kind.timeout]:+ (TIMEOUT after $SPARSE_TIMEOUT s: ${SP[64.$kind.timeout]})}, qsd $(sp_s "${SP[64.peer.$kind]}")"
+    line+=", time prlfuse/qsd $(sp_ratio "${SP[64.prl.$kind]}" "${SP[64.peer.$kind]}")"
+    line+=", 64 GiB / 2 GiB yardstick: prlfuse $(sp_ratio "${SP[64.prl.$kind]}" "${SP[2.prl.$kind]}"), qsd $(sp_ratio "${SP[64.peer.$kind]}" "${SP[2.peer.$kind]}")"
+  done
+  line+="; the cp copy allocates prlfuse ${SP[64.prl.du]} MiB, qsd ${SP[64.peer.du]} MiB; every finished copy equal to QEMU's view"
+  echo "$line"
+fi

@@ -3,7 +3,8 @@
 (if gnuplot is installed) fuse.png in the results folder.
 
 Row file: tab-separated NAME UNIT BETTER PRL PEER LIMIT TARGET NOTE. TARGET is one of
-  peer>=X | limit>=X | value<X | row:NAME>=X | cache | cache>=X | -
+  peer>=X | limit>=X | value<X | row:NAME>=X | row:NAME<=X | cache | cache>=X | -
+"row:NAME<=X" bounds prlfuse's figure by X times prlfuse's figure in row NAME (a time against its yardstick).
 "limit>=X" on a lower-is-better row means prlfuse <= limit / X (the limit column holds the ceiling).
 Cache rows hold cache on in the prlfuse column and cache off in the peer column.
 """
@@ -67,11 +68,16 @@ def main():
             want = float(t[6:]); met = p is not None and p < want
             want = f"< {want:g} {r['unit']}"
         elif t.startswith("row:"):
-            other, _, x = t[4:].partition(">=")
-            o = by_name.get(other, {}).get("prlfuse")
-            r["ratio_row"] = ratio(p, o)
-            met = r["ratio_row"] is not None and r["ratio_row"] >= float(x)
-            want = f">= {float(x):g}x {other} ({fmt(r['ratio_row'])}x)" if r["ratio_row"] is not None else f">= {x}x {other}"
+            at_most = "<=" in t
+            other, _, x = t[4:].partition("<=" if at_most else ">=")
+            o = by_name.get(other, {})
+            r["ratio_row"] = ratio(p, o.get("prlfuse"))
+            # The same quotient for the other columns, so a reader sees whether the peer holds the relation too.
+            r["ratio_row_peer"] = ratio(r["peer"], o.get("peer"))
+            r["ratio_row_limit"] = ratio(r["limit"], o.get("limit"))
+            op = "<=" if at_most else ">="
+            met = r["ratio_row"] is not None and (r["ratio_row"] <= float(x) if at_most else r["ratio_row"] >= float(x))
+            want = f"{op} {float(x):g}x {other} ({fmt(r['ratio_row'])}x)" if r["ratio_row"] is not None else f"{op} {x}x {other}"
         elif t.startswith("cache"):
             x = t[7:] if t.startswith("cache>=") else None
             if x:
