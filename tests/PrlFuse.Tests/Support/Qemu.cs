@@ -83,38 +83,6 @@ public static class Qemu
         return opts.ToString();
     }
 
-    /// <summary>
-    /// The data ranges (start, end) of the top of a chain of parallels images (top first) by `qemu-img map --output=json`:
-    /// the entries QEMU marks "data" (held by some layer), adjacent ones merged.
-    /// </summary>
-    public static List<(long Start, long End)> DataRanges(IReadOnlyList<string> topFirst)
-    {
-        var map = Img("map", "--output=json", "--image-opts", ChainOptions(topFirst));
-        Assert.True(map.ExitCode == 0, "qemu-img map: " + map.Stderr);
-        var ranges = new List<(long Start, long End)>();
-        using var doc = System.Text.Json.JsonDocument.Parse(map.Stdout);
-        foreach (var entry in doc.RootElement.EnumerateArray())
-        {
-            if (!entry.GetProperty("data").GetBoolean())
-            {
-                continue;
-            }
-
-            long start = entry.GetProperty("start").GetInt64();
-            long end = start + entry.GetProperty("length").GetInt64();
-            if (ranges.Count > 0 && ranges[^1].End == start)
-            {
-                ranges[^1] = (ranges[^1].Start, end);
-            }
-            else
-            {
-                ranges.Add((start, end));
-            }
-        }
-
-        return ranges;
-    }
-
     /// <summary>qemu-img with exactly these arguments.</summary>
     public static ProcessRunner.Result Img(params string[] args) => ProcessRunner.Run("qemu-img", args, check: false);
 

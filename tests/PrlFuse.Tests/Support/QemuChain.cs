@@ -120,31 +120,8 @@ public sealed class QemuChain
     public List<string> ChainFiles(int level, int storage) =>
         Enumerable.Range(0, level + 1).Reverse().Select(l => Path.Combine(Bundle, Levels[l].Files[storage])).ToList();
 
-    /// <summary>
-    /// QEMU's data ranges (start, end) of level <paramref name="level"/> (see <see cref="Qemu.DataRanges"/>), all storages
-    /// concatenated, merged where they meet.
-    /// </summary>
-    public List<(long Start, long End)> DataRanges(int level)
-    {
-        var result = new List<(long Start, long End)>();
-        for (int s = 0; s < Storages.Count; s++)
-        {
-            long shift = Storages[s].Start * 512;
-            foreach (var (start, end) in Qemu.DataRanges(ChainFiles(level, s)))
-            {
-                if (result.Count > 0 && result[^1].End == start + shift)
-                {
-                    result[^1] = (result[^1].Start, end + shift);
-                }
-                else
-                {
-                    result.Add((start + shift, end + shift));
-                }
-            }
-        }
-
-        return result;
-    }
+    /// <summary>QEMU's data ranges (start, end) of level <paramref name="level"/>, all storages, merged where they meet.</summary>
+    public List<(long Start, long End)> DataRanges(int level) => QemuMap.DataRanges(QemuMap.Of(this, level));
 
     /// <summary>qemu's raw view of level <paramref name="level"/> (0 = root), all storages concatenated.</summary>
     public byte[] OracleView(int level, string scratch)

@@ -35,8 +35,7 @@ public static class QemuMap
         var all = new List<Entry>();
         for (int s = 0; s < chain.Storages.Count; s++)
         {
-            var topFirst = Enumerable.Range(0, level + 1).Reverse().Select(l => Path.Combine(chain.Bundle, chain.Levels[l].Files[s])).ToList();
-            all.AddRange(Of(topFirst, chain.Storages[s].Start * 512));
+            all.AddRange(Of(chain.ChainFiles(level, s), chain.Storages[s].Start * 512));
         }
 
         return all;
