@@ -30,7 +30,10 @@ public static class WarningCodes
     /// <summary>An image holds fewer bytes than its storage.</summary>
     public const string ImageSmallerThanStorage = "image-smaller-than-storage";
 
-    /// <summary>An image was not closed cleanly (in_use "Ynot").</summary>
+    /// <summary>A qcow2 image's corrupt bit is set.</summary>
+    public const string Qcow2Corrupt = "qcow2-corrupt";
+
+    /// <summary>An image was not closed cleanly (in_use "Ynot", or a qcow2 image's dirty bit).</summary>
     public const string NotClosedCleanly = "not-closed-cleanly";
 
     /// <summary>Opened force-shared while another process writes the image.</summary>

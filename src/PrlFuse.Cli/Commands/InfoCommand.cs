@@ -4,6 +4,7 @@ using PrlFuse.Core;
 using PrlFuse.Core.Descriptor;
 using PrlFuse.Core.Engine;
 using PrlFuse.Core.Formats.Parallels;
+using PrlFuse.Core.Formats.Qcow2;
 using PrlFuse.Core.Images;
 using Spectre.Console;
 
@@ -119,6 +120,12 @@ internal static class InfoCommand
                 long clusters = (layer.VirtualSize + layer.ClusterBytes - 1) / layer.ClusterBytes;
                 console.MarkupLine($"  {Markup.Escape(DiskDescriptor.FormatGuid(guid))}  {Markup.Escape(Path.GetFileName(layer.Path))}");
                 console.MarkupLine($"      {Markup.Escape(i.Type)}, cluster {Sizes.Human(layer.ClusterBytes)}, {layer.CountAllocatedClusters()} of {clusters} clusters allocated, file {Sizes.Human(layer.File.Length)}");
+                if (layer is Qcow2Image q)
+                {
+                    WriteQcow2Lines(console, disk, q);
+                    continue;
+                }
+
                 console.MarkupLine($"      {(layer.InUseByOtherWriter ? "[yellow]in use by another writer[/]" : i.Clean ? "clean" : "[red]not closed cleanly[/]")}{Markup.Escape(i.InUse)}, extension: {Markup.Escape(i.Extension)}");
             }
         }
@@ -150,8 +157,86 @@ internal static class InfoCommand
 
     private sealed record ImageFacts(string Type, bool Clean, string Extension, string InUse);
 
+    /// <summary>A qcow2 image's state and features, then its backing chain one image a line.</summary>
+    private static void WriteQcow2Lines(IAnsiConsole console, VirtualDisk disk, Qcow2Image q)
+    {
+        var h = q.Header;
+        string state = q.InUseByOtherWriter ? "[yellow]in use by another writer[/]" : h.IsCorrupt ? "[red]corrupt[/]" : h.IsDirty ? "[red]dirty[/]" : "clean";
+        var features = h.FeatureList().ToList();
+        if (h.Version == 3)
+        {
+            features.Add($"compression {h.CompressionType.ToString().ToLowerInvariant()}");
+            features.Add($"refcount {1 << h.RefcountOrder} bits");
+        }
+
+        if (h.DataFile is { } dataFile)
+        {
+            features.Add($"data file {dataFile}");
+        }
+
+        console.MarkupLine($"      {state}, features: {Markup.Escape(features.Count == 0 ? "none" : string.Join(", ", features))}");
+        int depth = 0;
+        foreach (var below in BackingChain(disk, q))
+        {
+            depth++;
+            string kind = below is Qcow2Image bq ? $"qcow2 version {bq.Header.Version}" : below is ExpandableImage ? "parallels" : "raw";
+            console.MarkupLine($"      backing {depth}: {Markup.Escape(below.Path)} ({Markup.Escape(kind)}, {below.VirtualSize} bytes, cluster {Sizes.Human(below.ClusterBytes)})");
+        }
+    }
+
+    /// <summary>The layers below <paramref name="layer"/> in the top view that no descriptor names (a qcow2 backing chain).</summary>
+    private static IEnumerable<ImageLayer> BackingChain(VirtualDisk disk, ImageLayer layer)
+    {
+        foreach (var storage in disk.Top.Storages)
+        {
+            int at = storage.Layers.ToList().IndexOf(layer);
+            if (at >= 0)
+            {
+                return storage.Layers.Skip(at + 1).TakeWhile(l => !IsDescribed(disk, l));
+            }
+        }
+
+        return [];
+    }
+
+    private static bool IsDescribed(VirtualDisk disk, ImageLayer layer) => disk.Storages.Any(s => s.Images.Values.Contains(layer));
+
+    private static JsonObject? Qcow2Json(VirtualDisk disk, ImageLayer layer)
+    {
+        if (layer is not Qcow2Image q)
+        {
+            return null;
+        }
+
+        var h = q.Header;
+        return new JsonObject
+        {
+            ["version"] = h.Version,
+            ["compressionType"] = h.CompressionType.ToString().ToLowerInvariant(),
+            ["refcountBits"] = 1 << h.RefcountOrder,
+            ["features"] = new JsonArray([.. h.FeatureList().Select(f => (JsonNode?)JsonValue.Create(f))]),
+            ["dirty"] = h.IsDirty,
+            ["corrupt"] = h.IsCorrupt,
+            ["backingFile"] = h.BackingFile,
+            ["backingFormat"] = h.BackingFormat,
+            ["dataFile"] = h.DataFile,
+            ["backingChain"] = new JsonArray([.. BackingChain(disk, q).Select(b => (JsonNode?)new JsonObject
+            {
+                ["file"] = b.Path,
+                ["kind"] = b.Kind.ToString().ToLowerInvariant(),
+                ["virtualSize"] = b.VirtualSize,
+                ["clusterBytes"] = b.ClusterBytes,
+            })]),
+        };
+    }
+
     private static ImageFacts Describe(ImageLayer layer)
     {
+        if (layer is Qcow2Image q)
+        {
+            return new ImageFacts($"qcow2 version {q.Header.Version}", !q.Header.IsDirty && !q.Header.IsCorrupt, "none", "");
+        }
+
         if (layer is not ExpandableImage e)
         {
             return new ImageFacts("plain (raw)", true, "none", "");
@@ -277,7 +362,7 @@ internal static class InfoCommand
                     ["allocatedClusters"] = layer.CountAllocatedClusters(),
                     ["virtualSize"] = layer.VirtualSize,
                     ["fileSize"] = layer.File.Length,
-                    ["clean"] = e is null || (!e.WasUnclean && !e.InUseByOtherWriter),
+                    ["clean"] = layer is Qcow2Image q ? Describe(q).Clean && !q.InUseByOtherWriter : e is null || (!e.WasUnclean && !e.InUseByOtherWriter),
                     ["inUseByOtherWriter"] = layer.InUseByOtherWriter,
 
                     // Every image has every key; what a raw image has not got is null.
@@ -285,6 +370,7 @@ internal static class InfoCommand
                     ["inUse"] = e?.Header.InUseText,
                     ["dataOffsetSectors"] = e is null ? null : e.DataOffsetBytes / 512,
                     ["extension"] = e is null ? null : ExtensionJson(e),
+                    ["qcow2"] = Qcow2Json(disk, layer),
                 };
                 images.Add(image);
             }

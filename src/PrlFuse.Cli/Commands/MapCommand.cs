@@ -52,9 +52,16 @@ internal static class MapCommand
     /// </summary>
     internal readonly record struct MapEntry(long Start, long Length, int Depth, ImageLayer? Layer, long HostOffset, StorageChain Storage)
     {
-        public bool IsData => Layer is not null;
+        /// <summary>A layer holds these bytes as data (zeros a layer holds, as a qcow2 zero cluster, are not data).</summary>
+        public bool IsData => Layer is not null && HostOffset != ImageLayer.ZeroHostOffset;
+
+        /// <summary>A layer holds these bytes, as data or as zeros that hide the layers below (qemu-img's "present").</summary>
+        public bool IsPresent => Layer is not null;
 
         public bool IsDamaged => Layer is not null && HostOffset == ImageLayer.DamagedHostOffset;
+
+        /// <summary>Data with no plain host offset: compressed, or zeros (qemu-img prints no offset for them).</summary>
+        public bool HasNoOffset => HostOffset is ImageLayer.DamagedHostOffset or ImageLayer.ZeroHostOffset or ImageLayer.OwnReadHostOffset;
     }
 
     /// <summary>
@@ -99,7 +106,7 @@ internal static class MapCommand
 
     private static bool Mergeable(MapEntry a, MapEntry b) =>
         a.Storage == b.Storage && a.Layer == b.Layer
-        && (a.Layer is null || (a.IsDamaged && b.IsDamaged) || (!a.IsDamaged && !b.IsDamaged && a.HostOffset + a.Length == b.HostOffset));
+        && (a.Layer is null || (a.HasNoOffset && a.HostOffset == b.HostOffset) || (!a.HasNoOffset && !b.HasNoOffset && a.HostOffset + a.Length == b.HostOffset));
 
     /// <summary>
     /// qemu-img 7.2's --output=json, line for line: "start", "length", "depth", "present", "zero", "data", "offset"
@@ -120,14 +127,14 @@ internal static class MapCommand
             }
 
             first = false;
-            line.Append(CultureInfo.InvariantCulture, $"{{ \"start\": {e.Start}, \"length\": {e.Length}, \"depth\": {e.Depth}, \"present\": {Flag(e.IsData)}, \"zero\": {Flag(!e.IsData)}, \"data\": {Flag(e.IsData)}");
-            if (e.Layer is { } layer)
+            line.Append(CultureInfo.InvariantCulture, $"{{ \"start\": {e.Start}, \"length\": {e.Length}, \"depth\": {e.Depth}, \"present\": {Flag(e.IsPresent)}, \"zero\": {Flag(!e.IsData)}, \"data\": {Flag(e.IsData)}");
+            if (e.Layer is { } layer && e.IsData)
             {
                 if (e.IsDamaged)
                 {
                     line.Append(", \"damaged\": true");
                 }
-                else
+                else if (!e.HasNoOffset)
                 {
                     line.Append(CultureInfo.InvariantCulture, $", \"offset\": {e.HostOffset}");
                 }
@@ -158,13 +165,13 @@ internal static class MapCommand
         long allocated = 0;
         foreach (var e in Entries(view))
         {
-            if (e.Layer is not { } layer)
+            if (e.Layer is not { } layer || !e.IsData)
             {
                 continue;
             }
 
             allocated += e.Length;
-            string mapped = e.IsDamaged ? "damaged" : Hex(e.HostOffset);
+            string mapped = e.IsDamaged ? "damaged" : e.HasNoOffset ? "compressed" : Hex(e.HostOffset);
             output.Write(string.Create(CultureInfo.InvariantCulture, $"{Hex(e.Start),-ColumnWidth}{Hex(e.Length),-ColumnWidth}{mapped,-ColumnWidth}{layer.Path}\n"));
         }
 

@@ -14,6 +14,9 @@ public enum DiskSourceKind
 
     /// <summary>A bare raw image: a one-image disk.</summary>
     RawImage,
+
+    /// <summary>A qcow2 image: a one-image disk over its backing chain.</summary>
+    Qcow2Image,
 }
 
 /// <summary>What a bare image file is: recognised from its content, or as the user said (--format).</summary>
@@ -88,7 +91,6 @@ public static class DiskSource
     /// <summary>Magics of formats prlfuse does not read, at offset 0: a clear refusal beats serving their metadata as data.</summary>
     private static readonly (byte[] Magic, string Name)[] ForeignFormats =
     [
-        ([0x51, 0x46, 0x49, 0xFB], "qcow2"), // "QFI\xfb"
         ([0x51, 0x45, 0x44, 0x00], "QED"), // "QED\0"
         ("conectix"u8.ToArray(), "VHD"),
         ("vhdxfile"u8.ToArray(), "VHDX"),
@@ -114,6 +116,11 @@ public static class DiskSource
         if (ParallelsHeader.HasMagic(head[..n]))
         {
             return DiskSourceKind.ExpandableImage;
+        }
+
+        if (format == DiskFormat.Auto && Formats.Qcow2.Qcow2Header.HasMagic(head[..n]))
+        {
+            return DiskSourceKind.Qcow2Image;
         }
 
         if (format == DiskFormat.Parallels)

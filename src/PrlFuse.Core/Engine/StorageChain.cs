@@ -15,6 +15,10 @@ public sealed class StorageChain
     private readonly BlockCache? _cache;
     private readonly LayerWriter? _writer;
 
+    // A layer that may answer "zeros here" hides the data below without holding data itself: finding data and holes
+    // then follows each offset's answer through the chain instead of taking allocation layer by layer.
+    private readonly bool _zerosHide;
+
     /// <summary>
     /// A chain over <paramref name="layers"/> (top first). <paramref name="writable"/>: the top is opened for writing
     /// over the content of the layers below it (<see cref="ImageLayer.OpenWriter"/>); the top layer owns that writer.
@@ -26,6 +30,7 @@ public sealed class StorageChain
         LengthBytes = lengthBytes;
         _layers = layers;
         _cache = cache;
+        _zerosHide = layers.Any(l => l.MayHoldZeros);
         if (writable)
         {
             _writer = layers[0].OpenWriter(new BelowTop(this));
@@ -83,7 +88,18 @@ public sealed class StorageChain
             int n = (int)run;
             if (host < 0)
             {
-                throw Damaged(layer, offset + pos);
+                if (host == ImageLayer.OwnReadHostOffset)
+                {
+                    // Bytes the layer reads itself (compressed) are in no file: the caller reads the range instead.
+                    return false;
+                }
+
+                if (host != ImageLayer.ZeroHostOffset)
+                {
+                    throw Damaged(layer, offset + pos);
+                }
+
+                layer = -1;
             }
 
             if (layer < 0)
@@ -95,7 +111,7 @@ public sealed class StorageChain
             }
             else
             {
-                var file = _layers[layer].File;
+                var file = _layers[layer].DataFile;
                 int inFile = (int)Math.Clamp(file.Length - host, 0, n);
                 if ((inFile > 0 && !Append(pieces, ref count, file, host, inFile))
                     || (inFile < n && !Append(pieces, ref count, null, 0, n - inFile)))
@@ -151,7 +167,19 @@ public sealed class StorageChain
             int n = (int)run;
             if (host < 0)
             {
-                throw Damaged(layer, offset + pos);
+                if (host == ImageLayer.ZeroHostOffset)
+                {
+                    layer = -1;
+                }
+                else if (host == ImageLayer.OwnReadHostOffset)
+                {
+                    _layers[layer].ReadOwn(destination.Slice(pos, n), offset + pos);
+                    layer = -2;
+                }
+                else
+                {
+                    throw Damaged(layer, offset + pos);
+                }
             }
 
             if (layer >= 0 && layer == pendingLayer && host == pendingHost + pendingLength)
@@ -165,11 +193,12 @@ public sealed class StorageChain
                     ReadHost(_layers[pendingLayer], destination.Slice(pendingStart, pendingLength), pendingHost);
                 }
 
+                // A range the layer read itself (-2) is done; zeros (-1) are written here; a file range waits.
                 pendingLayer = layer;
                 pendingHost = host;
                 pendingStart = pos;
                 pendingLength = n;
-                if (layer < 0)
+                if (layer == -1)
                 {
                     destination.Slice(pos, n).Clear();
                 }
@@ -211,6 +240,11 @@ public sealed class StorageChain
     /// </summary>
     public long NextData(long offset, int firstLayer = 0)
     {
+        if (_zerosHide)
+        {
+            return NextVisibleData(offset, firstLayer);
+        }
+
         long best = LengthBytes;
         for (int i = firstLayer; i < _layers.Length && best > offset; i++)
         {
@@ -221,11 +255,77 @@ public sealed class StorageChain
     }
 
     /// <summary>
+    /// <see cref="NextData"/> for a chain with a layer that may hide what is below with zeros: the nearest data of any
+    /// layer counts only where no layer above it answers zeros; else the search goes on past those zeros.
+    /// </summary>
+    private long NextVisibleData(long offset, int firstLayer)
+    {
+        long at = offset;
+        while (at < LengthBytes)
+        {
+            long candidate = LengthBytes;
+            for (int i = firstLayer; i < _layers.Length && candidate > at; i++)
+            {
+                candidate = Math.Min(candidate, _layers[i].FindNext(at, allocated: true));
+            }
+
+            candidate = Math.Max(candidate, at);
+            if (candidate >= LengthBytes)
+            {
+                return LengthBytes;
+            }
+
+            int layer = Resolve(firstLayer, candidate, LengthBytes - candidate, out long host, out long run);
+            if (layer >= 0 && host != ImageLayer.ZeroHostOffset)
+            {
+                return candidate;
+            }
+
+            at = candidate + run;
+        }
+
+        return LengthBytes;
+    }
+
+    /// <summary>
+    /// <see cref="NextHole"/> for a chain with a layer that may hide what is below with zeros: follows each offset's
+    /// answer (the layer that holds it, or zeros, or none) until one is not data.
+    /// </summary>
+    private long NextVisibleHole(long offset)
+    {
+        long at = offset;
+        while (at < LengthBytes)
+        {
+            int layer = Resolve(0, at, LengthBytes - at, out long host, out long run);
+            if (layer < 0 || host == ImageLayer.ZeroHostOffset)
+            {
+                return at;
+            }
+
+            long gap = _layers[layer].FindNext(at, allocated: false);
+            if (gap == at)
+            {
+                // A raw root's own hole.
+                return at;
+            }
+
+            at += Math.Min(run, gap - at);
+        }
+
+        return LengthBytes;
+    }
+
+    /// <summary>
     /// The first offset at or after <paramref name="offset"/> where no layer holds data, or <see cref="LengthBytes"/>
     /// when there is none before the end: each layer that holds the offset moves it to its own next gap, until none does.
     /// </summary>
     public long NextHole(long offset)
     {
+        if (_zerosHide)
+        {
+            return NextVisibleHole(offset);
+        }
+
         long at = offset;
         while (at < LengthBytes)
         {
@@ -257,7 +357,25 @@ public sealed class StorageChain
     public int ResolveExtent(long offset, long limit, out long hostOffset, out long length)
     {
         int layer = Resolve(0, offset, limit, out hostOffset, out long run);
-        if (layer == _layers.Length - 1 && _layers[layer].FindNext(offset, allocated: true) > offset)
+        if (layer >= 0 && hostOffset is ImageLayer.ZeroHostOffset or ImageLayer.OwnReadHostOffset)
+        {
+            // Zeros a layer holds, or bytes it reads itself: one answer as far as the layer keeps giving it.
+            length = run;
+            while (length < limit)
+            {
+                int next = Resolve(0, offset + length, limit - length, out long host, out long more);
+                if (next != layer || host != hostOffset)
+                {
+                    break;
+                }
+
+                length += more;
+            }
+
+            return layer;
+        }
+
+        if (layer == _layers.Length - 1 && hostOffset >= 0 && _layers[layer].FindNext(offset, allocated: true) > offset)
         {
             // A root that maps the offset but holds no data there (a raw file's own hole) reads zeros, as no layer.
             layer = -1;
@@ -265,7 +383,7 @@ public sealed class StorageChain
 
         if (layer < 0)
         {
-            length = Math.Min(limit, NextData(offset) - offset);
+            length = _zerosHide ? UnheldLength(offset, run, limit) : Math.Min(limit, NextData(offset) - offset);
             return layer;
         }
 
@@ -284,6 +402,21 @@ public sealed class StorageChain
         }
 
         return layer;
+    }
+
+    /// <summary>
+    /// How far from <paramref name="offset"/> (which no layer holds, for <paramref name="run"/> bytes) no layer holds
+    /// anything, data or zeros, up to <paramref name="limit"/>: zeros a layer holds are an entry of their own.
+    /// </summary>
+    private long UnheldLength(long offset, long run, long limit)
+    {
+        long length = run;
+        while (length < limit && Resolve(0, offset + length, limit - length, out _, out long more) < 0)
+        {
+            length += more;
+        }
+
+        return Math.Min(length, limit);
     }
 
     /// <summary>
@@ -358,7 +491,7 @@ public sealed class StorageChain
         var cache = _cache;
         if (cache is null || destination.Length >= cache.BlockSize)
         {
-            layer.File.ReadZeroFilled(destination, host);
+            layer.DataFile.ReadZeroFilled(destination, host);
             return;
         }
 
@@ -373,7 +506,7 @@ public sealed class StorageChain
             {
                 if (!cache.AdmitOnMiss(key))
                 {
-                    layer.File.ReadZeroFilled(destination[..n], host);
+                    layer.DataFile.ReadZeroFilled(destination[..n], host);
                     destination = destination[n..];
                     host += n;
                     continue;
@@ -384,7 +517,7 @@ public sealed class StorageChain
                 try
                 {
                     var span = buffer.AsSpan(0, blockSize);
-                    layer.File.ReadZeroFilled(span, block * blockSize);
+                    layer.DataFile.ReadZeroFilled(span, block * blockSize);
                     cache.Insert(key, span, generation);
                     span.Slice(within, n).CopyTo(destination);
                 }

@@ -48,7 +48,7 @@ public sealed record OpenStorage(int Index, StorageDescriptor Descriptor, IReadO
 /// An opened Parallels disk: the validated descriptor, every image file, one block cache, and a
 /// <see cref="SnapshotView"/> per snapshot. Owns and disposes every image it opened.
 /// </summary>
-public sealed class VirtualDisk : IDisposable
+public sealed partial class VirtualDisk : IDisposable
 {
     private readonly List<ImageLayer> _opened;
     private readonly Dictionary<Guid, SnapshotView> _views;
@@ -125,7 +125,7 @@ public sealed class VirtualDisk : IDisposable
         }
 
         var tree = SnapshotTree.Build(descriptor, full);
-        var disk = OpenImages(full, bare, descriptor, tree, options);
+        var disk = OpenImages(full, kind, descriptor, tree, options);
         if (extra.Count > 0)
         {
             disk.AddWarnings(extra);
@@ -186,6 +186,11 @@ public sealed class VirtualDisk : IDisposable
     /// <summary>A bare image is a one-image disk with no snapshots: the predefined top GUID, one storage.</summary>
     private static DiskDescriptor DescribeBareImage(string path, DiskSourceKind kind, DiskOpenOptions options, ImmutableArray<DiskWarning>.Builder warnings)
     {
+        if (kind == DiskSourceKind.Qcow2Image)
+        {
+            return DescribeQcow2Image(path, options);
+        }
+
         using var file = options.OpenFile(path, false);
 
         // Locked like any read-only open before its header is read: a writer's half-written header is not taken for
@@ -217,6 +222,12 @@ public sealed class VirtualDisk : IDisposable
             }
         }
 
+        return DescribeOneImage(path, sectors, blocksize, type);
+    }
+
+    /// <summary>The descriptor of a one-image disk of <paramref name="sectors"/> sectors, with no snapshots.</summary>
+    private static DiskDescriptor DescribeOneImage(string path, long sectors, long blocksize, ImageType type)
+    {
         if (sectors <= 0)
         {
             throw new ImageFormatException(path, "image describes a disk of 0 sectors");
@@ -234,11 +245,15 @@ public sealed class VirtualDisk : IDisposable
             []);
     }
 
-    private static VirtualDisk OpenImages(string source, bool bare, DiskDescriptor descriptor, SnapshotTree tree, DiskOpenOptions options)
+    private static VirtualDisk OpenImages(string source, DiskSourceKind kind, DiskDescriptor descriptor, SnapshotTree tree, DiskOpenOptions options)
     {
+        bool bare = kind != DiskSourceKind.Descriptor;
         var warnings = ImmutableArray.CreateBuilder<DiskWarning>();
         warnings.AddRange(tree.DiskWarnings);
         var opened = new List<ImageLayer>();
+
+        // Layers below an image that are not in the descriptor: a qcow2 image's backing chain, top first.
+        var backing = new Dictionary<ImageLayer, ImageLayer[]>(ReferenceEqualityComparer.Instance);
         BlockCache? cache = null;
         try
         {
@@ -268,17 +283,34 @@ public sealed class VirtualDisk : IDisposable
                         readOnlyPlace ??= $"{file}: {readOnly}";
                     }
 
-                    var layer = OpenLayer(file, id, sd, s, writable, options, warnings);
-                    opened.Add(layer);
-                    layer.CacheId = opened.Count;
+                    ImageLayer layer;
+                    if (kind == DiskSourceKind.Qcow2Image)
+                    {
+                        if (writable)
+                        {
+                            readOnlyPlace ??= $"{file}: qcow2 images are served read-only (prlfuse does not write them yet)";
+                        }
+
+                        var chain = OpenQcow2Chain(file, options, warnings, opened);
+                        layer = chain[0];
+                        backing[layer] = chain[1..];
+                    }
+                    else
+                    {
+                        layer = OpenLayer(file, id, sd, s, writable, options, warnings);
+                        opened.Add(layer);
+                        layer.CacheId = opened.Count;
+                        warnings.AddRange(layer.DiskWarnings);
+                    }
+
                     images[guid] = layer;
-                    warnings.AddRange(layer.DiskWarnings);
                 }
 
                 storages.Add(new OpenStorage(s, sd, images));
             }
 
-            if (!options.ReadOnly && opened.FirstOrDefault(l => l.DamageText is not null) is { } damaged)
+            // qcow2 images are never written, so their damage only makes reads of it fail.
+            if (!options.ReadOnly && opened.FirstOrDefault(l => l.DamageText is not null && l is not Formats.Qcow2.Qcow2Image) is { } damaged)
             {
                 // Served read-only it can be inspected; written, new clusters could land where damaged entries point.
                 throw new ImageFormatException(damaged.Path, $"image has {damaged.DamageText}, so it is not opened for writing: run 'prlfuse check --repair {source}' first, or open it read-only");
@@ -293,7 +325,7 @@ public sealed class VirtualDisk : IDisposable
             foreach (var guid in tree.Snapshots)
             {
                 var chainGuids = tree.ChainOf(guid);
-                var layers = storages.Select(st => chainGuids.Select(g => st.Images[g]).ToArray()).ToArray();
+                var layers = storages.Select(st => chainGuids.SelectMany(g => (ImageLayer[])[st.Images[g], .. backing.GetValueOrDefault(st.Images[g], [])]).ToArray()).ToArray();
 
                 // The top is written only when the top of every storage can be: one read-only piece makes the disk read-only.
                 bool writable = guid == tree.Top && layers.All(l => !l[0].IsImmutable);

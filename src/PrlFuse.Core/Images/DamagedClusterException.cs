@@ -8,8 +8,8 @@ namespace PrlFuse.Core.Images;
 /// </summary>
 public sealed class DamagedClusterException : IOException
 {
-    public DamagedClusterException(string imagePath, long cluster, string problem)
-        : base($"{imagePath}: guest cluster {cluster} cannot be read: {problem}; run 'prlfuse check --repair'", Errno.EIO)
+    public DamagedClusterException(string imagePath, long cluster, string problem, string advice = "run 'prlfuse check --repair'")
+        : base($"{imagePath}: guest cluster {cluster} cannot be read: {problem}; {advice}", Errno.EIO)
     {
         ImagePath = imagePath;
         Cluster = cluster;

@@ -9,6 +9,9 @@ public enum ImageKind
 
     /// <summary>A Parallels expandable image ("Compressed" in the descriptor).</summary>
     Expandable,
+
+    /// <summary>A qcow2 image (versions 2 and 3).</summary>
+    Qcow2,
 }
 
 /// <summary>
@@ -22,11 +25,25 @@ public abstract class ImageLayer : IDisposable
     private readonly List<DiskWarning> _warnings = [];
 
     protected ImageLayer(ImageFile file)
+        : this(file, file)
     {
-        File = file;
     }
 
+    /// <summary>A layer whose guest data lives in <paramref name="dataFile"/> (an external data file) and its metadata in <paramref name="file"/>.</summary>
+    protected ImageLayer(ImageFile file, ImageFile dataFile)
+    {
+        File = file;
+        DataFile = dataFile;
+    }
+
+    /// <summary>The image file: its header and tables.</summary>
     public ImageFile File { get; }
+
+    /// <summary>
+    /// The file the host offsets of <see cref="TryMap"/> are in: <see cref="File"/>, or a second file the layer owns
+    /// (a qcow2 image's external data file).
+    /// </summary>
+    public ImageFile DataFile { get; }
 
     public string Path => File.Path;
 
@@ -75,6 +92,27 @@ public abstract class ImageLayer : IDisposable
     public const long DamagedHostOffset = -1;
 
     /// <summary>
+    /// The host offset <see cref="TryMap"/> gives for a range this layer holds as zeros (a qcow2 zero cluster): it reads
+    /// as zeros, hides the layers below, and is a hole for SEEK_DATA/SEEK_HOLE (<see cref="FindNext"/> does not count it).
+    /// </summary>
+    public const long ZeroHostOffset = -2;
+
+    /// <summary>
+    /// The host offset <see cref="TryMap"/> gives for a range whose bytes are not stored plainly (a compressed cluster):
+    /// the layer reads them itself (<see cref="ReadOwn"/>). It is data, and no layer below answers for it.
+    /// </summary>
+    public const long OwnReadHostOffset = -3;
+
+    /// <summary>True when <see cref="TryMap"/> may answer <see cref="ZeroHostOffset"/>: the engine then finds data and holes through every layer's answer, not through allocation alone.</summary>
+    public virtual bool MayHoldZeros => false;
+
+    /// <summary>
+    /// Reads guest bytes [offset, offset + destination.Length) that <see cref="TryMap"/> answered with
+    /// <see cref="OwnReadHostOffset"/> (the range lies within that answer's run).
+    /// </summary>
+    public virtual void ReadOwn(Span<byte> destination, long offset) => throw new NotSupportedException($"{Path}: the layer has no ranges it reads itself");
+
+    /// <summary>
     /// The error for a read of guest <paramref name="offset"/>, which <see cref="TryMap"/> answered with
     /// <see cref="DamagedHostOffset"/>. A format that can find damage says what is wrong there.
     /// </summary>
@@ -84,9 +122,9 @@ public abstract class ImageLayer : IDisposable
     public virtual string? DamageText => null;
 
     /// <summary>
-    /// Maps a guest offset. Returns true with the host offset when this layer holds the data (or
-    /// <see cref="DamagedHostOffset"/> when it cannot be read); either way <paramref name="run"/> is how many bytes
-    /// from <paramref name="offset"/> keep the same answer (at least 1).
+    /// Maps a guest offset. Returns true with the host offset in <see cref="DataFile"/> when this layer holds the data (or
+    /// one of the markers <see cref="DamagedHostOffset"/>, <see cref="ZeroHostOffset"/>, <see cref="OwnReadHostOffset"/>);
+    /// either way <paramref name="run"/> is how many bytes from <paramref name="offset"/> keep the same answer (at least 1).
     /// </summary>
     public abstract bool TryMap(long offset, out long hostOffset, out long run);
 
@@ -94,7 +132,7 @@ public abstract class ImageLayer : IDisposable
 
     /// <summary>
     /// The first guest offset at or after <paramref name="offset"/> where this layer holds data (<paramref name="allocated"/>
-    /// true: <see cref="TryMap"/> answers true there, damaged clusters included) or does not; <see cref="long.MaxValue"/>
+    /// true: <see cref="TryMap"/> answers true there, damaged clusters included, zero ranges not) or does not; <see cref="long.MaxValue"/>
     /// when there is none. Never reads data. This default walks <see cref="TryMap"/>'s runs; a format with an allocation
     /// table answers from it.
     /// </summary>
@@ -102,7 +140,7 @@ public abstract class ImageLayer : IDisposable
     {
         while (true)
         {
-            bool hit = TryMap(offset, out _, out long run);
+            bool hit = TryMap(offset, out long host, out long run) && host != ZeroHostOffset;
             if (hit == allocated)
             {
                 return offset;
@@ -162,6 +200,10 @@ public abstract class ImageLayer : IDisposable
             finally
             {
                 File.Dispose();
+                if (DataFile != File)
+                {
+                    DataFile.Dispose();
+                }
             }
         }
     }

@@ -155,6 +155,29 @@ public sealed record Qcow2Header
         return (long)(((ulong)size + (1UL << shift) - 1) >> shift);
     }
 
+    /// <summary>The features the image uses, by the names QEMU gives them, incompatible first.</summary>
+    public IReadOnlyList<string> FeatureList()
+    {
+        var list = new List<string>();
+        void Add(ulong bits, ulong bit, string name)
+        {
+            if ((bits & bit) != 0)
+            {
+                list.Add(name);
+            }
+        }
+
+        Add(IncompatibleFeatures, IncompatibleDirty, "dirty bit");
+        Add(IncompatibleFeatures, IncompatibleCorrupt, "corrupt bit");
+        Add(IncompatibleFeatures, IncompatibleDataFile, "external data file");
+        Add(IncompatibleFeatures, IncompatibleCompressionType, "compression type");
+        Add(IncompatibleFeatures, IncompatibleExtendedL2, "extended L2 entries");
+        Add(CompatibleFeatures, CompatibleLazyRefcounts, "lazy refcounts");
+        Add(AutoclearFeatures, AutoclearBitmaps, "bitmaps");
+        Add(AutoclearFeatures, AutoclearDataFileRaw, "raw external data");
+        return list;
+    }
+
     /// <summary>True when <paramref name="data"/> starts with "QFI\xfb".</summary>
     public static bool HasMagic(ReadOnlySpan<byte> data) =>
         data.Length >= 4 && BinaryPrimitives.ReadUInt32BigEndian(data) == MagicValue;

@@ -1,0 +1,156 @@
+using System.Collections.Immutable;
+using PrlFuse.Core.Descriptor;
+using PrlFuse.Core.Formats.Parallels;
+using PrlFuse.Core.Formats.Qcow2;
+using PrlFuse.Core.IO;
+using PrlFuse.Core.Images;
+
+namespace PrlFuse.Core.Engine;
+
+/// <summary>Opening a bare qcow2 image: a one-image disk whose layers are the image and its backing chain.</summary>
+public sealed partial class VirtualDisk
+{
+    /// <summary>Deepest backing chain opened: deeper is refused (a loop that escaped detection, or a hostile chain).</summary>
+    public const int MaxBackingDepth = 64;
+
+    /// <summary>Protocols QEMU would take a backing or data file name for: never followed, never taken as file names.</summary>
+    private static readonly string[] ProtocolPrefixes = ["nbd:", "nbd+", "http:", "https:", "ftp:", "ftps:", "ssh:", "iscsi:", "rbd:", "gluster:", "gluster+", "nfs:", "vvfat:", "blkdebug:", "null-co:", "null-aio:"];
+
+    private static DiskDescriptor DescribeQcow2Image(string path, DiskOpenOptions options)
+    {
+        using var file = options.OpenFile(path, false);
+        ImageLock.Acquire(file, ReadOnlyLockMode(options));
+        byte[] head = new byte[(int)Math.Min(file.Length, 1L << Qcow2Header.MaxClusterBits)];
+        file.ReadZeroFilled(head, 0);
+        if (!Qcow2Header.TryRead(head, out var header, out string error))
+        {
+            throw new ImageFormatException(path, error);
+        }
+
+        return DescribeOneImage(path, header.Size / 512, header.ClusterBytes / 512, ImageType.Compressed);
+    }
+
+    /// <summary>
+    /// Opens the qcow2 image <paramref name="path"/> read-only with its backing chain, top first: each backing file
+    /// named relative to the folder of the image that names it, in the format its backing_fmt says or its magic shows
+    /// (qcow2, Parallels, else raw). Every layer opened is added to <paramref name="opened"/> (so a failure disposes it).
+    /// </summary>
+    private static ImageLayer[] OpenQcow2Chain(string path, DiskOpenOptions options, ImmutableArray<DiskWarning>.Builder warnings, List<ImageLayer> opened)
+    {
+        var chain = new List<ImageLayer>();
+        var seen = new HashSet<(ulong, ulong)>();
+        string current = path;
+        string? format = "qcow2";
+        string? namedBy = null;
+        while (true)
+        {
+            if (chain.Count == MaxBackingDepth)
+            {
+                throw new ImageFormatException(path, $"backing chain is deeper than {MaxBackingDepth} images; refused");
+            }
+
+            if (PathRules.Identity(current) is { } identity && !seen.Add(identity))
+            {
+                throw new ImageFormatException(namedBy ?? path, $"backing chain loops back to {current}; refused");
+            }
+
+            var layer = OpenChainLayer(current, format, options, warnings);
+            opened.Add(layer);
+            layer.CacheId = opened.Count;
+            warnings.AddRange(layer.DiskWarnings);
+            chain.Add(layer);
+            if (layer is not Qcow2Image { Header.BackingFile: { } backingName } qcow2)
+            {
+                return [.. chain];
+            }
+
+            namedBy = current;
+            current = ResolveNamedFile(current, backingName, "backing file");
+            format = qcow2.Header.BackingFormat;
+        }
+    }
+
+    /// <summary>
+    /// The file that <paramref name="name"/>, stored in image <paramref name="image"/>, names: relative to the image's
+    /// folder. <c>json:</c> names, protocols, missing files and anything but a regular file are refused in one line.
+    /// </summary>
+    private static string ResolveNamedFile(string image, string name, string what)
+    {
+        if (name.StartsWith("json:", StringComparison.Ordinal))
+        {
+            throw new ImageFormatException(image, $"{what} is given as a json: description, which prlfuse does not follow; refused");
+        }
+
+        if (name.Contains("://", StringComparison.Ordinal) || ProtocolPrefixes.Any(p => name.StartsWith(p, StringComparison.OrdinalIgnoreCase)))
+        {
+            throw new ImageFormatException(image, $"{what} \"{name}\" is a network or protocol name, not a file; refused");
+        }
+
+        if (name.Length == 0 || name.Contains('\0', StringComparison.Ordinal))
+        {
+            throw new ImageFormatException(image, $"{what} name is empty or holds a NUL byte; refused");
+        }
+
+        string file = name.StartsWith("file:", StringComparison.Ordinal) ? name["file:".Length..] : name;
+        string full = Path.GetFullPath(Path.Combine(Path.GetDirectoryName(image) ?? "/", file));
+        if (!File.Exists(full))
+        {
+            throw new ImageFormatException(image, $"{what} {full} does not exist");
+        }
+
+        PathRules.CheckRegularFile(full);
+        return full;
+    }
+
+    private static ImageLayer OpenChainLayer(string path, string? format, DiskOpenOptions options, ImmutableArray<DiskWarning>.Builder warnings)
+    {
+        ImageFile file = OpenFile(path, writable: false, options);
+        try
+        {
+            var locked = Lock(file, ReadOnlyLockMode(options), warnings);
+            format ??= ProbeFormat(file);
+            ImageLayer layer = format switch
+            {
+                "qcow2" => Qcow2Image.Open(file, name => OpenDataFile(path, name, options, warnings)),
+                "parallels" => ExpandableImage.Open(file, locked.OtherWriter),
+                "raw" => new PlainImage(file, file.Length),
+                _ => throw new ImageFormatException(path, $"backing format \"{format}\" is not one prlfuse reads (qcow2, parallels, raw)"),
+            };
+            if (locked.OtherWriter && layer is not ExpandableImage)
+            {
+                layer.MarkInUseByOtherWriter();
+            }
+
+            return layer;
+        }
+        catch
+        {
+            file.Dispose();
+            throw;
+        }
+    }
+
+    private static ImageFile OpenDataFile(string image, string name, DiskOpenOptions options, ImmutableArray<DiskWarning>.Builder warnings)
+    {
+        string path = ResolveNamedFile(image, name, "external data file");
+        ImageFile file = OpenFile(path, writable: false, options);
+        try
+        {
+            Lock(file, ReadOnlyLockMode(options), warnings);
+            return file;
+        }
+        catch
+        {
+            file.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>A backing file without backing_fmt: qcow2 or Parallels by magic, else raw.</summary>
+    private static string ProbeFormat(ImageFile file)
+    {
+        Span<byte> head = stackalloc byte[64];
+        int n = file.Read(head, 0);
+        return Qcow2Header.HasMagic(head[..n]) ? "qcow2" : ParallelsHeader.HasMagic(head[..n]) ? "parallels" : "raw";
+    }
+}
