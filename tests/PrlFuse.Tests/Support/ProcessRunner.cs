@@ -7,10 +7,11 @@ public static class ProcessRunner
 {
     public sealed record Result(int ExitCode, string Stdout, string Stderr);
 
-    public static Result Run(string file, IEnumerable<string> args, TimeSpan? timeout = null, bool check = true, IDictionary<string, string>? env = null)
+    public static Result Run(string file, IEnumerable<string> args, TimeSpan? timeout = null, bool check = true, IDictionary<string, string>? env = null, string? workingDirectory = null)
     {
         var psi = new ProcessStartInfo(file)
         {
+            WorkingDirectory = workingDirectory ?? "",
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             RedirectStandardInput = true,
