@@ -62,6 +62,7 @@ internal static class Qcow2Oracle
         for (long data = view.SeekData(0); data >= 0;)
         {
             long hole = view.SeekHole(data);
+            Assert.True(hole > data, $"SEEK_DATA found data at {data} but SEEK_HOLE finds a hole there");
             ranges.Add((data, hole));
             data = hole < view.Size ? view.SeekData(hole) : -1;
         }
