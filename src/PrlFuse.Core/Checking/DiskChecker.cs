@@ -42,6 +42,12 @@ public static class DiskChecker
             return new DiskCheckReport(source, diskProblems, [], repair ? [] : null);
         }
 
+        if (kind == DiskSourceKind.Qcow2Image)
+        {
+            // "No errors" over a format the checker cannot read would be a false all-clear.
+            throw new PrlFuseException(source, "prlfuse does not check qcow2 images yet; use 'qemu-img check'");
+        }
+
         var images = new List<string>();
         if (kind == DiskSourceKind.ExpandableImage)
         {
