@@ -1,0 +1,233 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using PrlFuse.Tests.Support;
+
+namespace PrlFuse.Tests.Nbd;
+
+/// <summary>
+/// An NBD server under test, running in the foreground as a child process: the installed `prlfuse serve`, or with
+/// PRLFUSE_NBD_SERVER=qemu-nbd, qemu-nbd of the same disk (the stand-in the tests were first written against, and a
+/// check that they judge servers by the protocol, not by one implementation). Stopped with SIGTERM when disposed.
+/// </summary>
+public sealed class NbdServerProcess : IDisposable
+{
+    private readonly Process _process;
+    private readonly StringBuilder _output = new();
+
+    private NbdServerProcess(Process process, string address, string commandLine)
+    {
+        _process = process;
+        Address = address;
+        CommandLine = commandLine;
+    }
+
+    /// <summary>"qemu-nbd" when PRLFUSE_NBD_SERVER says so, else "prlfuse".</summary>
+    public static string Kind => Environment.GetEnvironmentVariable("PRLFUSE_NBD_SERVER") == "qemu-nbd" ? "qemu-nbd" : "prlfuse";
+
+    public static bool IsQemu => Kind == "qemu-nbd";
+
+    /// <summary>The Unix socket path, or HOST:PORT.</summary>
+    public string Address { get; }
+
+    public string CommandLine { get; }
+
+    public int Pid => _process.Id;
+
+    public bool HasExited => _process.HasExited;
+
+    public string Output
+    {
+        get
+        {
+            lock (_output)
+            {
+                return _output.ToString();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Serves the top of <paramref name="chain"/> as export "current" on a Unix socket: `prlfuse serve BUNDLE --socket
+    /// S`, or qemu-nbd of the chain's top (its only export; snapshots are not served).
+    /// </summary>
+    public static NbdServerProcess ServeChain(QemuChain chain, string socket, bool readOnly, params string[] extra)
+    {
+        if (IsQemu)
+        {
+            var args = new List<string> { "--image-opts", Qemu.ChainOptions(chain.ChainFiles(chain.Levels.Count - 1, 0)), "--socket", socket, "--persistent", "--shared=8", "-x", "current" };
+            if (readOnly)
+            {
+                args.Add("--read-only");
+            }
+
+            return Start("qemu-nbd", [.. args, .. extra], socket);
+        }
+
+        return StartPrlFuse(chain.Bundle, socket, readOnly, extra);
+    }
+
+    /// <summary>`prlfuse serve DISK --socket S [--read-only] EXTRA...` in the foreground.</summary>
+    public static NbdServerProcess StartPrlFuse(string disk, string socket, bool readOnly, params string[] extra)
+    {
+        var args = new List<string> { "serve", disk, "--socket", socket };
+        if (readOnly)
+        {
+            args.Add("--read-only");
+        }
+
+        return Start(PrlFuseCli.Binary, [.. args, .. extra], socket);
+    }
+
+    /// <summary>Starts <paramref name="program"/> and waits until <paramref name="address"/> accepts connections.</summary>
+    public static NbdServerProcess Start(string program, IReadOnlyList<string> args, string address)
+    {
+        var psi = new ProcessStartInfo(program)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+            UseShellExecute = false,
+        };
+        foreach (string a in args)
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        var process = Process.Start(psi) ?? throw new InvalidOperationException($"cannot start {program}");
+        var server = new NbdServerProcess(process, address, program + " " + string.Join(' ', args));
+        process.OutputDataReceived += (_, e) => server.Append(e.Data);
+        process.ErrorDataReceived += (_, e) => server.Append(e.Data);
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        try
+        {
+            server.WaitUntilServing(TimeSpan.FromSeconds(30));
+        }
+        catch
+        {
+            server.Dispose();
+            throw;
+        }
+
+        return server;
+    }
+
+    private void Append(string? line)
+    {
+        if (line is not null)
+        {
+            lock (_output)
+            {
+                _output.AppendLine(line);
+            }
+        }
+    }
+
+    private void WaitUntilServing(TimeSpan limit)
+    {
+        var clock = Stopwatch.StartNew();
+        while (true)
+        {
+            if (_process.HasExited)
+            {
+                _process.WaitForExit();
+                throw new InvalidOperationException($"{CommandLine} exited {_process.ExitCode} before serving:\n{Output}");
+            }
+
+            if (!Address.StartsWith('/') || File.Exists(Address))
+            {
+                try
+                {
+                    using var probe = NbdTestClient.Connect(Address, TimeSpan.FromSeconds(5));
+                    probe.ReadGreeting();
+                    probe.Send(NbdTestClient.ClientFlagBytes(NbdWire.ClientFixedNewstyle));
+                    probe.SendOption(NbdWire.OptAbort, []);
+                    probe.WaitForClose(TimeSpan.FromSeconds(5));
+                    return;
+                }
+                catch (IOException) when (clock.Elapsed < limit)
+                {
+                }
+            }
+
+            if (clock.Elapsed > limit)
+            {
+                throw new TimeoutException($"{CommandLine} did not serve {Address} within {limit.TotalSeconds:0} s:\n{Output}");
+            }
+
+            Thread.Sleep(50);
+        }
+    }
+
+    /// <summary>The server's open sockets: entries of /proc/PID/fd that link to "socket:[...]".</summary>
+    public int CountSockets()
+    {
+        int count = 0;
+        foreach (string fd in Directory.EnumerateFileSystemEntries($"/proc/{Pid}/fd"))
+        {
+            try
+            {
+                if (new FileInfo(fd).LinkTarget?.StartsWith("socket:", StringComparison.Ordinal) == true)
+                {
+                    count++;
+                }
+            }
+            catch (IOException)
+            {
+                // closed while listed
+            }
+        }
+
+        return count;
+    }
+
+    /// <summary>Waits until the server holds at most <paramref name="baseline"/> sockets; the count it settled at.</summary>
+    public int WaitForSockets(int baseline, TimeSpan limit)
+    {
+        var clock = Stopwatch.StartNew();
+        int count;
+        while ((count = CountSockets()) > baseline && clock.Elapsed < limit)
+        {
+            Thread.Sleep(50);
+        }
+
+        return count;
+    }
+
+    /// <summary>SIGTERM, then waits for the exit (SIGKILL after <paramref name="limit"/>); the exit code.</summary>
+    public int Stop(TimeSpan limit)
+    {
+        if (!_process.HasExited)
+        {
+            ProcessRunner.Run("kill", ["-TERM", Pid.ToString(CultureInfo.InvariantCulture)], check: false);
+            if (!_process.WaitForExit(limit))
+            {
+                _process.Kill(entireProcessTree: true);
+                _process.WaitForExit();
+                throw new TimeoutException($"{CommandLine} did not exit within {limit.TotalSeconds:0} s of SIGTERM:\n{Output}");
+            }
+        }
+
+        _process.WaitForExit();
+        return _process.ExitCode;
+    }
+
+    public void Dispose()
+    {
+        try
+        {
+            if (!_process.HasExited)
+            {
+                Stop(TimeSpan.FromSeconds(30));
+            }
+        }
+        catch (TimeoutException)
+        {
+        }
+        finally
+        {
+            _process.Dispose();
+        }
+    }
+}
