@@ -48,39 +48,67 @@ public sealed class NbdServerProcess : IDisposable
     }
 
     /// <summary>
-    /// Serves the top of <paramref name="chain"/> as export "current" on a Unix socket: `prlfuse serve BUNDLE --socket
-    /// S`, or qemu-nbd of the chain's top (its only export; snapshots are not served).
+    /// Serves the top of <paramref name="chain"/> as export "current" at <paramref name="address"/> (a Unix socket path,
+    /// or 127.0.0.1:PORT): `prlfuse serve BUNDLE`, or qemu-nbd of the chain's top (its only export; no snapshots). With
+    /// <paramref name="tlsDir"/> (ca-cert.pem, server-cert.pem, server-key.pem) the server requires TLS.
     /// </summary>
-    public static NbdServerProcess ServeChain(QemuChain chain, string socket, bool readOnly, params string[] extra)
+    public static NbdServerProcess ServeChain(QemuChain chain, string address, bool readOnly, string? tlsDir = null)
     {
+        bool unix = address.StartsWith('/');
+        string host = unix ? "" : address[..address.LastIndexOf(':')];
+        string port = unix ? "" : address[(address.LastIndexOf(':') + 1)..];
+        var args = new List<string>();
+        string program;
         if (IsQemu)
         {
-            var args = new List<string> { "--image-opts", Qemu.ChainOptions(chain.ChainFiles(chain.Levels.Count - 1, 0)), "--socket", socket, "--persistent", "--shared=8", "-x", "current" };
+            program = "qemu-nbd";
+            args.AddRange(["--image-opts", Qemu.ChainOptions(chain.ChainFiles(chain.Levels.Count - 1, 0)), "--persistent", "--shared=8", "-x", "current"]);
+            args.AddRange(unix ? ["--socket", address] : ["-b", host, "-p", port]);
             if (readOnly)
             {
                 args.Add("--read-only");
             }
 
-            return Start("qemu-nbd", [.. args, .. extra], socket);
+            if (tlsDir is not null)
+            {
+                // qemu-nbd asks clients for certificates unless told not to; prlfuse does not.
+                args.AddRange(["--object", $"tls-creds-x509,id=tls0,dir={tlsDir},endpoint=server,verify-peer=off", "--tls-creds", "tls0"]);
+            }
         }
-
-        return StartPrlFuse(chain.Bundle, socket, readOnly, extra);
-    }
-
-    /// <summary>`prlfuse serve DISK --socket S [--read-only] EXTRA...` in the foreground.</summary>
-    public static NbdServerProcess StartPrlFuse(string disk, string socket, bool readOnly, params string[] extra)
-    {
-        var args = new List<string> { "serve", disk, "--socket", socket };
-        if (readOnly)
+        else
         {
-            args.Add("--read-only");
+            program = PrlFuseCli.Binary;
+            args.AddRange(["serve", chain.Bundle]);
+            args.AddRange(unix ? ["--socket", address] : ["--listen", address]);
+            if (readOnly)
+            {
+                args.Add("--read-only");
+            }
+
+            if (tlsDir is not null)
+            {
+                args.AddRange(["--tls-cert", Path.Combine(tlsDir, "server-cert.pem"), "--tls-key", Path.Combine(tlsDir, "server-key.pem")]);
+            }
         }
 
-        return Start(PrlFuseCli.Binary, [.. args, .. extra], socket);
+        return Start(program, args, address, probe: tlsDir is null);
     }
 
-    /// <summary>Starts <paramref name="program"/> and waits until <paramref name="address"/> accepts connections.</summary>
-    public static NbdServerProcess Start(string program, IReadOnlyList<string> args, string address)
+    /// <summary>A TCP port on 127.0.0.1 that nothing listens on (just now).</summary>
+    public static int FreePort()
+    {
+        var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        int port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        listener.Stop();
+        return port;
+    }
+
+    /// <summary>
+    /// Starts <paramref name="program"/> and waits until <paramref name="address"/> accepts connections (and, with
+    /// <paramref name="probe"/>, answers a plaintext handshake).
+    /// </summary>
+    public static NbdServerProcess Start(string program, IReadOnlyList<string> args, string address, bool probe = true)
     {
         var psi = new ProcessStartInfo(program)
         {
@@ -102,7 +130,7 @@ public sealed class NbdServerProcess : IDisposable
         process.BeginErrorReadLine();
         try
         {
-            server.WaitUntilServing(TimeSpan.FromSeconds(30));
+            server.WaitUntilServing(TimeSpan.FromSeconds(30), probe);
         }
         catch
         {
@@ -124,7 +152,7 @@ public sealed class NbdServerProcess : IDisposable
         }
     }
 
-    private void WaitUntilServing(TimeSpan limit)
+    private void WaitUntilServing(TimeSpan limit, bool handshake)
     {
         var clock = Stopwatch.StartNew();
         while (true)
@@ -142,7 +170,12 @@ public sealed class NbdServerProcess : IDisposable
                     using var probe = NbdTestClient.Connect(Address, TimeSpan.FromSeconds(5));
                     probe.ReadGreeting();
                     probe.Send(NbdTestClient.ClientFlagBytes(NbdWire.ClientFixedNewstyle));
-                    probe.SendOption(NbdWire.OptAbort, []);
+                    if (handshake)
+                    {
+                        probe.SendOption(NbdWire.OptAbort, []);
+                    }
+
+                    probe.ShutdownSend();
                     probe.WaitForClose(TimeSpan.FromSeconds(5));
                     return;
                 }

@@ -230,19 +230,28 @@ public sealed class NbdTestClient : IDisposable
     /// Reads and drops whatever the server still sends; true once it closed, false if it did not within
     /// <paramref name="limit"/>. The last thing done with a connection.
     /// </summary>
-    public bool WaitForClose(TimeSpan limit)
+    public bool WaitForClose(TimeSpan limit) => WaitForClose(limit, out _);
+
+    /// <inheritdoc cref="WaitForClose(TimeSpan)"/>
+    /// <param name="limit">How long the server may take to close.</param>
+    /// <param name="received">How many bytes came before the close.</param>
+    public bool WaitForClose(TimeSpan limit, out long received)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var buffer = new byte[64 << 10];
+        received = 0;
         while (clock.Elapsed < limit)
         {
             _socket.ReceiveTimeout = Math.Max(1, (int)(limit - clock.Elapsed).TotalMilliseconds);
             try
             {
-                if (_stream.Read(buffer) == 0)
+                int n = _stream.Read(buffer);
+                if (n == 0)
                 {
                     return true;
                 }
+
+                received += n;
             }
             catch (IOException e) when (Translate(e, "") is NbdClosedException)
             {
