@@ -45,7 +45,7 @@ public sealed class NbdFuzzTests(ITestOutputHelper output)
         using var temp = new TempFolder("nbd-fuzz");
         using var fixture = FuzzTarget.Start(temp, readOnly);
         var server = fixture.Server;
-        int baseline = server.CountSockets();
+        int baseline = server.IdleSockets();
         Log($"nbd fuzz: {server.CommandLine}; seed {seed}, cases {first}..{first + connections - 1}, {fixture.Exports.Count} exports, {baseline} sockets open");
 
         var fuzzer = new NbdFuzzer(server.Address, fixture.Exports, seed, timeout);

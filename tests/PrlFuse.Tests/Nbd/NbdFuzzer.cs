@@ -481,7 +481,8 @@ public sealed class NbdFuzzer(string address, IReadOnlyList<NbdFuzzExport> expor
         client.Handshake();
         string name = c.R.Next(4) switch
         {
-            0 => AnyExport(c).Name + " ",
+            // Near misses (a snapshot's GUID may be accepted in any form Guid.TryParse reads, so none of these parse).
+            0 => AnyExport(c).Name + ".raw",
             1 => Guid.NewGuid().ToString("B"),
             2 => AnyExport(c).Name.ToUpperInvariant() + "x",
             _ => RandomText(c.R, 1 + c.R.Next(200)),

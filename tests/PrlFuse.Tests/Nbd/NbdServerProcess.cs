@@ -215,6 +215,19 @@ public sealed class NbdServerProcess : IDisposable
         return count;
     }
 
+    /// <summary>The fewest sockets the server held over a second: its listeners, once the readiness probe is closed.</summary>
+    public int IdleSockets()
+    {
+        int least = int.MaxValue;
+        for (int i = 0; i < 10; i++)
+        {
+            least = Math.Min(least, CountSockets());
+            Thread.Sleep(100);
+        }
+
+        return least;
+    }
+
     /// <summary>Waits until the server holds at most <paramref name="baseline"/> sockets; the count it settled at.</summary>
     public int WaitForSockets(int baseline, TimeSpan limit)
     {
