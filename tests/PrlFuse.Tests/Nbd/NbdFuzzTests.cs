@@ -92,6 +92,78 @@ public sealed class NbdFuzzTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>
+    /// More clients than the cap (prlfuse: --max-connections 8) are closed at once, clients that never finish the
+    /// handshake are dropped after the handshake limit, and afterwards the server holds no more sockets than before and
+    /// serves a fresh client. qemu-nbd queues the excess instead and has no handshake limit: there only the end counts.
+    /// </summary>
+    [Fact]
+    public void Excess_and_idle_connections_are_dropped()
+    {
+        const int Cap = 8;
+        using var temp = new TempFolder("nbd-flood");
+        var chain = QemuChain.Build(temp.Folder("chain"), 1, [8192], seed: 9, predefinedTop: true);
+        string socket = temp.Combine("nbd.sock");
+        using var server = NbdServerProcess.IsQemu
+            ? NbdServerProcess.ServeChain(chain, socket, readOnly: true)
+            : NbdServerProcess.Start(PrlFuseCli.Binary, ["serve", chain.Bundle, "--socket", socket, "--read-only", "--max-connections", Cap.ToString(CultureInfo.InvariantCulture)], socket);
+        int baseline = server.IdleSockets();
+
+        var clients = new List<NbdTestClient>();
+        int greeted = 0, closed = 0;
+        try
+        {
+            for (int i = 0; i < 3 * Cap; i++)
+            {
+                var client = NbdTestClient.Connect(server.Address, TimeSpan.FromSeconds(3));
+                clients.Add(client);
+                try
+                {
+                    client.ReadGreeting();
+                    greeted++;
+                }
+                catch (NbdClosedException)
+                {
+                    closed++;
+                }
+                catch (NbdTimeoutException)
+                {
+                    // queued by a server that stops accepting at its cap (qemu-nbd)
+                }
+            }
+
+            output.WriteLine($"{greeted} greeted, {closed} closed of {clients.Count}");
+            if (!NbdServerProcess.IsQemu)
+            {
+                Assert.Equal(Cap, greeted);
+                Assert.Equal(2 * Cap, closed);
+                var clock = System.Diagnostics.Stopwatch.StartNew();
+                foreach (var client in clients)
+                {
+                    Assert.True(client.WaitForClose(TimeSpan.FromSeconds(30)), "a client that never finished the handshake was not dropped");
+                }
+
+                output.WriteLine($"idle clients dropped after {clock.Elapsed.TotalSeconds:0.0} s");
+            }
+        }
+        finally
+        {
+            foreach (var client in clients)
+            {
+                client.Dispose();
+            }
+        }
+
+        int after = server.WaitForSockets(baseline, TimeSpan.FromSeconds(10));
+        Assert.True(after <= baseline, $"the server holds {after} sockets after the flood, {baseline} before");
+        using var fresh = NbdTestClient.Connect(server.Address, TimeSpan.FromSeconds(30));
+        fresh.Handshake();
+        Assert.Equal(NbdWire.RepAck, fresh.Go("current"));
+        var r = fresh.Transact(0, NbdWire.CmdRead, 1, 0, 65536);
+        Assert.Equal(0u, r.Error);
+        Assert.False(server.HasExited, server.Output);
+    }
+
     /// <summary>Replays cases of a seed alone, PRLFUSE_NBD_FUZZ_REPLAY="SEED:INDEX[,INDEX...]" (read-write server); nothing when unset.</summary>
     [Fact]
     public void Replay_from_environment()
