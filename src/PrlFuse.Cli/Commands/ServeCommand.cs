@@ -270,7 +270,7 @@ internal static class ServeCommand
         notices.WriteLine($"prlfuse: serving {disk.SourcePath} over NBD{(o.TlsCertificate is null ? "" : " with TLS required")}: {what}");
         if (o.Socket is not null)
         {
-            notices.WriteLine($"prlfuse: listening on unix socket {o.Socket}: nbd+unix:///current?socket={o.Socket}");
+            notices.WriteLine($"prlfuse: listening on unix socket {o.Socket}: nbd{(o.TlsCertificate is null ? "" : "s")}+unix:///current?socket={o.Socket}");
         }
 
         foreach (var endpoint in server.TcpEndPoints)
