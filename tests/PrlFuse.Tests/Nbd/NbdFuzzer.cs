@@ -1009,7 +1009,7 @@ public sealed class NbdFuzzer(string address, IReadOnlyList<NbdFuzzExport> expor
         }
     }
 
-    private static void CheckReply(CaseRun c, NbdTestClient client, NbdFuzzExport export, NbdReply r)
+    private static void CheckReply(CaseRun c, NbdTestClient client, NbdFuzzExport export, NbdTestReply r)
     {
         if (r.Error != 0)
         {
@@ -1056,7 +1056,7 @@ public sealed class NbdFuzzer(string address, IReadOnlyList<NbdFuzzExport> expor
         }
     }
 
-    private static void CompareRead(CaseRun c, NbdFuzzExport export, NbdReply r)
+    private static void CompareRead(CaseRun c, NbdFuzzExport export, NbdTestReply r)
     {
         var expected = export.Content.AsSpan((int)r.Offset, (int)r.Length);
         var actual = r.Data ?? new byte[r.Length];
@@ -1111,7 +1111,7 @@ public sealed class NbdFuzzer(string address, IReadOnlyList<NbdFuzzExport> expor
         Finish(c, client, transmission: true);
     }
 
-    private static void CheckPastEndReply(CaseRun c, NbdTestClient client, NbdReply r)
+    private static void CheckPastEndReply(CaseRun c, NbdTestClient client, NbdTestReply r)
     {
         c.Step($"error {r.Error}");
         bool past = r.Offset + r.Length > client.Size || r.Offset + r.Length < r.Offset;

@@ -15,7 +15,7 @@ public sealed class NbdTimeoutException(string message) : IOException(message);
 public sealed class NbdViolationException(string message) : Exception(message);
 
 /// <summary>One option reply: its type (ACK, SERVER, INFO, META_CONTEXT or an error) and data.</summary>
-public sealed record NbdOptionReply(uint Option, uint Type, byte[] Data)
+public sealed record NbdTestOptionReply(uint Option, uint Type, byte[] Data)
 {
     public bool IsFinal => Type == NbdWire.RepAck || NbdWire.IsError(Type);
 
@@ -26,7 +26,7 @@ public sealed record NbdOptionReply(uint Option, uint Type, byte[] Data)
 /// A request in flight and, once <see cref="Done"/>, its reply: the error (0 = success), the bytes of a read
 /// (holes as zeros) and the block status extents per metadata context.
 /// </summary>
-public sealed class NbdReply(ushort flags, ushort type, ulong handle, ulong offset, uint length)
+public sealed class NbdTestReply(ushort flags, ushort type, ulong handle, ulong offset, uint length)
 {
     private readonly List<(ulong Start, ulong End)> _covered = [];
 
@@ -85,7 +85,7 @@ public sealed class NbdTestClient : IDisposable
 
     private readonly Socket _socket;
     private readonly NetworkStream _stream;
-    private readonly Dictionary<ulong, NbdReply> _pending = [];
+    private readonly Dictionary<ulong, NbdTestReply> _pending = [];
     private readonly TimeSpan _timeout;
 
     private NbdTestClient(Socket socket, TimeSpan timeout)
@@ -369,7 +369,7 @@ public sealed class NbdTestClient : IDisposable
 
     public void SendOption(uint option, ReadOnlySpan<byte> data) => Send(OptionBytes(option, data));
 
-    public NbdOptionReply ReadOptionReply(uint option)
+    public NbdTestOptionReply ReadOptionReply(uint option)
     {
         Span<byte> h = stackalloc byte[20];
         ReceiveExactly(h, $"the reply to {NbdWire.OptionName(option)}");
@@ -392,13 +392,13 @@ public sealed class NbdTestClient : IDisposable
             throw new NbdViolationException($"option reply of {length} bytes to {NbdWire.OptionName(option)}");
         }
 
-        return new NbdOptionReply(option, type, Receive((int)length, $"the data of {NbdWire.ReplyName(type)} to {NbdWire.OptionName(option)}"));
+        return new NbdTestOptionReply(option, type, Receive((int)length, $"the data of {NbdWire.ReplyName(type)} to {NbdWire.OptionName(option)}"));
     }
 
     /// <summary>Replies up to the final one (ACK or an error).</summary>
-    public List<NbdOptionReply> ReadOptionReplies(uint option)
+    public List<NbdTestOptionReply> ReadOptionReplies(uint option)
     {
-        var replies = new List<NbdOptionReply>();
+        var replies = new List<NbdTestOptionReply>();
         while (true)
         {
             var reply = ReadOptionReply(option);
@@ -415,7 +415,7 @@ public sealed class NbdTestClient : IDisposable
         }
     }
 
-    public List<NbdOptionReply> Option(uint option, ReadOnlySpan<byte> data)
+    public List<NbdTestOptionReply> Option(uint option, ReadOnlySpan<byte> data)
     {
         SendOption(option, data);
         return ReadOptionReplies(option);
@@ -567,9 +567,9 @@ public sealed class NbdTestClient : IDisposable
     }
 
     /// <summary>Sends a request (and its payload, all or the part given) and waits for nothing; DISC has no reply.</summary>
-    public NbdReply SendRequest(ushort flags, ushort type, ulong handle, ulong offset, uint length, ReadOnlySpan<byte> payload = default)
+    public NbdTestReply SendRequest(ushort flags, ushort type, ulong handle, ulong offset, uint length, ReadOnlySpan<byte> payload = default)
     {
-        var reply = new NbdReply(flags, type, handle, offset, length);
+        var reply = new NbdTestReply(flags, type, handle, offset, length);
         if (type != NbdWire.CmdDisc)
         {
             if (!_pending.TryAdd(handle, reply))
@@ -595,7 +595,7 @@ public sealed class NbdTestClient : IDisposable
     }
 
     /// <summary>Reads reply messages until one request completes; returns it.</summary>
-    public NbdReply ReadReply()
+    public NbdTestReply ReadReply()
     {
         while (true)
         {
@@ -608,7 +608,7 @@ public sealed class NbdTestClient : IDisposable
     }
 
     /// <summary>Sends one request and reads replies until that one completes.</summary>
-    public NbdReply Transact(ushort flags, ushort type, ulong handle, ulong offset, uint length, ReadOnlySpan<byte> payload = default)
+    public NbdTestReply Transact(ushort flags, ushort type, ulong handle, ulong offset, uint length, ReadOnlySpan<byte> payload = default)
     {
         var reply = SendRequest(flags, type, handle, offset, length, payload);
         while (!reply.Done)
@@ -619,10 +619,10 @@ public sealed class NbdTestClient : IDisposable
         return reply;
     }
 
-    private NbdReply Pending(ulong handle, string kind) =>
+    private NbdTestReply Pending(ulong handle, string kind) =>
         _pending.TryGetValue(handle, out var r) ? r : throw new NbdViolationException($"{kind} for handle {handle:x}, which is not in flight");
 
-    private NbdReply Complete(NbdReply r)
+    private NbdTestReply Complete(NbdTestReply r)
     {
         r.Done = true;
         _pending.Remove(r.Handle);
@@ -630,7 +630,7 @@ public sealed class NbdTestClient : IDisposable
     }
 
     /// <summary>One simple reply or one structured chunk; the request it completes, else null.</summary>
-    private NbdReply? ReadMessage()
+    private NbdTestReply? ReadMessage()
     {
         Span<byte> magicBytes = stackalloc byte[4];
         ReceiveExactly(magicBytes, $"a reply ({_pending.Count} requests in flight)");
@@ -708,7 +708,7 @@ public sealed class NbdTestClient : IDisposable
         return Complete(req);
     }
 
-    private void CheckAcceptedRead(NbdReply r)
+    private void CheckAcceptedRead(NbdTestReply r)
     {
         if (r.Offset + r.Length > Size || r.Offset + r.Length < r.Offset)
         {
@@ -716,7 +716,7 @@ public sealed class NbdTestClient : IDisposable
         }
     }
 
-    private void Chunk(NbdReply req, ushort type, byte[] p)
+    private void Chunk(NbdTestReply req, ushort type, byte[] p)
     {
         ulong start = req.Offset, end = req.Offset + req.Length;
         switch (type)
