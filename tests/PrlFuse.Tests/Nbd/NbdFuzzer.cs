@@ -217,15 +217,8 @@ public sealed class NbdFuzzer(string address, IReadOnlyList<NbdFuzzExport> expor
         throw new UnreachableException();
     }
 
-    /// <summary>splitmix64 of (seed, index): independent, stable streams per case.</summary>
-    private static int Mix(int seed, int index)
-    {
-        ulong z = ((ulong)(uint)seed << 32) | (uint)index;
-        z += 0x9E3779B97F4A7C15UL;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        return (int)(z ^ (z >> 31));
-    }
+    /// <summary>The random stream of one case, as the image fuzzer makes them: stable across processes.</summary>
+    private static int Mix(int seed, int index) => Fuzz.FuzzCase.Mix(seed, index);
 
     private void Dispatch(CaseRun c)
     {
