@@ -3,7 +3,7 @@ CONFIG ?= Release
 PREFIX ?= /usr/local
 DOTNET ?= dotnet
 
-.PHONY: all setup build test demo publish install uninstall bench soak fuzz clean
+.PHONY: all setup build test demo publish install uninstall bench soak fuzz fuzz-nbd clean
 
 all: build
 
@@ -46,6 +46,10 @@ soak: setup
 # Long mutation-fuzzer run: make fuzz [FUZZ_SEED=1] [FUZZ_COUNT=200000]
 fuzz: setup
 	bash scripts/fuzz.sh $(or $(FUZZ_SEED),1) $(or $(FUZZ_COUNT),200000)
+
+# Long malformed-client run against `prlfuse serve`: make fuzz-nbd [FUZZ_SEED=1] [FUZZ_COUNT=100000]
+fuzz-nbd: setup
+	bash scripts/fuzz-nbd.sh $(or $(FUZZ_SEED),1) $(or $(FUZZ_COUNT),100000)
 
 clean:
 	rm -rf artifacts .demo src/*/bin src/*/obj tests/*/bin tests/*/obj bench/*/bin bench/*/obj

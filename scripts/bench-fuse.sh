@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Through-FUSE benchmark: prlfuse against qemu-storage-daemon's FUSE export of the same image (the peer) and the same
-# bytes as a raw file in the page cache (the limit). Needs root, /dev/fuse, loop devices, fio, qemu-img, qemu-io,
-# qemu-storage-daemon, mkfs.ext4, python3 (gnuplot optional, for the chart).
+# bytes as a raw file in the page cache (the limit); and the NBD server (prlfuse serve) against qemu-nbd. Needs root,
+# /dev/fuse, loop devices, fio, qemu-img, qemu-io, qemu-storage-daemon, mkfs.ext4, python3, and for the nbd subset
+# qemu-nbd, nbdcopy and nbdinfo (libnbd-bin) (gnuplot optional, for the chart).
 #   scripts/bench-fuse.sh
 # Environment:
 #   PRLFUSE_BENCH_DATA   bench data from scripts/bench-data.sh (default /tmp/prlfuse-bench); scratch goes in $DATA/fuse
 #   PRLFUSE_FUSE_RUNS    runs per figure, the median is reported (default 3)
 #   PRLFUSE_BIN          the prlfuse binary (default: publish single-file ReadyToRun to artifacts/publish, as `make install`)
-#   PRLFUSE_FUSE_ONLY    space-separated subset of: read write ext4 chain big cache sparse (default: all)
+#   PRLFUSE_FUSE_ONLY    space-separated subset of: read write ext4 chain big cache sparse nbd (default: all)
 #   PRLFUSE_SPARSE_TIMEOUT  seconds one copy of the sparse subset may take before it is reported as a timeout (300)
 # Writes bench/results/fuse.json, bench/results/fuse.png (if gnuplot is there) and prints a table; the summary lines
 # start with "fuse ".
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 DATA=${PRLFUSE_BENCH_DATA:-/tmp/prlfuse-bench}
 RUNS=${PRLFUSE_FUSE_RUNS:-3}
-ONLY=${PRLFUSE_FUSE_ONLY:-read write ext4 chain big cache sparse}
+ONLY=${PRLFUSE_FUSE_ONLY:-read write ext4 chain big cache sparse nbd}
 RESULTS=$repo/bench/results
 W=$DATA/fuse
 # tmpfs scratch named after the data folder: two benches with their own data never share (or remove) it
@@ -101,6 +102,24 @@ qsd_stop() {
   while kill -0 "$QSD_PID" 2>/dev/null; do sleep 0.05; done
   QSD_PID=
 }
+NBD_PIDS=()
+nbd_start() { # nbd_start SOCKET COMMAND...: starts an NBD server in the background, waits until it serves "current"
+  local sock=$1; shift
+  rm -f "$sock"
+  "$@" > "$sock.log" 2>&1 &
+  NBD_PIDS+=($!)
+  for ((t = 0; t < 300; t++)); do
+    nbdinfo --size "nbd+unix:///current?socket=$sock" >/dev/null 2>&1 && return 0
+    kill -0 "${NBD_PIDS[-1]}" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "bench-fuse: $* did not serve $sock:" >&2; cat "$sock.log" >&2; return 1
+}
+nbd_stop_all() {
+  for p in "${NBD_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${NBD_PIDS[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.05; done; done
+  NBD_PIDS=()
+}
 hwm_mib() { awk '/VmHWM/ {printf "%.0f\n", $2 / 1024}' "/proc/$1/status"; }
 
 LOOPS=()
@@ -109,6 +128,7 @@ cleanup() {
   for m in $(awk -v w="$W" '$2 ~ "^" w {print $2}' /proc/mounts | sort -r); do umount "$m" 2>/dev/null || umount -l "$m"; done
   for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null; done
   qsd_stop
+  nbd_stop_all
   for m in $(awk -v w="$W" '$2 ~ "^" w {print $2}' /proc/mounts | sort -r); do "$PRL" unmount "$m" 2>/dev/null || umount -l "$m"; done
   rm -rf "$SHM"
 }
@@ -439,6 +459,45 @@ if want sparse; then
   row sparse_cp_allocated "MiB" lower "${SP[64.prl.du]}" "${SP[64.peer.du]}" "${SP[64.limit.du]}" "value<1100" "du of the cp --sparse=always copy of the 64 GiB disk (1024 MiB written)"
 fi
 
+# --- NBD: nbdcopy of base.hds from prlfuse serve vs qemu-nbd vs qemu-nbd of the raw bytes in tmpfs ---------------------
+# nbdcopy with its defaults (4 connections when the server allows multi-conn, 64 requests of 256 KiB in flight) to
+# null:, so the figure is the server and the socket, not a destination. The servers stay up; the sides take turns run
+# by run. Once per server the copy goes to a file in tmpfs and is compared with the image.
+if want nbd; then
+  for tool in qemu-nbd nbdcopy nbdinfo; do
+    command -v "$tool" >/dev/null || { echo "bench-fuse: $tool is missing (apt-get install qemu-utils libnbd-bin)" >&2; exit 1; }
+  done
+  warm "$BASE"
+  [ -s "$SHM/base.raw" ] || qemu-img convert -q -f parallels -O raw "$BASE" "$SHM/base.raw"
+  declare -A NS=([prl]=$W/nbd-prl.sock [peer]=$W/nbd-peer.sock [limit]=$W/nbd-limit.sock)
+  declare -A NP
+  log "nbd: prlfuse serve --read-only, qemu-nbd -f parallels --read-only --shared=8, qemu-nbd -f raw of base.raw in tmpfs"
+  nbd_start "${NS[prl]}" "$PRL" serve "$BASE" --read-only --socket "${NS[prl]}"; NP[prl]=${NBD_PIDS[-1]}
+  nbd_start "${NS[peer]}" qemu-nbd -f parallels --read-only --shared=8 --persistent --socket "${NS[peer]}" -x current "$BASE"; NP[peer]=${NBD_PIDS[-1]}
+  nbd_start "${NS[limit]}" qemu-nbd -f raw --read-only --shared=8 --persistent --socket "${NS[limit]}" -x current "$SHM/base.raw"; NP[limit]=${NBD_PIDS[-1]}
+  for side in prl peer; do
+    nbdcopy "nbd+unix:///current?socket=${NS[$side]}" "$SHM/nbd-copy.raw"
+    if ! qemu-img compare -q -f raw -F parallels "$SHM/nbd-copy.raw" "$BASE"; then
+      echo "bench-fuse: the nbdcopy from $side differs from base.hds" >&2; exit 1
+    fi
+    rm -f "$SHM/nbd-copy.raw"
+  done
+  declare -A NC
+  for ((i = 0; i < RUNS; i++)); do
+    for side in prl peer limit; do
+      t0=$(now); nbdcopy "nbd+unix:///current?socket=${NS[$side]}" null:; t1=$(now)
+      NC[$side]+="$(awk -v s="$(elapsed "$t0" "$t1")" 'BEGIN {printf "%.1f", 2147.483648 / s}') "
+    done
+  done
+  nbd_hwm_prl=$(hwm_mib "${NP[prl]}"); nbd_hwm_peer=$(hwm_mib "${NP[peer]}")
+  nbd_stop_all
+  read -r -a np <<< "${NC[prl]}"; read -r -a nq <<< "${NC[peer]}"; read -r -a nl <<< "${NC[limit]}"
+  log "  nbdcopy to null: prlfuse ${np[*]} MB/s; qemu-nbd ${nq[*]} MB/s; qemu-nbd of raw in tmpfs ${nl[*]} MB/s"
+  NBD_PRL=$(median "${np[@]}"); NBD_PEER=$(median "${nq[@]}"); NBD_LIMIT=$(median "${nl[@]}")
+  row nbd_seq_read "MB/s" higher "$NBD_PRL" "$NBD_PEER" "$NBD_LIMIT" "peer>=1.5" "nbdcopy of base.hds (2 GiB) to null: from prlfuse serve --read-only; peer: qemu-nbd -f parallels --read-only --shared=8 of the same image; limit: qemu-nbd -f raw of the same bytes in tmpfs"
+  row nbd_peak_rss "MiB" lower "$nbd_hwm_prl" "$nbd_hwm_peer" null "-" "server VmHWM after the nbdcopy runs"
+fi
+
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 total=$(elapsed "$started" "$(now)")
 python3 bench/fuse/report.py "$rows" "$RESULTS" \
@@ -450,6 +509,9 @@ python3 bench/fuse/report.py "$rows" "$RESULTS" \
   --machine "qemu=$(qemu-storage-daemon --version | head -1 | awk '{print $3}')" \
   --machine "load_before=$load_before" --machine "load_after=$load_after" \
   --machine "runs=$RUNS" --machine "seconds=$total" --machine "prlfuse=$PRL"
+if want nbd; then
+  echo "fuse nbd: nbdcopy of the 2 GiB base.hds to null: prlfuse serve $NBD_PRL MB/s, qemu-nbd $NBD_PEER MB/s, prlfuse/qemu-nbd $(awk -v a="$NBD_PRL" -v b="$NBD_PEER" 'BEGIN {printf "%.2f", a / b}') (target >= 1.5: $(awk -v a="$NBD_PRL" -v b="$NBD_PEER" 'BEGIN {print (a >= 1.5 * b) ? "MET" : "MISSED"}')); qemu-nbd of the raw bytes in tmpfs $NBD_LIMIT MB/s; medians of $RUNS runs; one copy from each server equal to the image"
+fi
 if want sparse; then
   # One line for the claim: the 64 GiB disk costs about what its 1 GiB of data costs (64 GiB time / 2 GiB yardstick).
   sp_ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "" || b == "" || b == 0) print "-"; else printf "%.2f", a / b}'; }

@@ -137,6 +137,44 @@ internal static class CommandTable
         },
         new CommandSpec
         {
+            Name = "serve",
+            Summary = "Serve a disk over NBD (Network Block Device): the export 'current' is the top snapshot (read-write), and each other snapshot is an export named by its {GUID} (read-only).",
+            Description =
+            [
+                "Runs in the foreground until Ctrl-C, SIGTERM or SIGHUP, then answers the requests in flight and closes the images cleanly; -d starts it in the background and returns once it accepts connections. It listens on a Unix socket (mode 0600; default: $XDG_RUNTIME_DIR/prlfuse-NAME.sock, or in the temporary folder), and with --listen on TCP too. An empty export name means 'current'.",
+                "Clients: qemu-img and qemu-io (nbd+unix:///current?socket=PATH), nbdinfo, nbdcopy and nbdfuse (libnbd), the kernel's nbd-client. Reads of unallocated ranges are sent as holes; block status answers base:allocation and qemu:allocation-depth from the allocation tables; trim and write-zeroes release space as discard does.",
+                "A non-loopback --listen address needs TLS (--tls-cert and --tls-key: clients must then start TLS before anything else) or --insecure. The images are locked as mount locks them: a disk served read-write is not mounted read-write at the same time, nor the other way round.",
+            ],
+            Positionals = [Positional<ServeOptions>("disk", DiskHelp, (o, v) => o.Disk = v)],
+            Options =
+            [
+                Value<ServeOptions>("socket", null, "PATH", "Listen on a Unix socket at PATH (default when --listen is not given).", (o, v) => o.Socket = v),
+                Value<ServeOptions>("listen", null, "ADDR[:PORT]", $"Listen on TCP: 127.0.0.1:10809, [::1]:10809, 0.0.0.0:10809 ... (port {ServeCommand.DefaultPort} by default); may be repeated.", (o, v) => o.Listen.Add(v)),
+                Flag<ServeOptions>("read-only", 'r', "Serve current read-only too; no image is opened for writing.", o => o.ReadOnly = true),
+                Value<ServeOptions>("tls-cert", null, "FILE", "Require TLS, with this certificate (PEM); goes with --tls-key.", (o, v) => o.TlsCertificate = v),
+                Value<ServeOptions>("tls-key", null, "FILE", "The certificate's private key (PEM).", (o, v) => o.TlsKey = v),
+                Flag<ServeOptions>("insecure", null, "Allow a non-loopback --listen address without TLS (anyone who reaches it can read and write the disk).", o => o.Insecure = true),
+                Flag<ServeOptions>("detach", 'd', "Run in the background; return once the server accepts connections.", o => o.Detach = true),
+                Value<ServeOptions>("log", null, "FILE", "Append the background server's messages to FILE (default: discarded).", (o, v) => o.Log = v),
+                Value<ServeOptions>("max-connections", null, "N", $"Clients connected at once, 1 to {ServeCommand.MaxConnectionsLimit} (default {ServeCommand.DefaultMaxConnections}); more are closed at once.", (o, v) => o.MaxConnections = Count(v, 1, ServeCommand.MaxConnectionsLimit)),
+                CacheSize<ServeOptions>((o, v) => o.CacheBytes = v),
+                .. DiskSourceOptions<ServeOptions>(),
+                Flag<ServeOptions>("debug", null, "Show stack traces of errors, and every client's connection, handshake and disconnection.", o => o.Debug = true),
+                Flag<ServeOptions>("daemon-child", null, "", o => o.DaemonChild = true, hidden: true),
+            ],
+            Examples =
+            [
+                "prlfuse serve disk.hdd --socket /run/disk.sock",
+                "qemu-img info nbd+unix:///current?socket=/run/disk.sock",
+                "nbdinfo --list 'nbd+unix:///?socket=/run/disk.sock'",
+                "nbdcopy 'nbd+unix:///{GUID}?socket=/run/disk.sock' old.raw",
+                "prlfuse serve -d --read-only --listen 0.0.0.0:10809 --tls-cert cert.pem --tls-key key.pem disk.hdd",
+            ],
+            Create = () => new ServeOptions(),
+            Run = o => ServeCommand.Run((ServeOptions)o),
+        },
+        new CommandSpec
+        {
             Name = "unmount",
             Aliases = ["umount"],
             Summary = "Unmount a prlfuse mount and wait until its images are closed cleanly; refused while a loop device or an open file still uses it.",

@@ -210,20 +210,12 @@ internal static class MountCommand
             openOptions = openOptions with { OpenFile = static (path, writable) => PositionalImageFile.Open(path, writable, exclusive: false, directWrites: false) };
         }
 
-        var disk = VirtualDisk.Open(o.Disk, openOptions);
-        if (!o.ReadOnly && disk.ReadOnlyPlaceReason is { } readOnly)
-        {
-            // A read-only medium or read-only image files: serve read-only and say so, rather than fail or write.
-            disk.Dispose();
-            o.ReadOnly = true;
-            disk = VirtualDisk.Open(o.Disk, openOptions with { ReadOnly = true });
-            notices.WriteLine($"prlfuse: notice: {readOnly}; serving read-only (current.raw cannot be written)");
-        }
-
+        bool readOnly = o.ReadOnly;
+        var disk = DiskServing.Open(o.Disk, openOptions, ref readOnly, "mount", BundleFileSystem.CurrentFileName, offersRepair: true, notices);
+        o.ReadOnly = readOnly;
         int exit;
         try
         {
-            RefuseUnwritableTop(disk, o);
             CheckMountpointAgainstDisk(mountpoint, disk, o);
             foreach (var warning in disk.Warnings)
             {
@@ -255,35 +247,6 @@ internal static class MountCommand
         {
             notices.WriteLine($"prlfuse: repaired {repaired} problem{(repaired == 1 ? "" : "s")} before mounting (see 'prlfuse check' for details)");
         }
-    }
-
-    /// <summary>A read-write mount whose top cannot be written fails with what to do, never silently read-only.</summary>
-    private static void RefuseUnwritableTop(VirtualDisk disk, MountOptions o)
-    {
-        if (o.ReadOnly || disk.Top.IsWritable)
-        {
-            return;
-        }
-
-        foreach (var storage in disk.Storages)
-        {
-            if (storage.Images[disk.Top.Id] is ExpandableImage { WasUnclean: true } image)
-            {
-                throw new PrlFuseException(image.Path, $"image was not closed cleanly (a crash or a killed writer); run 'prlfuse check --repair {o.Disk}' first, mount with --repair, or mount with --read-only");
-            }
-
-            if (storage.Images[disk.Top.Id] is ExpandableImage { WriteBlockedReason: { } reason } blocked)
-            {
-                throw new PrlFuseException(blocked.Path, reason + "; mount with --read-only");
-            }
-        }
-
-        if (disk.Tree.ChildrenOf(disk.Top.Id).Count > 0)
-        {
-            throw new PrlFuseException(disk.SourcePath, "the top snapshot has child snapshots, so writing it would change them; mount with --read-only");
-        }
-
-        throw new PrlFuseException(disk.SourcePath, "the top snapshot's image cannot be opened for writing; mount with --read-only");
     }
 
     private static int ServeDisk(VirtualDisk disk, string mountpoint, MountOptions o, DaemonChild? detach)

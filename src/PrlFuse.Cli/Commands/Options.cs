@@ -78,6 +78,34 @@ internal sealed class MountOptions : DiskOptions
     public bool DaemonChild { get; set; }
 }
 
+internal sealed class ServeOptions : DiskOptions
+{
+    /// <summary>--socket: a Unix socket path (default: one beside the user's runtime files when nothing else is given).</summary>
+    public string? Socket { get; set; }
+
+    /// <summary>--listen ADDRESS[:PORT], each one.</summary>
+    public List<string> Listen { get; } = [];
+
+    public bool ReadOnly { get; set; }
+
+    public string? TlsCertificate { get; set; }
+
+    public string? TlsKey { get; set; }
+
+    public bool Insecure { get; set; }
+
+    public bool Detach { get; set; }
+
+    public string? Log { get; set; }
+
+    public int MaxConnections { get; set; } = ServeCommand.DefaultMaxConnections;
+
+    public long CacheBytes { get; set; } = Sizes.DefaultCacheBytes;
+
+    /// <summary>Set by the parent when it starts the daemon: report readiness on stdout, then detach.</summary>
+    public bool DaemonChild { get; set; }
+}
+
 internal sealed class UnmountOptions : CommonOptions
 {
     public string MountPoint { get; set; } = "";

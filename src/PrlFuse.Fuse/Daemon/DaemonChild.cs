@@ -3,10 +3,10 @@ using PrlFuse.Core;
 namespace PrlFuse.Fuse.Daemon;
 
 /// <summary>
-/// The mount daemon's side of <see cref="DaemonLauncher"/>: a session of its own, so it outlives the terminal and the
-/// command that started it; then, once it serves, the ready line to the waiting parent and its way out of the parent's
-/// pipes. /dev/null and the log file are opened before the mount (so a failure is still reported to the parent), and
-/// swapped in for stdio once readiness is told.
+/// A daemon's side of <see cref="DaemonLauncher"/> (the mount daemon, the NBD server): a session of its own, so it
+/// outlives the terminal and the command that started it; then, once it serves, the ready line to the waiting parent
+/// and its way out of the parent's pipes. /dev/null and the log file are opened before it mounts or listens (so a
+/// failure is still reported to the parent), and swapped in for stdio once readiness is told.
 /// </summary>
 public sealed class DaemonChild
 {

@@ -4,13 +4,21 @@ using PrlFuse.Core;
 
 namespace PrlFuse.Fuse.Daemon;
 
-/// <summary>A mount daemon that ended without reporting ready: its exit status and what it said on stderr.</summary>
+/// <summary>A daemon that ended without reporting ready: its exit status and what it said on stderr.</summary>
 public sealed record DaemonFailure(int ExitCode, string Said);
 
 /// <summary>
-/// Starts prlfuse again as the detached mount daemon (.NET cannot fork) and waits until the mount answers. Until it
-/// serves, the daemon's stdout is a pipe to us: it writes its notices there (relayed to the user), then
-/// <see cref="ReadyLine"/> (see <see cref="DaemonChild"/>). Its stderr says why when it fails.
+/// What a daemon is to <see cref="DaemonLauncher"/>: what to call it in messages (<paramref name="What"/>), the path its
+/// failures name (<paramref name="Place"/>), the option that runs it in the foreground instead, and the check that
+/// it answers once it said it serves (throws <see cref="PrlFuseException"/> when it does not).
+/// </summary>
+public sealed record DaemonKind(string What, string Place, string ForegroundHint, Action ConfirmAnswers);
+
+/// <summary>
+/// Starts prlfuse again as a detached daemon (.NET cannot fork): the mount daemon, or the NBD server. It waits until
+/// the daemon answers (the mount a lookup, the server a connection). Until it serves, the daemon's stdout is a pipe
+/// to us: it writes its notices there (relayed to the user), then <see cref="ReadyLine"/> (see
+/// <see cref="DaemonChild"/>). Its stderr says why when it fails.
 /// </summary>
 public static class DaemonLauncher
 {
@@ -18,14 +26,19 @@ public static class DaemonLauncher
 
     private static readonly TimeSpan ReadyTimeout = TimeSpan.FromSeconds(60);
 
+    /// <summary>Starts the mount daemon: ready once <paramref name="mountpoint"/> answers a lookup (see <see cref="Start(IEnumerable{string}, DaemonKind, TextWriter)"/>).</summary>
+    public static DaemonFailure? Start(IEnumerable<string> arguments, string mountpoint, TextWriter notices) =>
+        Start(arguments, new DaemonKind("mount daemon", mountpoint, "--foreground", () => ConfirmAnswers(mountpoint)), notices);
+
     /// <summary>
     /// Runs this program with <paramref name="arguments"/> from "/" and waits: null once the daemon reports ready and
-    /// <paramref name="mountpoint"/> answers, or how it failed. Lines it writes before that go to <paramref name="notices"/>.
-    /// Throws <see cref="PrlFuseException"/> when it cannot be started, hangs, or fails without saying why.
+    /// answers (<see cref="DaemonKind.ConfirmAnswers"/>), or how it failed. Lines it writes before that go to
+    /// <paramref name="notices"/>. Throws <see cref="PrlFuseException"/> when it cannot be started, hangs, or fails
+    /// without saying why.
     /// </summary>
-    public static DaemonFailure? Start(IEnumerable<string> arguments, string mountpoint, TextWriter notices)
+    public static DaemonFailure? Start(IEnumerable<string> arguments, DaemonKind kind, TextWriter notices)
     {
-        string program = Environment.ProcessPath ?? throw new PrlFuseException(null, "cannot find the prlfuse program to start the mount daemon");
+        string program = Environment.ProcessPath ?? throw new PrlFuseException(null, $"cannot find the prlfuse program to start the {kind.What}");
         var psi = new ProcessStartInfo(program)
         {
             RedirectStandardOutput = true,
@@ -47,7 +60,7 @@ public static class DaemonLauncher
             psi.ArgumentList.Add(arg);
         }
 
-        using var child = Process.Start(psi) ?? throw new PrlFuseException(null, "cannot start the mount daemon");
+        using var child = Process.Start(psi) ?? throw new PrlFuseException(null, $"cannot start the {kind.What}");
         child.StandardInput.Close();
         var stderr = new StringBuilder();
         child.ErrorDataReceived += (_, e) =>
@@ -73,7 +86,7 @@ public static class DaemonLauncher
 
             if (line.Result == ReadyLine)
             {
-                ConfirmAnswers(mountpoint);
+                kind.ConfirmAnswers();
                 return null;
             }
 
@@ -83,14 +96,14 @@ public static class DaemonLauncher
         if (!child.WaitForExit(5000))
         {
             child.Kill(entireProcessTree: true);
-            throw new PrlFuseException(mountpoint, "the mount daemon did not become ready in time; rerun with --foreground to see what it does");
+            throw new PrlFuseException(kind.Place, $"the {kind.What} did not become ready in time; rerun with {kind.ForegroundHint} to see what it does");
         }
 
         child.WaitForExit();
         string said = Snapshot(stderr);
         if (said.Trim().Length == 0)
         {
-            throw new PrlFuseException(mountpoint, $"the mount daemon exited with status {child.ExitCode} without saying why; rerun with --foreground --debug");
+            throw new PrlFuseException(kind.Place, $"the {kind.What} exited with status {child.ExitCode} without saying why; rerun with {kind.ForegroundHint} --debug");
         }
 
         return new DaemonFailure(child.ExitCode, said);

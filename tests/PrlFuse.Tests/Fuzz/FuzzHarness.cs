@@ -54,7 +54,7 @@ public sealed record FuzzCase(
     }
 
     /// <summary>splitmix64 of (seed, index): independent streams per case, stable across processes.</summary>
-    private static int Mix(int seed, int index)
+    internal static int Mix(int seed, int index)
     {
         ulong z = ((ulong)(uint)seed << 32) | (uint)index;
         z += 0x9E3779B97F4A7C15UL;

@@ -1,0 +1,1336 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Authentication;
+using System.Text;
+using PrlFuse.Core.Engine;
+using PrlFuse.Core.Images;
+using PrlFuse.Core.IO;
+using PrlFuse.Nbd.Protocol;
+
+namespace PrlFuse.Nbd;
+
+/// <summary>
+/// One client, on its own thread: the fixed newstyle handshake, then transmission. Every byte a client sends is
+/// taken as hostile: lengths are checked before anything is allocated for them, option data and request sizes are
+/// capped, and what cannot be answered (garbage where a magic number belongs, data too large to skip) drops the
+/// connection, never the server. In transmission this thread reads and checks requests and hands them to a few
+/// workers, so requests are served concurrently (clients keep many in flight); replies are written whole, one at a
+/// time, under one lock; buffers come from the shared pool and go back after the reply.
+/// </summary>
+internal sealed class NbdConnection
+{
+    private const int QueueCapacity = 32;
+
+    /// <summary>A READ's reply goes in at most this many chunks; what is left after that goes as data.</summary>
+    private const int MaxReadChunks = 64;
+
+    /// <summary>Extents per metadata context in one BLOCK_STATUS reply; the client asks again from where it ends.</summary>
+    private const int MaxDescriptors = 1024;
+
+    private const int ScratchBytes = (2 * (NbdStructuredReplyHeader.Size + 4 + (MaxDescriptors * 8))) + 1024;
+
+    private static readonly byte[] s_zeros = new byte[1 << 20];
+
+    private readonly NbdServer _server;
+    private readonly Socket _socket;
+    private readonly object _stateLock = new();
+    private readonly object _sendLock = new();
+    private readonly byte[] _requestHeader = new byte[NbdRequestHeader.Size];
+    private Stream _stream;
+    private SslStream? _tls;
+    private bool _inTransmission;
+    private bool _stopping;
+    private bool _aborted;
+    private volatile bool _broken;
+    private bool _noZeroes;
+    private bool _structured;
+    private NbdExport? _export;
+    private uint[] _contexts = [];
+    private NbdExport? _contextExport;
+    private int _written;
+    private ByteBudget? _budget;
+
+    public NbdConnection(NbdServer server, Socket socket, int id, bool tcp)
+    {
+        _server = server;
+        _socket = socket;
+        Id = id;
+        if (tcp)
+        {
+            // Each reply is written whole; Nagle would only hold the last piece back for the client's ACK.
+            socket.NoDelay = true;
+        }
+
+        _stream = new NetworkStream(socket, ownsSocket: false);
+    }
+
+    public int Id { get; }
+
+    private NbdServerOptions Options => _server.Options;
+
+    public void Run()
+    {
+        var timer = new Timer(_ => HandshakeExpired(), null, Options.HandshakeTimeout, Timeout.InfiniteTimeSpan);
+        try
+        {
+            bool transmit = Handshake();
+            timer.Dispose();
+            if (!transmit)
+            {
+                return;
+            }
+
+            lock (_stateLock)
+            {
+                if (_stopping || _aborted)
+                {
+                    return;
+                }
+
+                _inTransmission = true;
+            }
+
+            Debug($"serves export {_export!.Name}{(_structured ? " with structured replies" : "")}{(_tls is null ? "" : " over TLS")}");
+            _socket.SendTimeout = (int)Options.SendTimeout.TotalMilliseconds;
+            Transmit(_export);
+        }
+        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException)
+        {
+            Debug($"connection lost: {e.Message}");
+        }
+#pragma warning disable CA1031 // a client's connection must never take the server down: anything else is a bug, said and survived
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            Options.Log?.Invoke($"internal error serving client {Id}: {e}");
+        }
+        finally
+        {
+            timer.Dispose();
+            Close();
+        }
+    }
+
+    /// <summary>The server stops: a handshake ends now; in transmission no more requests are read (see <see cref="NbdServer.Stop"/>).</summary>
+    public void BeginStop()
+    {
+        lock (_stateLock)
+        {
+            _stopping = true;
+            if (!_inTransmission)
+            {
+                Abort();
+                return;
+            }
+        }
+
+        try
+        {
+            // The reader sees the end of the stream; replies still go out.
+            _socket.Shutdown(SocketShutdown.Receive);
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+        }
+    }
+
+    /// <summary>Closes the socket under everything that waits on it.</summary>
+    public void Abort()
+    {
+        lock (_stateLock)
+        {
+            _aborted = true;
+        }
+
+        try
+        {
+            _socket.Shutdown(SocketShutdown.Both);
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+        }
+
+        _socket.Dispose();
+    }
+
+    private void HandshakeExpired()
+    {
+        lock (_stateLock)
+        {
+            if (_inTransmission || _aborted)
+            {
+                return;
+            }
+        }
+
+        Debug($"dropped: no export chosen within {Options.HandshakeTimeout.TotalSeconds:0} s");
+        Abort();
+    }
+
+    private void Close()
+    {
+        if (_tls is not null && !_aborted)
+        {
+            try
+            {
+                _tls.ShutdownAsync().Wait(TimeSpan.FromSeconds(1));
+            }
+#pragma warning disable CA1031 // close_notify is a courtesy; the socket closes either way
+            catch (Exception)
+#pragma warning restore CA1031
+            {
+            }
+        }
+
+        try
+        {
+            _socket.Shutdown(SocketShutdown.Both);
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+        }
+
+        _stream.Dispose();
+        _socket.Dispose();
+        Debug("closed");
+    }
+
+    private void Debug(string message) => Options.Debug?.Invoke($"client {Id}: {message}");
+
+    // ---- Handshake -------------------------------------------------------------------------------------------------
+
+    /// <summary>The greeting and option haggling; true when the client chose an export and transmission begins.</summary>
+    private bool Handshake()
+    {
+        Span<byte> greeting = stackalloc byte[18];
+        BinaryPrimitives.WriteUInt64BigEndian(greeting, NbdMagic.InitPassword);
+        BinaryPrimitives.WriteUInt64BigEndian(greeting[8..], NbdMagic.Option);
+        BinaryPrimitives.WriteUInt16BigEndian(greeting[16..], NbdHandshakeFlags.FixedNewstyle | NbdHandshakeFlags.NoZeroes);
+        _stream.Write(greeting);
+
+        Span<byte> word = stackalloc byte[4];
+        _stream.ReadExactly(word);
+        uint clientFlags = BinaryPrimitives.ReadUInt32BigEndian(word);
+        if ((clientFlags & ~NbdClientFlags.Known) != 0)
+        {
+            Debug($"dropped: unknown client flags 0x{clientFlags:x}");
+            return false;
+        }
+
+        _noZeroes = (clientFlags & NbdClientFlags.NoZeroes) != 0;
+        bool tlsRequired = Options.TlsCertificate is not null;
+        if (tlsRequired && (clientFlags & NbdClientFlags.FixedNewstyle) == 0)
+        {
+            Debug("dropped: TLS is required and the client does not speak fixed newstyle, which STARTTLS needs");
+            return false;
+        }
+
+        var headerBytes = new byte[NbdOptionHeader.Size];
+        while (true)
+        {
+            _stream.ReadExactly(headerBytes);
+            if (!NbdOptionHeader.TryRead(headerBytes, out var option))
+            {
+                Debug("dropped: an option without IHAVEOPT");
+                return false;
+            }
+
+            if (option.Length > NbdLimits.MaxOptionBytes)
+            {
+                Debug($"dropped: option {option.Option} with {option.Length} bytes of data");
+                return false;
+            }
+
+            byte[] data = option.Length == 0 ? [] : new byte[option.Length];
+            _stream.ReadExactly(data);
+            if (tlsRequired && _tls is null && option.Option is not (NbdOption.StartTls or NbdOption.Abort))
+            {
+                if (option.Option == NbdOption.ExportName)
+                {
+                    Debug("dropped: NBD_OPT_EXPORT_NAME before TLS");
+                    return false;
+                }
+
+                ReplyError(option.Option, NbdOptionReply.ErrTlsRequired, "this server requires TLS: send NBD_OPT_STARTTLS first");
+                continue;
+            }
+
+            switch (option.Option)
+            {
+                case NbdOption.ExportName:
+                    return ExportName(data);
+                case NbdOption.Abort:
+                    TryReply(option.Option, NbdOptionReply.Ack);
+                    Debug("aborted the handshake");
+                    return false;
+                case NbdOption.List:
+                    List(data);
+                    break;
+                case NbdOption.StartTls:
+                    if (!StartTls(data))
+                    {
+                        return false;
+                    }
+
+                    break;
+                case NbdOption.Info or NbdOption.Go:
+                    if (InfoOrGo(option.Option, data))
+                    {
+                        return true;
+                    }
+
+                    break;
+                case NbdOption.StructuredReply:
+                    StructuredReply(data);
+                    break;
+                case NbdOption.ListMetaContext or NbdOption.SetMetaContext:
+                    MetaContext(option.Option, data);
+                    break;
+                default:
+                    ReplyError(option.Option, NbdOptionReply.ErrUnsupported, $"option {option.Option} is not supported");
+                    break;
+            }
+        }
+    }
+
+    private bool ExportName(byte[] data)
+    {
+        // No error can be answered to NBD_OPT_EXPORT_NAME: an unknown export ends the session.
+        var export = data.Length <= NbdLimits.MaxStringBytes ? _server.FindExport(Encoding.UTF8.GetString(data)) : null;
+        if (export is null)
+        {
+            Debug("dropped: NBD_OPT_EXPORT_NAME of an unknown export");
+            return false;
+        }
+
+        var reply = new byte[10 + (_noZeroes ? 0 : NbdLimits.ExportNameZeroes)];
+        BinaryPrimitives.WriteUInt64BigEndian(reply, (ulong)export.Size);
+        BinaryPrimitives.WriteUInt16BigEndian(reply.AsSpan(8), export.TransmissionFlags(_structured));
+        _stream.Write(reply);
+        Choose(export);
+        return true;
+    }
+
+    private void List(byte[] data)
+    {
+        if (data.Length != 0)
+        {
+            ReplyError(NbdOption.List, NbdOptionReply.ErrInvalid, "NBD_OPT_LIST takes no data");
+            return;
+        }
+
+        foreach (var export in _server.Exports)
+        {
+            byte[] name = Encoding.UTF8.GetBytes(export.Name);
+            byte[] description = Encoding.UTF8.GetBytes(export.Description);
+            var payload = new byte[4 + name.Length + description.Length];
+            BinaryPrimitives.WriteUInt32BigEndian(payload, (uint)name.Length);
+            name.CopyTo(payload, 4);
+            description.CopyTo(payload, 4 + name.Length);
+            Reply(NbdOption.List, NbdOptionReply.Server, payload);
+        }
+
+        Reply(NbdOption.List, NbdOptionReply.Ack, []);
+    }
+
+    /// <summary>False when the session must end (the TLS handshake failed after the ACK).</summary>
+    private bool StartTls(byte[] data)
+    {
+        if (Options.TlsCertificate is not { } certificate)
+        {
+            ReplyError(NbdOption.StartTls, NbdOptionReply.ErrPolicy, "this server has no TLS certificate (it was started without --tls-cert)");
+            return true;
+        }
+
+        if (data.Length != 0 || _tls is not null)
+        {
+            ReplyError(NbdOption.StartTls, NbdOptionReply.ErrInvalid, _tls is null ? "NBD_OPT_STARTTLS takes no data" : "TLS is on already");
+            return true;
+        }
+
+        Reply(NbdOption.StartTls, NbdOptionReply.Ack, []);
+        var tls = new SslStream(_stream, leaveInnerStreamOpen: false);
+        try
+        {
+            tls.AuthenticateAsServer(new SslServerAuthenticationOptions
+            {
+                ServerCertificate = certificate,
+                ClientCertificateRequired = false,
+                CertificateRevocationCheckMode = System.Security.Cryptography.X509Certificates.X509RevocationMode.NoCheck,
+            });
+        }
+        catch (AuthenticationException e)
+        {
+            tls.Dispose();
+            Debug($"dropped: the TLS handshake failed: {e.Message}");
+            return false;
+        }
+
+        _stream = tls;
+        _tls = tls;
+        return true;
+    }
+
+    private bool InfoOrGo(uint option, byte[] data)
+    {
+        // Data: name length (32), name, number of information requests (16), the requests (16 each).
+        if (data.Length < 6 || BinaryPrimitives.ReadUInt32BigEndian(data) is var nameLength && nameLength > data.Length - 6)
+        {
+            ReplyError(option, NbdOptionReply.ErrInvalid, "option data too short for its export name");
+            return false;
+        }
+
+        int requests = BinaryPrimitives.ReadUInt16BigEndian(data.AsSpan(4 + (int)nameLength));
+        if (data.Length != 6 + nameLength + (2 * requests))
+        {
+            ReplyError(option, NbdOptionReply.ErrInvalid, "option length does not match its information requests");
+            return false;
+        }
+
+        string name = Encoding.UTF8.GetString(data, 4, (int)nameLength);
+        var export = _server.FindExport(name);
+        if (export is null)
+        {
+            ReplyError(option, NbdOptionReply.ErrUnknown, $"no export named \"{name}\"; the exports are {string.Join(", ", _server.Exports.Select(e => e.Name))}");
+            return false;
+        }
+
+        bool wantsName = false;
+        bool wantsDescription = false;
+        for (int i = 0; i < requests; i++)
+        {
+            ushort info = BinaryPrimitives.ReadUInt16BigEndian(data.AsSpan(6 + (int)nameLength + (2 * i)));
+            wantsName |= info == NbdInfo.Name;
+            wantsDescription |= info == NbdInfo.Description;
+        }
+
+        var exportInfo = new byte[12];
+        BinaryPrimitives.WriteUInt16BigEndian(exportInfo, NbdInfo.Export);
+        BinaryPrimitives.WriteUInt64BigEndian(exportInfo.AsSpan(2), (ulong)export.Size);
+        BinaryPrimitives.WriteUInt16BigEndian(exportInfo.AsSpan(10), export.TransmissionFlags(_structured));
+        Reply(option, NbdOptionReply.Info, exportInfo);
+
+        // Told whether asked or not (as QEMU does): a minimum of 1 constrains nothing.
+        var blockSize = new byte[14];
+        BinaryPrimitives.WriteUInt16BigEndian(blockSize, NbdInfo.BlockSize);
+        BinaryPrimitives.WriteUInt32BigEndian(blockSize.AsSpan(2), 1);
+        BinaryPrimitives.WriteUInt32BigEndian(blockSize.AsSpan(6), NbdLimits.PreferredBlockBytes);
+        BinaryPrimitives.WriteUInt32BigEndian(blockSize.AsSpan(10), NbdLimits.MaxPayloadBytes);
+        Reply(option, NbdOptionReply.Info, blockSize);
+
+        if (wantsName)
+        {
+            Reply(option, NbdOptionReply.Info, InfoString(NbdInfo.Name, export.Name));
+        }
+
+        if (wantsDescription)
+        {
+            Reply(option, NbdOptionReply.Info, InfoString(NbdInfo.Description, export.Description));
+        }
+
+        Reply(option, NbdOptionReply.Ack, []);
+        if (option != NbdOption.Go)
+        {
+            return false;
+        }
+
+        Choose(export);
+        return true;
+    }
+
+    private static byte[] InfoString(ushort type, string text)
+    {
+        byte[] bytes = Encoding.UTF8.GetBytes(text);
+        var payload = new byte[2 + bytes.Length];
+        BinaryPrimitives.WriteUInt16BigEndian(payload, type);
+        bytes.CopyTo(payload, 2);
+        return payload;
+    }
+
+    private void StructuredReply(byte[] data)
+    {
+        if (data.Length != 0 || _structured)
+        {
+            ReplyError(NbdOption.StructuredReply, NbdOptionReply.ErrInvalid, _structured ? "structured replies are on already" : "NBD_OPT_STRUCTURED_REPLY takes no data");
+            return;
+        }
+
+        _structured = true;
+        Reply(NbdOption.StructuredReply, NbdOptionReply.Ack, []);
+    }
+
+    /// <summary>
+    /// NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT. Data: export name length (32) and name, number of
+    /// queries (32), each query's length (32) and text. Listing with no query lists every context, and "base:" or
+    /// "qemu:" every one of that namespace; setting selects the contexts named exactly.
+    /// </summary>
+    private void MetaContext(uint option, byte[] data)
+    {
+        if (!_structured)
+        {
+            ReplyError(option, NbdOptionReply.ErrInvalid, "metadata contexts need structured replies: send NBD_OPT_STRUCTURED_REPLY first");
+            return;
+        }
+
+        int position = 0;
+        if (!TryReadString(data, ref position, out string name) || !TryReadUInt32(data, ref position, out uint count) || count > (data.Length - position) / 4)
+        {
+            ReplyError(option, NbdOptionReply.ErrInvalid, "malformed metadata context option");
+            return;
+        }
+
+        var queries = new List<string>((int)count);
+        for (uint i = 0; i < count; i++)
+        {
+            if (!TryReadString(data, ref position, out string query))
+            {
+                ReplyError(option, NbdOptionReply.ErrInvalid, "malformed metadata context query");
+                return;
+            }
+
+            queries.Add(query);
+        }
+
+        if (position != data.Length)
+        {
+            ReplyError(option, NbdOptionReply.ErrInvalid, "metadata context option longer than its queries");
+            return;
+        }
+
+        var export = _server.FindExport(name);
+        if (export is null)
+        {
+            ReplyError(option, NbdOptionReply.ErrUnknown, $"no export named \"{name}\"");
+            return;
+        }
+
+        bool listing = option == NbdOption.ListMetaContext;
+        bool allocation = listing && count == 0;
+        bool depth = listing && count == 0;
+        foreach (string query in queries)
+        {
+            allocation |= query == NbdMetaContext.BaseAllocation || (listing && query == "base:");
+            depth |= query == NbdMetaContext.QemuAllocationDepth || (listing && query == "qemu:");
+        }
+
+        var selected = new List<uint>();
+        if (allocation)
+        {
+            Reply(option, NbdOptionReply.MetaContext, MetaContextPayload(NbdMetaContext.BaseAllocationId, NbdMetaContext.BaseAllocation));
+            selected.Add(NbdMetaContext.BaseAllocationId);
+        }
+
+        if (depth)
+        {
+            Reply(option, NbdOptionReply.MetaContext, MetaContextPayload(NbdMetaContext.QemuAllocationDepthId, NbdMetaContext.QemuAllocationDepth));
+            selected.Add(NbdMetaContext.QemuAllocationDepthId);
+        }
+
+        Reply(option, NbdOptionReply.Ack, []);
+        if (!listing)
+        {
+            _contexts = [.. selected];
+            _contextExport = export;
+        }
+    }
+
+    private static byte[] MetaContextPayload(uint id, string name)
+    {
+        var payload = new byte[4 + name.Length];
+        BinaryPrimitives.WriteUInt32BigEndian(payload, id);
+        Encoding.ASCII.GetBytes(name, payload.AsSpan(4));
+        return payload;
+    }
+
+    private static bool TryReadUInt32(byte[] data, ref int position, out uint value)
+    {
+        if (data.Length - position < 4)
+        {
+            value = 0;
+            return false;
+        }
+
+        value = BinaryPrimitives.ReadUInt32BigEndian(data.AsSpan(position));
+        position += 4;
+        return true;
+    }
+
+    private static bool TryReadString(byte[] data, ref int position, out string text)
+    {
+        text = "";
+        if (!TryReadUInt32(data, ref position, out uint length) || length > NbdLimits.MaxStringBytes || length > data.Length - position)
+        {
+            return false;
+        }
+
+        text = Encoding.UTF8.GetString(data, position, (int)length);
+        position += (int)length;
+        return true;
+    }
+
+    /// <summary>The export of the session; contexts chosen for another export do not carry over.</summary>
+    private void Choose(NbdExport export)
+    {
+        _export = export;
+        if (_contextExport != export)
+        {
+            _contexts = [];
+        }
+    }
+
+    private void Reply(uint option, uint type, ReadOnlySpan<byte> data)
+    {
+        var message = new byte[NbdOptionReplyHeader.Size + data.Length];
+        new NbdOptionReplyHeader(option, type, (uint)data.Length).Write(message);
+        data.CopyTo(message.AsSpan(NbdOptionReplyHeader.Size));
+        _stream.Write(message);
+    }
+
+    private void ReplyError(uint option, uint type, string text)
+    {
+        byte[] bytes = Encoding.UTF8.GetBytes(text);
+        Reply(option, type, bytes.AsSpan(0, Math.Min(bytes.Length, NbdLimits.MaxStringBytes)));
+    }
+
+    /// <summary>A reply the client may not wait for (NBD_OPT_ABORT's ACK).</summary>
+    private void TryReply(uint option, uint type)
+    {
+        try
+        {
+            Reply(option, type, []);
+        }
+        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException)
+        {
+        }
+    }
+
+    // ---- Transmission ----------------------------------------------------------------------------------------------
+
+    private void Transmit(NbdExport export)
+    {
+        _budget = new ByteBudget(Options.MaxConnectionBufferedBytes);
+        var queue = new RequestQueue(QueueCapacity);
+        var workers = new Thread[Math.Max(1, Options.WorkersPerConnection)];
+        for (int i = 0; i < workers.Length; i++)
+        {
+            workers[i] = new Thread(() => Work(queue, export)) { IsBackground = true, Name = $"nbd-{Id}-worker" };
+            workers[i].Start();
+        }
+
+        try
+        {
+            ReadRequests(queue, export);
+        }
+        finally
+        {
+            // Requests already read are served and answered before the connection closes.
+            queue.Complete();
+            foreach (var worker in workers)
+            {
+                worker.Join();
+            }
+
+            if (Volatile.Read(ref _written) != 0)
+            {
+                FlushAtEnd(export);
+            }
+        }
+    }
+
+    private void FlushAtEnd(NbdExport export)
+    {
+        try
+        {
+            export.View.Flush();
+        }
+        catch (IOException e)
+        {
+            Options.Log?.Invoke($"export {export.Name}: flushing after client {Id} failed: {e.Message}");
+        }
+    }
+
+    private void ReadRequests(RequestQueue queue, NbdExport export)
+    {
+        var scratch = new ReplyScratch();
+        while (!_broken)
+        {
+            if (!TryReadRequestHeader())
+            {
+                Debug("the client closed the connection");
+                return;
+            }
+
+            if (!NbdRequestHeader.TryRead(_requestHeader, out var request))
+            {
+                Debug("dropped: a request without the request magic");
+                return;
+            }
+
+            if (request.Type == NbdCommand.Disconnect)
+            {
+                Debug("disconnects");
+                return;
+            }
+
+            uint error = Check(request, export, out var message);
+            if (error != NbdError.None)
+            {
+                if (request.Type == NbdCommand.Write)
+                {
+                    if (request.Length > NbdLimits.MaxPayloadBytes)
+                    {
+                        // Its data cannot be skipped at an acceptable cost: answered, then the connection ends.
+                        SendError(request, error, message, scratch);
+                        Debug($"dropped: a WRITE of {request.Length} bytes");
+                        return;
+                    }
+
+                    Skip(request.Length, scratch.Header);
+                }
+
+                SendError(request, error, message, scratch);
+                continue;
+            }
+
+            long charge = request.Type is NbdCommand.Read or NbdCommand.Write ? request.Length : 0;
+            if (!AcquireBudget(charge))
+            {
+                SendError(request, NbdError.Shutdown, "the server is stopping"u8, scratch);
+                return;
+            }
+
+            byte[]? buffer = charge > 0 ? ArrayPool<byte>.Shared.Rent((int)charge) : null;
+            if (request.Type == NbdCommand.Write)
+            {
+                try
+                {
+                    _stream.ReadExactly(buffer.AsSpan(0, (int)request.Length));
+                }
+                catch
+                {
+                    ArrayPool<byte>.Shared.Return(buffer!);
+                    ReleaseBudget(charge);
+                    throw;
+                }
+            }
+
+            queue.Add(new PendingRequest(request, buffer, charge));
+        }
+    }
+
+    /// <summary>False at the end of the stream before a header begins (the client closed, or the server stops).</summary>
+    private bool TryReadRequestHeader()
+    {
+        int n = _stream.Read(_requestHeader);
+        if (n == 0)
+        {
+            return false;
+        }
+
+        _stream.ReadExactly(_requestHeader.AsSpan(n));
+        return true;
+    }
+
+    private void Skip(uint length, byte[] scratch)
+    {
+        while (length > 0)
+        {
+            int n = (int)Math.Min(length, (uint)scratch.Length);
+            _stream.ReadExactly(scratch.AsSpan(0, n));
+            length -= (uint)n;
+        }
+    }
+
+    /// <summary>The error a request gets without being served (NbdError.None: serve it), and the words for it.</summary>
+    private uint Check(in NbdRequestHeader request, NbdExport export, out ReadOnlySpan<byte> message)
+    {
+        ulong size = (ulong)export.Size;
+        bool beyondEnd = request.Offset > size || request.Length > size - request.Offset;
+        ushort allowed = NbdCommandFlags.Fua;
+        switch (request.Type)
+        {
+            case NbdCommand.Read:
+                allowed |= _structured ? NbdCommandFlags.DontFragment : (ushort)0;
+                return (request.Flags & ~allowed) != 0 ? FlagsError(out message)
+                    : request.Length > NbdLimits.MaxPayloadBytes ? TooLarge(out message)
+                    : beyondEnd ? BeyondEnd(NbdError.Invalid, out message)
+                    : Fine(out message);
+            case NbdCommand.Write:
+                return (request.Flags & ~allowed) != 0 ? FlagsError(out message)
+                    : export.ReadOnly ? ReadOnly(out message)
+                    : request.Length > NbdLimits.MaxPayloadBytes ? TooLarge(out message)
+                    : beyondEnd ? BeyondEnd(NbdError.NoSpace, out message)
+                    : Fine(out message);
+            case NbdCommand.Flush:
+                return (request.Flags & ~allowed) != 0 ? FlagsError(out message) : Fine(out message);
+            case NbdCommand.Trim:
+                return (request.Flags & ~allowed) != 0 ? FlagsError(out message)
+                    : export.ReadOnly ? ReadOnly(out message)
+                    : beyondEnd ? BeyondEnd(NbdError.Invalid, out message)
+                    : Fine(out message);
+            case NbdCommand.WriteZeroes:
+                allowed |= NbdCommandFlags.NoHole;
+                return (request.Flags & ~allowed) != 0 ? FlagsError(out message)
+                    : export.ReadOnly ? ReadOnly(out message)
+                    : beyondEnd ? BeyondEnd(NbdError.NoSpace, out message)
+                    : Fine(out message);
+            case NbdCommand.BlockStatus:
+                allowed |= NbdCommandFlags.RequestOne;
+                if (_contexts.Length == 0)
+                {
+                    message = "no metadata context was selected (NBD_OPT_SET_META_CONTEXT)"u8;
+                    return NbdError.Invalid;
+                }
+
+                if (request.Length == 0)
+                {
+                    message = "BLOCK_STATUS of no bytes"u8;
+                    return NbdError.Invalid;
+                }
+
+                return (request.Flags & ~allowed) != 0 ? FlagsError(out message)
+                    : beyondEnd ? BeyondEnd(NbdError.Invalid, out message)
+                    : Fine(out message);
+            default:
+                message = "unknown command"u8;
+                return NbdError.Invalid;
+        }
+
+        static uint Fine(out ReadOnlySpan<byte> message)
+        {
+            message = default;
+            return NbdError.None;
+        }
+
+        static uint FlagsError(out ReadOnlySpan<byte> message)
+        {
+            message = "command flags not valid for this command"u8;
+            return NbdError.Invalid;
+        }
+
+        static uint TooLarge(out ReadOnlySpan<byte> message)
+        {
+            message = "request larger than the maximum block size (32 MiB)"u8;
+            return NbdError.Invalid;
+        }
+
+        static uint ReadOnly(out ReadOnlySpan<byte> message)
+        {
+            message = "the export is read-only"u8;
+            return NbdError.Permission;
+        }
+
+        static uint BeyondEnd(uint error, out ReadOnlySpan<byte> message)
+        {
+            message = "request beyond the end of the export"u8;
+            return error;
+        }
+    }
+
+    private bool AcquireBudget(long bytes)
+    {
+        if (bytes == 0)
+        {
+            return !_server.Budget.IsClosed;
+        }
+
+        if (!_budget!.Acquire(bytes))
+        {
+            return false;
+        }
+
+        if (!_server.Budget.Acquire(bytes))
+        {
+            _budget.Release(bytes);
+            return false;
+        }
+
+        return true;
+    }
+
+    private void ReleaseBudget(long bytes)
+    {
+        if (bytes > 0)
+        {
+            _budget!.Release(bytes);
+            _server.Budget.Release(bytes);
+        }
+    }
+
+    private void Work(RequestQueue queue, NbdExport export)
+    {
+        var scratch = new ReplyScratch();
+        while (queue.TryTake(out var pending))
+        {
+            try
+            {
+                Serve(pending, export, scratch);
+            }
+#pragma warning disable CA1031 // one request's bug must not end the others': it is answered EIO and said
+            catch (Exception e)
+#pragma warning restore CA1031
+            {
+                Options.Log?.Invoke($"internal error serving a request of client {Id} on export {export.Name}: {e}");
+                SendError(pending.Header, NbdError.Io, "internal server error"u8, scratch);
+            }
+            finally
+            {
+                if (pending.Buffer is { } buffer)
+                {
+                    ArrayPool<byte>.Shared.Return(buffer);
+                }
+
+                ReleaseBudget(pending.Charged);
+            }
+        }
+    }
+
+    private void Serve(in PendingRequest pending, NbdExport export, ReplyScratch scratch)
+    {
+        var request = pending.Header;
+        var view = export.View;
+        long offset = (long)request.Offset;
+        bool fua = (request.Flags & NbdCommandFlags.Fua) != 0;
+        try
+        {
+            switch (request.Type)
+            {
+                case NbdCommand.Read:
+                    ServeRead(request, pending.Buffer, view, scratch);
+                    return;
+                case NbdCommand.BlockStatus:
+                    ServeBlockStatus(request, view, scratch);
+                    return;
+                case NbdCommand.Write:
+                    Volatile.Write(ref _written, 1);
+                    view.Write(pending.Buffer.AsSpan(0, (int)request.Length), offset);
+                    break;
+                case NbdCommand.Flush:
+                    view.Flush();
+                    break;
+                case NbdCommand.Trim:
+                    Volatile.Write(ref _written, 1);
+                    Discard(view, offset, request.Length, export);
+                    break;
+                case NbdCommand.WriteZeroes:
+                    Volatile.Write(ref _written, 1);
+                    if ((request.Flags & NbdCommandFlags.NoHole) != 0)
+                    {
+                        WriteZeros(view, offset, request.Length);
+                    }
+                    else
+                    {
+                        Discard(view, offset, request.Length, export);
+                    }
+
+                    break;
+            }
+
+            if (fua && request.Type is NbdCommand.Write or NbdCommand.Trim or NbdCommand.WriteZeroes)
+            {
+                view.Flush();
+            }
+        }
+        catch (IOException e)
+        {
+            SendError(request, DiskError(e, export), "I/O error on the server"u8, scratch);
+            return;
+        }
+
+        SendSimple(request.Handle, NbdError.None, scratch);
+    }
+
+    private void Discard(SnapshotView view, long offset, uint length, NbdExport export)
+    {
+        if (length > 0 && view.Discard(offset, length) && _server.FirstPunchFallback())
+        {
+            Options.Log?.Invoke($"export {export.Name}: the host filesystem of {view.Storages[0].TopLayer.Path} cannot punch holes; trimmed ranges are written with zeros");
+        }
+    }
+
+    private static void WriteZeros(SnapshotView view, long offset, uint length)
+    {
+        long done = 0;
+        while (done < length)
+        {
+            int n = (int)Math.Min(length - done, s_zeros.Length);
+            view.Write(s_zeros.AsSpan(0, n), offset + done);
+            done += n;
+        }
+    }
+
+    /// <summary>The protocol's error for a failure of the disk, said on the server's log (damaged clusters once each).</summary>
+    private uint DiskError(IOException e, NbdExport export)
+    {
+        if (e is not DamagedClusterException damaged || _server.FirstDamageReport(damaged.ImagePath, damaged.Cluster))
+        {
+            Options.Log?.Invoke($"export {export.Name}: {e.Message}");
+        }
+
+        return e is DamagedClusterException ? NbdError.Io : e.HResult switch
+        {
+            Errno.ENOSPC or Errno.EFBIG or 122 /* EDQUOT */ => NbdError.NoSpace,
+            Errno.EROFS or Errno.EPERM or Errno.EACCES => NbdError.Permission,
+            _ => NbdError.Io,
+        };
+    }
+
+    /// <summary>
+    /// READ: without structured replies, the data after a simple reply. With them, the range in chunks as the
+    /// allocation tables cut it: data as OFFSET_DATA, unallocated ranges as OFFSET_HOLE (nothing read, nothing sent
+    /// but their place); the last chunk is flagged DONE. Everything is read before a byte is sent, so an error is
+    /// answered as such, never after a chunk that claimed success.
+    /// </summary>
+    private void ServeRead(in NbdRequestHeader request, byte[]? buffer, SnapshotView view, ReplyScratch scratch)
+    {
+        long offset = (long)request.Offset;
+        int length = (int)request.Length;
+        if (!_structured)
+        {
+            try
+            {
+                view.Read(buffer.AsSpan(0, length), offset);
+            }
+            catch (IOException e)
+            {
+                SendSimple(request.Handle, DiskError(e, _export!), scratch);
+                return;
+            }
+
+            scratch.Clear();
+            new NbdSimpleReplyHeader(NbdError.None, request.Handle).Write(scratch.Header);
+            scratch.Add(scratch.Header, 0, NbdSimpleReplyHeader.Size);
+            scratch.Add(buffer!, 0, length);
+            Send(scratch);
+            return;
+        }
+
+        if (length == 0)
+        {
+            SendChunk(request.Handle, NbdReplyType.None, scratch);
+            return;
+        }
+
+        var plan = scratch.Plan;
+        int count = (request.Flags & NbdCommandFlags.DontFragment) != 0
+            ? Single(plan, offset, length)
+            : PlanRead(view, offset, length, plan);
+        try
+        {
+            for (int i = 0; i < count; i++)
+            {
+                if (plan[i].Data)
+                {
+                    view.Read(buffer.AsSpan((int)(plan[i].Start - offset), plan[i].Length), plan[i].Start);
+                }
+            }
+        }
+        catch (IOException e)
+        {
+            SendError(request, DiskError(e, _export!), "I/O error on the server"u8, scratch);
+            return;
+        }
+
+        scratch.Clear();
+        var header = scratch.Header.AsSpan();
+        int at = 0;
+        for (int i = 0; i < count; i++)
+        {
+            var piece = plan[i];
+            ushort flags = i == count - 1 ? NbdReplyFlags.Done : (ushort)0;
+            if (piece.Data)
+            {
+                new NbdStructuredReplyHeader(flags, NbdReplyType.OffsetData, request.Handle, (uint)(8 + piece.Length)).Write(header[at..]);
+                BinaryPrimitives.WriteUInt64BigEndian(header[(at + NbdStructuredReplyHeader.Size)..], (ulong)piece.Start);
+                scratch.Add(scratch.Header, at, NbdStructuredReplyHeader.Size + 8);
+                scratch.Add(buffer!, (int)(piece.Start - offset), piece.Length);
+                at += NbdStructuredReplyHeader.Size + 8;
+            }
+            else
+            {
+                new NbdStructuredReplyHeader(flags, NbdReplyType.OffsetHole, request.Handle, 12).Write(header[at..]);
+                BinaryPrimitives.WriteUInt64BigEndian(header[(at + NbdStructuredReplyHeader.Size)..], (ulong)piece.Start);
+                BinaryPrimitives.WriteUInt32BigEndian(header[(at + NbdStructuredReplyHeader.Size + 8)..], (uint)piece.Length);
+                scratch.Add(scratch.Header, at, NbdStructuredReplyHeader.Size + 12);
+                at += NbdStructuredReplyHeader.Size + 12;
+            }
+        }
+
+        Send(scratch);
+    }
+
+    private static int Single(ReadPiece[] plan, long offset, int length)
+    {
+        plan[0] = new ReadPiece(offset, length, Data: true);
+        return 1;
+    }
+
+    /// <summary>Cuts [offset, offset + length) into data and holes from the allocation tables; at most plan.Length pieces.</summary>
+    internal static int PlanRead(SnapshotView view, long offset, int length, ReadPiece[] plan)
+    {
+        long end = offset + length;
+        long position = offset;
+        int count = 0;
+        while (position < end)
+        {
+            if (count == plan.Length - 1)
+            {
+                plan[count++] = new ReadPiece(position, (int)(end - position), Data: true);
+                break;
+            }
+
+            long data = view.SeekData(position);
+            if (data < 0 || data >= end)
+            {
+                plan[count++] = new ReadPiece(position, (int)(end - position), Data: false);
+                break;
+            }
+
+            if (data > position)
+            {
+                plan[count++] = new ReadPiece(position, (int)(data - position), Data: false);
+                position = data;
+                continue;
+            }
+
+            long hole = view.SeekHole(position);
+            long stop = hole <= position ? end : Math.Min(hole, end);
+            plan[count++] = new ReadPiece(position, (int)(stop - position), Data: true);
+            position = stop;
+        }
+
+        return count;
+    }
+
+    /// <summary>
+    /// BLOCK_STATUS: one chunk per selected context, in the order of their IDs, the last flagged DONE. base:allocation
+    /// says HOLE|ZERO where no layer holds data and 0 where one does; qemu:allocation-depth the depth in the chain of
+    /// the layer that holds it (1: the snapshot's own image) and 0 where none does. Consecutive extents of the same
+    /// status are merged; at most one extent with REQ_ONE.
+    /// </summary>
+    private void ServeBlockStatus(in NbdRequestHeader request, SnapshotView view, ReplyScratch scratch)
+    {
+        long offset = (long)request.Offset;
+        long end = offset + request.Length;
+        int max = (request.Flags & NbdCommandFlags.RequestOne) != 0 ? 1 : MaxDescriptors;
+        var header = scratch.Header.AsSpan();
+        int at = 0;
+        try
+        {
+            for (int i = 0; i < _contexts.Length; i++)
+            {
+                int chunk = at;
+                at += NbdStructuredReplyHeader.Size;
+                BinaryPrimitives.WriteUInt32BigEndian(header[at..], _contexts[i]);
+                at += 4;
+                int count = _contexts[i] == NbdMetaContext.BaseAllocationId
+                    ? DescribeAllocation(view, offset, end, max, header[at..])
+                    : DescribeDepth(view, offset, end, max, header[at..]);
+                at += count * 8;
+                ushort flags = i == _contexts.Length - 1 ? NbdReplyFlags.Done : (ushort)0;
+                new NbdStructuredReplyHeader(flags, NbdReplyType.BlockStatus, request.Handle, (uint)(4 + (count * 8))).Write(header[chunk..]);
+            }
+        }
+        catch (IOException e)
+        {
+            SendError(request, DiskError(e, _export!), "I/O error on the server"u8, scratch);
+            return;
+        }
+
+        scratch.Clear();
+        scratch.Add(scratch.Header, 0, at);
+        Send(scratch);
+    }
+
+    internal static int DescribeAllocation(SnapshotView view, long offset, long end, int max, Span<byte> descriptors)
+    {
+        int count = 0;
+        long position = offset;
+        while (position < end)
+        {
+            long data = view.SeekData(position);
+            uint flags;
+            long stop;
+            if (data == position)
+            {
+                flags = 0;
+                stop = view.SeekHole(position);
+            }
+            else
+            {
+                flags = NbdMetaContext.StateHole | NbdMetaContext.StateZero;
+                stop = data < 0 ? end : data;
+            }
+
+            stop = stop <= position ? end : Math.Min(stop, end);
+            if (!AddDescriptor(descriptors, ref count, max, (uint)(stop - position), flags))
+            {
+                break;
+            }
+
+            position = stop;
+        }
+
+        return count;
+    }
+
+    internal static int DescribeDepth(SnapshotView view, long offset, long end, int max, Span<byte> descriptors)
+    {
+        int count = 0;
+        long position = offset;
+        while (position < end)
+        {
+            var extent = view.GetExtent(position, end - position);
+            uint depth = extent.Depth < 0 ? 0 : (uint)extent.Depth + 1;
+            long stop = extent.Length <= 0 ? end : Math.Min(position + extent.Length, end);
+            if (!AddDescriptor(descriptors, ref count, max, (uint)(stop - position), depth))
+            {
+                break;
+            }
+
+            position = stop;
+        }
+
+        return count;
+    }
+
+    /// <summary>Appends an extent, merged into the last one when their status is the same; false when there is no room.</summary>
+    private static bool AddDescriptor(Span<byte> descriptors, ref int count, int max, uint length, uint flags)
+    {
+        if (count > 0 && BinaryPrimitives.ReadUInt32BigEndian(descriptors[(((count - 1) * 8) + 4)..]) == flags)
+        {
+            var last = descriptors[((count - 1) * 8)..];
+            BinaryPrimitives.WriteUInt32BigEndian(last, BinaryPrimitives.ReadUInt32BigEndian(last) + length);
+            return true;
+        }
+
+        if (count == max)
+        {
+            return false;
+        }
+
+        BinaryPrimitives.WriteUInt32BigEndian(descriptors[(count * 8)..], length);
+        BinaryPrimitives.WriteUInt32BigEndian(descriptors[((count * 8) + 4)..], flags);
+        count++;
+        return true;
+    }
+
+    private void SendSimple(ulong handle, uint error, ReplyScratch scratch)
+    {
+        scratch.Clear();
+        new NbdSimpleReplyHeader(error, handle).Write(scratch.Header);
+        scratch.Add(scratch.Header, 0, NbdSimpleReplyHeader.Size);
+        Send(scratch);
+    }
+
+    private void SendChunk(ulong handle, ushort type, ReplyScratch scratch)
+    {
+        scratch.Clear();
+        new NbdStructuredReplyHeader(NbdReplyFlags.Done, type, handle, 0).Write(scratch.Header);
+        scratch.Add(scratch.Header, 0, NbdStructuredReplyHeader.Size);
+        Send(scratch);
+    }
+
+    /// <summary>An error: with structured replies an ERROR chunk with words for a person; otherwise the simple reply's code.</summary>
+    private void SendError(in NbdRequestHeader request, uint error, ReadOnlySpan<byte> message, ReplyScratch scratch)
+    {
+        if (!_structured)
+        {
+            SendSimple(request.Handle, error, scratch);
+            return;
+        }
+
+        scratch.Clear();
+        var header = scratch.Header.AsSpan();
+        new NbdStructuredReplyHeader(NbdReplyFlags.Done, NbdReplyType.Error, request.Handle, (uint)(6 + message.Length)).Write(header);
+        BinaryPrimitives.WriteUInt32BigEndian(header[NbdStructuredReplyHeader.Size..], error);
+        BinaryPrimitives.WriteUInt16BigEndian(header[(NbdStructuredReplyHeader.Size + 4)..], (ushort)message.Length);
+        message.CopyTo(header[(NbdStructuredReplyHeader.Size + 6)..]);
+        scratch.Add(scratch.Header, 0, NbdStructuredReplyHeader.Size + 6 + message.Length);
+        Send(scratch);
+    }
+
+    /// <summary>
+    /// Writes one reply whole (one gathered send on a plain socket). A failure to send ends the connection (the reader
+    /// is woken by the shutdown); it is never thrown at the request being served.
+    /// </summary>
+    private void Send(ReplyScratch scratch)
+    {
+        lock (_sendLock)
+        {
+            if (_broken)
+            {
+                return;
+            }
+
+            try
+            {
+                if (_tls is null)
+                {
+                    int sent = _socket.Send(scratch.Segments);
+                    if (sent != scratch.Bytes)
+                    {
+                        throw new IOException($"sent {sent} of {scratch.Bytes} bytes of a reply");
+                    }
+                }
+                else
+                {
+                    foreach (var segment in scratch.Segments)
+                    {
+                        _tls.Write(segment.AsSpan());
+                    }
+                }
+            }
+            catch (Exception e) when (e is SocketException or IOException or ObjectDisposedException)
+            {
+                _broken = true;
+                Debug($"dropped: a reply could not be sent: {e.Message}");
+                try
+                {
+                    _socket.Shutdown(SocketShutdown.Both);
+                }
+                catch (Exception e2) when (e2 is SocketException or ObjectDisposedException)
+                {
+                }
+            }
+        }
+    }
+
+    /// <summary>One piece of a READ's reply: data to read and send, or a hole to name.</summary>
+    internal readonly record struct ReadPiece(long Start, int Length, bool Data);
+
+    /// <summary>A thread's own room for reply headers, the pieces of one reply, and a READ's plan: made once, reused.</summary>
+    private sealed class ReplyScratch
+    {
+        public byte[] Header { get; } = new byte[ScratchBytes];
+
+        public ReadPiece[] Plan { get; } = new ReadPiece[MaxReadChunks];
+
+        public List<ArraySegment<byte>> Segments { get; } = new(2 * MaxReadChunks);
+
+        public int Bytes { get; private set; }
+
+        public void Clear()
+        {
+            Segments.Clear();
+            Bytes = 0;
+        }
+
+        /// <summary>Appends a piece; one that continues the last piece of the same array joins it (one iovec fewer).</summary>
+        public void Add(byte[] array, int offset, int count)
+        {
+            if (Segments.Count > 0 && Segments[^1] is var last && last.Array == array && last.Offset + last.Count == offset)
+            {
+                Segments[^1] = new ArraySegment<byte>(array, last.Offset, last.Count + count);
+            }
+            else
+            {
+                Segments.Add(new ArraySegment<byte>(array, offset, count));
+            }
+
+            Bytes += count;
+        }
+    }
+}
