@@ -29,6 +29,12 @@ internal sealed class NbdConnection
     /// <summary>Extents per metadata context in one BLOCK_STATUS reply; the client asks again from where it ends.</summary>
     private const int MaxDescriptors = 1024;
 
+    /// <summary>Host ranges one READ may be sent as by reference; more (a very fragmented image) and it is copied.</summary>
+    private const int MaxHostPieces = 1024;
+
+    /// <summary>Reads from this size on go by reference on plain sockets; smaller ones are copied (and use the block cache).</summary>
+    private const int SendFileMinBytes = 16 * 1024;
+
     private const int ScratchBytes = (2 * (NbdStructuredReplyHeader.Size + 4 + (MaxDescriptors * 8))) + 1024;
 
     private static readonly byte[] s_zeros = new byte[1 << 20];
@@ -63,6 +69,8 @@ internal sealed class NbdConnection
             socket.NoDelay = true;
         }
 
+        // Replies go by sendfile on the socket's descriptor too, which the socket's own timeout bounds while it blocks.
+        socket.Blocking = true;
         _stream = new NetworkStream(socket, ownsSocket: false);
     }
 
@@ -694,6 +702,11 @@ internal sealed class NbdConnection
                 continue;
             }
 
+            if (request.Type == NbdCommand.Read && TryServeCachedRead(request, export.View, scratch))
+            {
+                continue;
+            }
+
             long charge = request.Type is NbdCommand.Read or NbdCommand.Write ? request.Length : 0;
             if (!AcquireBudget(charge))
             {
@@ -701,9 +714,11 @@ internal sealed class NbdConnection
                 return;
             }
 
-            byte[]? buffer = charge > 0 ? ArrayPool<byte>.Shared.Rent((int)charge) : null;
+            // A READ's buffer is taken by its worker, and only when the data is copied (see ServeRead).
+            byte[]? buffer = null;
             if (request.Type == NbdCommand.Write)
             {
+                buffer = ArrayPool<byte>.Shared.Rent((int)charge);
                 try
                 {
                     _stream.ReadExactly(buffer.AsSpan(0, (int)request.Length));
@@ -898,7 +913,7 @@ internal sealed class NbdConnection
             switch (request.Type)
             {
                 case NbdCommand.Read:
-                    ServeRead(request, pending.Buffer, view, scratch);
+                    ServeRead(request, view, scratch);
                     return;
                 case NbdCommand.BlockStatus:
                     ServeBlockStatus(request, view, scratch);
@@ -980,43 +995,44 @@ internal sealed class NbdConnection
     /// <summary>
     /// READ: without structured replies, the data after a simple reply. With them, the range in chunks as the
     /// allocation tables cut it: data as OFFSET_DATA, unallocated ranges as OFFSET_HOLE (nothing read, nothing sent
-    /// but their place); the last chunk is flagged DONE. Everything is read before a byte is sent, so an error is
-    /// answered as such, never after a chunk that claimed success.
+    /// but their place); the last chunk is flagged DONE. On a plain socket the data goes straight from the images'
+    /// page cache to the socket (<see cref="TrySendByReference"/>); otherwise, or when that cannot be done, it is read
+    /// into a pooled buffer first, every piece before a byte is sent, so an error is answered as such.
     /// </summary>
-    private void ServeRead(in NbdRequestHeader request, byte[]? buffer, SnapshotView view, ReplyScratch scratch)
+    private void ServeRead(in NbdRequestHeader request, SnapshotView view, ReplyScratch scratch)
     {
         long offset = (long)request.Offset;
         int length = (int)request.Length;
-        if (!_structured)
-        {
-            try
-            {
-                view.Read(buffer.AsSpan(0, length), offset);
-            }
-            catch (IOException e)
-            {
-                SendSimple(request.Handle, DiskError(e, _export!), scratch);
-                return;
-            }
-
-            scratch.Clear();
-            new NbdSimpleReplyHeader(NbdError.None, request.Handle).Write(scratch.Header);
-            scratch.Add(scratch.Header, 0, NbdSimpleReplyHeader.Size);
-            scratch.Add(buffer!, 0, length);
-            Send(scratch);
-            return;
-        }
-
-        if (length == 0)
+        if (_structured && length == 0)
         {
             SendChunk(request.Handle, NbdReplyType.None, scratch);
             return;
         }
 
         var plan = scratch.Plan;
-        int count = (request.Flags & NbdCommandFlags.DontFragment) != 0
+        int count = !_structured || (request.Flags & NbdCommandFlags.DontFragment) != 0
             ? Single(plan, offset, length)
             : PlanRead(view, offset, length, plan);
+        if (_tls is null && length >= SendFileMinBytes && TrySendByReference(request, view, count, scratch))
+        {
+            return;
+        }
+
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(length);
+        try
+        {
+            ReadAndSend(request, view, count, buffer, scratch);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    private void ReadAndSend(in NbdRequestHeader request, SnapshotView view, int count, byte[] buffer, ReplyScratch scratch)
+    {
+        long offset = (long)request.Offset;
+        var plan = scratch.Plan;
         try
         {
             for (int i = 0; i < count; i++)
@@ -1034,31 +1050,228 @@ internal sealed class NbdConnection
         }
 
         scratch.Clear();
-        var header = scratch.Header.AsSpan();
         int at = 0;
         for (int i = 0; i < count; i++)
         {
-            var piece = plan[i];
-            ushort flags = i == count - 1 ? NbdReplyFlags.Done : (ushort)0;
-            if (piece.Data)
+            int start = at;
+            at += WriteReadHeader(request, plan, count, i, scratch.Header.AsSpan(at));
+            scratch.Add(scratch.Header, start, at - start);
+            if (plan[i].Data)
             {
-                new NbdStructuredReplyHeader(flags, NbdReplyType.OffsetData, request.Handle, (uint)(8 + piece.Length)).Write(header[at..]);
-                BinaryPrimitives.WriteUInt64BigEndian(header[(at + NbdStructuredReplyHeader.Size)..], (ulong)piece.Start);
-                scratch.Add(scratch.Header, at, NbdStructuredReplyHeader.Size + 8);
-                scratch.Add(buffer!, (int)(piece.Start - offset), piece.Length);
-                at += NbdStructuredReplyHeader.Size + 8;
-            }
-            else
-            {
-                new NbdStructuredReplyHeader(flags, NbdReplyType.OffsetHole, request.Handle, 12).Write(header[at..]);
-                BinaryPrimitives.WriteUInt64BigEndian(header[(at + NbdStructuredReplyHeader.Size)..], (ulong)piece.Start);
-                BinaryPrimitives.WriteUInt32BigEndian(header[(at + NbdStructuredReplyHeader.Size + 8)..], (uint)piece.Length);
-                scratch.Add(scratch.Header, at, NbdStructuredReplyHeader.Size + 12);
-                at += NbdStructuredReplyHeader.Size + 12;
+                scratch.Add(buffer, (int)(plan[i].Start - offset), plan[i].Length);
             }
         }
 
         Send(scratch);
+    }
+
+    /// <summary>
+    /// What goes before piece <paramref name="i"/> of a READ's reply: the simple reply (before the only piece), or its
+    /// chunk's header (OFFSET_DATA with its offset, whose data follows; OFFSET_HOLE whole). Returns its length.
+    /// </summary>
+    private int WriteReadHeader(in NbdRequestHeader request, ReadPiece[] plan, int count, int i, Span<byte> header)
+    {
+        if (!_structured)
+        {
+            new NbdSimpleReplyHeader(NbdError.None, request.Handle).Write(header);
+            return NbdSimpleReplyHeader.Size;
+        }
+
+        var piece = plan[i];
+        ushort flags = i == count - 1 ? NbdReplyFlags.Done : (ushort)0;
+        if (piece.Data)
+        {
+            new NbdStructuredReplyHeader(flags, NbdReplyType.OffsetData, request.Handle, (uint)(8 + piece.Length)).Write(header);
+            BinaryPrimitives.WriteUInt64BigEndian(header[NbdStructuredReplyHeader.Size..], (ulong)piece.Start);
+            return NbdStructuredReplyHeader.Size + 8;
+        }
+
+        new NbdStructuredReplyHeader(flags, NbdReplyType.OffsetHole, request.Handle, 12).Write(header);
+        BinaryPrimitives.WriteUInt64BigEndian(header[NbdStructuredReplyHeader.Size..], (ulong)piece.Start);
+        BinaryPrimitives.WriteUInt32BigEndian(header[(NbdStructuredReplyHeader.Size + 8)..], (uint)piece.Length);
+        return NbdStructuredReplyHeader.Size + 12;
+    }
+
+    /// <summary>
+    /// Sends a READ's data as ranges of the image files (sendfile: the socket takes the page cache's pages, nothing is
+    /// copied here). False, with nothing sent, when a range cannot be mapped so (too many pieces, a file without a
+    /// handle, a damaged mapping): the caller copies instead. A failure once the reply has begun can only drop the
+    /// connection, as the protocol says for an error after a successful reply's header.
+    /// </summary>
+    private bool TrySendByReference(in NbdRequestHeader request, SnapshotView view, int count, ReplyScratch scratch, bool cachedOnly = false)
+    {
+        var plan = scratch.Plan;
+        var pieces = scratch.HostPieces;
+        int used = 0;
+        try
+        {
+            for (int i = 0; i < count; i++)
+            {
+                scratch.PieceCounts[i] = 0;
+                if (!plan[i].Data)
+                {
+                    continue;
+                }
+
+                int n = view.MapRange(plan[i].Start, plan[i].Length, pieces.AsSpan(used));
+                if (n < 0)
+                {
+                    Array.Clear(pieces, 0, used);
+                    return false;
+                }
+
+                for (int j = used; j < used + n; j++)
+                {
+                    if (pieces[j].File is { Handle: null } || (cachedOnly && !IsCached(pieces[j])))
+                    {
+                        Array.Clear(pieces, 0, used + n);
+                        return false;
+                    }
+                }
+
+                scratch.PieceCounts[i] = n;
+                used += n;
+            }
+        }
+        catch (IOException)
+        {
+            Array.Clear(pieces, 0, used);
+            return false;
+        }
+
+        lock (_sendLock)
+        {
+            if (_broken)
+            {
+                return true;
+            }
+
+            bool added = false;
+            try
+            {
+                _socket.SafeHandle.DangerousAddRef(ref added);
+                int at = 0;
+                int next = 0;
+                for (int i = 0; i < count; i++)
+                {
+                    at += WriteReadHeader(request, plan, count, i, scratch.Header.AsSpan(at));
+                    if (!plan[i].Data)
+                    {
+                        continue;
+                    }
+
+                    SendAll(scratch.Header.AsSpan(0, at));
+                    at = 0;
+                    for (int j = next; j < next + scratch.PieceCounts[i]; j++)
+                    {
+                        SendPiece(pieces[j]);
+                    }
+
+                    next += scratch.PieceCounts[i];
+                }
+
+                SendAll(scratch.Header.AsSpan(0, at));
+            }
+            catch (Exception e) when (e is SocketException or IOException or ObjectDisposedException)
+            {
+                Broken(e);
+            }
+            finally
+            {
+                if (added)
+                {
+                    _socket.SafeHandle.DangerousRelease();
+                }
+
+                Array.Clear(pieces, 0, used);
+            }
+        }
+
+        return true;
+    }
+
+    private void SendAll(ReadOnlySpan<byte> bytes)
+    {
+        if (!bytes.IsEmpty && _socket.Send(bytes) != bytes.Length)
+        {
+            throw new IOException("the socket took part of a reply");
+        }
+    }
+
+    /// <summary>One piece of an image file by sendfile, or zeros; exactly its length either way, so the reply stays whole.</summary>
+    private void SendPiece(in HostPiece piece)
+    {
+        int remaining = piece.Length;
+        if (piece.File?.Handle is { } file)
+        {
+            long position = piece.HostOffset;
+            while (remaining > 0)
+            {
+                nint n = Posix.SendFile(_socket.Handle, file, ref position, remaining);
+                if (n > 0)
+                {
+                    remaining -= (int)n;
+                }
+                else if (n == 0)
+                {
+                    break; // the file ends before the piece (cut short meanwhile): the rest reads as zeros
+                }
+                else if (Posix.LastError is Errno.EAGAIN)
+                {
+                    if (!_socket.Poll(Options.SendTimeout, SelectMode.SelectWrite))
+                    {
+                        throw new IOException("the client took no reply bytes in time");
+                    }
+                }
+                else if (Posix.LastError != 4 /* EINTR */)
+                {
+                    throw new IOException($"sendfile failed (errno {Posix.LastError})");
+                }
+            }
+        }
+
+        while (remaining > 0)
+        {
+            int n = Math.Min(remaining, s_zeros.Length);
+            SendAll(s_zeros.AsSpan(0, n));
+            remaining -= n;
+        }
+    }
+
+    /// <summary>
+    /// A READ whose data the page cache holds is sent by reference by the reader itself: no hand-over to a worker,
+    /// which costs more than the send (a sequential copy is nearly all such reads). One that would wait for the disk
+    /// goes to the workers, so reads of a random pattern still wait for the disk in parallel.
+    /// </summary>
+    private bool TryServeCachedRead(in NbdRequestHeader request, SnapshotView view, ReplyScratch scratch)
+    {
+        long offset = (long)request.Offset;
+        int length = (int)request.Length;
+        if (_tls is not null || length < SendFileMinBytes || (_structured && length == 0))
+        {
+            return false;
+        }
+
+        var plan = scratch.Plan;
+        int count = !_structured || (request.Flags & NbdCommandFlags.DontFragment) != 0
+            ? Single(plan, offset, length)
+            : PlanRead(view, offset, length, plan);
+        return TrySendByReference(request, view, count, scratch, cachedOnly: true);
+    }
+
+    /// <summary>
+    /// Whether the page cache holds a piece's last byte (preadv2 with RWF_NOWAIT): read ahead in order, the rest of it
+    /// is held too. A file system that cannot tell says no.
+    /// </summary>
+    private static bool IsCached(in HostPiece piece)
+    {
+        if (piece.File?.Handle is not { } file)
+        {
+            return true;
+        }
+
+        Span<byte> probe = stackalloc byte[1];
+        return Posix.PReadNoWait(file, probe, piece.HostOffset + piece.Length - 1) >= 0;
     }
 
     private static int Single(ReadPiece[] plan, long offset, int length)
@@ -1285,16 +1498,22 @@ internal sealed class NbdConnection
             }
             catch (Exception e) when (e is SocketException or IOException or ObjectDisposedException)
             {
-                _broken = true;
-                Debug($"dropped: a reply could not be sent: {e.Message}");
-                try
-                {
-                    _socket.Shutdown(SocketShutdown.Both);
-                }
-                catch (Exception e2) when (e2 is SocketException or ObjectDisposedException)
-                {
-                }
+                Broken(e);
             }
+        }
+    }
+
+    /// <summary>A reply could not be sent whole: the connection ends (the reader is woken by the shutdown).</summary>
+    private void Broken(Exception e)
+    {
+        _broken = true;
+        Debug($"dropped: a reply could not be sent: {e.Message}");
+        try
+        {
+            _socket.Shutdown(SocketShutdown.Both);
+        }
+        catch (Exception e2) when (e2 is SocketException or ObjectDisposedException)
+        {
         }
     }
 
@@ -1307,6 +1526,11 @@ internal sealed class NbdConnection
         public byte[] Header { get; } = new byte[ScratchBytes];
 
         public ReadPiece[] Plan { get; } = new ReadPiece[MaxReadChunks];
+
+        /// <summary>Where a READ's data pieces lie in the image files, and how many belong to each piece of the plan.</summary>
+        public HostPiece[] HostPieces { get; } = new HostPiece[MaxHostPieces];
+
+        public int[] PieceCounts { get; } = new int[MaxReadChunks];
 
         public List<ArraySegment<byte>> Segments { get; } = new(2 * MaxReadChunks);
 

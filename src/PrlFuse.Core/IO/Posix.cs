@@ -116,6 +116,31 @@ public static unsafe partial class Posix
     [LibraryImport(LibraryName, EntryPoint = "fallocate", SetLastError = true)]
     public static partial int Fallocate(SafeFileHandle fd, int mode, long offset, long length);
 
+    /// <summary>
+    /// sendfile(2): up to <paramref name="count"/> bytes of <paramref name="inFd"/> from <paramref name="offset"/> (which
+    /// it advances) to the socket <paramref name="outFd"/>, page references instead of copies; the bytes sent, or -1.
+    /// </summary>
+    [LibraryImport(LibraryName, EntryPoint = "sendfile", SetLastError = true)]
+    public static partial nint SendFile(nint outFd, SafeFileHandle inFd, ref long offset, nint count);
+
+    /// <summary>preadv2(2) flag RWF_NOWAIT: fail with EAGAIN rather than wait for the disk.</summary>
+    public const int RwfNoWait = 0x8;
+
+    /// <summary>preadv2(2) of one buffer (struct iovec is a pointer and a length).</summary>
+    public static nint PReadNoWait(SafeFileHandle fd, Span<byte> buffer, long offset)
+    {
+        fixed (byte* b = buffer)
+        {
+            nint* vector = stackalloc nint[2];
+            vector[0] = (nint)b;
+            vector[1] = buffer.Length;
+            return PReadV2(fd, vector, 1, offset, RwfNoWait);
+        }
+    }
+
+    [LibraryImport(LibraryName, EntryPoint = "preadv2", SetLastError = true)]
+    private static partial nint PReadV2(SafeFileHandle fd, nint* vectors, int count, long offset, int flags);
+
     /// <summary>posix_fadvise returns the error number; errno is untouched.</summary>
     [LibraryImport(LibraryName, EntryPoint = "posix_fadvise")]
     public static partial int Fadvise(SafeFileHandle fd, long offset, long length, int advice);
