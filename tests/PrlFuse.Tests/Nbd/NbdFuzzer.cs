@@ -932,6 +932,7 @@ public sealed class NbdFuzzer(string address, IReadOnlyList<NbdFuzzExport> expor
         ulong handle = 100;
         int depth = c.R.Next(3) == 0 ? 1 + c.R.Next(8) : 1;
         var ops = new List<string>();
+        var batch = new List<(ushort, ushort, ulong, ulong, uint, byte[])>();
         for (int i = 0; i < count; i++)
         {
             int op = c.R.Next(14);
@@ -946,16 +947,18 @@ public sealed class NbdFuzzer(string address, IReadOnlyList<NbdFuzzExport> expor
                 _ => Range(NbdWire.CmdRead),
             };
             ops.Add($"{NbdWire.CommandName(type)} {flags:x} {offset}+{length}");
-            ReadOnlySpan<byte> payload = type == NbdWire.CmdWrite ? export.Content.AsSpan((int)offset, length) : default;
-            client.SendRequest(flags, type, handle++, (ulong)offset, (uint)length, payload);
-            if (client.PendingCount >= depth || i == count - 1)
+            byte[] payload = type == NbdWire.CmdWrite ? export.Content.AsSpan((int)offset, length).ToArray() : [];
+            batch.Add((flags, type, handle++, (ulong)offset, (uint)length, payload));
+            if (batch.Count >= depth || i == count - 1)
             {
                 c.Step(string.Join("; ", ops));
                 ops.Clear();
-                while (client.PendingCount > 0)
+                foreach (var reply in client.Pipeline(batch))
                 {
-                    CheckReply(c, client, export, client.ReadReply());
+                    CheckReply(c, client, export, reply);
                 }
+
+                batch.Clear();
             }
         }
 

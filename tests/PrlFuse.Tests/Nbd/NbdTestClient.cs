@@ -115,8 +115,6 @@ public sealed class NbdTestClient : IDisposable
 
     public bool Has(ushort transmissionFlag) => (TransmissionFlags & transmissionFlag) != 0;
 
-    public int PendingCount => _pending.Count;
-
     /// <summary>Connects to a Unix socket path, or "HOST:PORT" over TCP.</summary>
     public static NbdTestClient Connect(string address, TimeSpan timeout)
     {
@@ -569,29 +567,67 @@ public sealed class NbdTestClient : IDisposable
     /// <summary>Sends a request (and its payload, all or the part given) and waits for nothing; DISC has no reply.</summary>
     public NbdTestReply SendRequest(ushort flags, ushort type, ulong handle, ulong offset, uint length, ReadOnlySpan<byte> payload = default)
     {
-        var reply = new NbdTestReply(flags, type, handle, offset, length);
-        if (type != NbdWire.CmdDisc)
+        var reply = Register(flags, type, handle, offset, length);
+        Send(RequestWithPayload(flags, type, handle, offset, length, payload));
+        return reply;
+    }
+
+    /// <summary>
+    /// Sends requests on another thread while this one reads the replies, as real clients do: a server may stop reading
+    /// requests while its replies wait to be read, and a client that only writes would wait for it forever. The
+    /// replies in the order they completed.
+    /// </summary>
+    public List<NbdTestReply> Pipeline(IReadOnlyList<(ushort Flags, ushort Type, ulong Handle, ulong Offset, uint Length, byte[] Payload)> requests)
+    {
+        foreach (var r in requests)
         {
-            if (!_pending.TryAdd(handle, reply))
-            {
-                throw new InvalidOperationException($"handle {handle} is in flight");
-            }
+            Register(r.Flags, r.Type, r.Handle, r.Offset, r.Length);
         }
 
-        var header = RequestBytes(flags, type, handle, offset, length);
-        if (payload.IsEmpty)
+        var sender = Task.Factory.StartNew(
+            () =>
+            {
+                foreach (var r in requests)
+                {
+                    Send(RequestWithPayload(r.Flags, r.Type, r.Handle, r.Offset, r.Length, r.Payload));
+                }
+            },
+            CancellationToken.None,
+            TaskCreationOptions.LongRunning,
+            TaskScheduler.Default);
+        var done = new List<NbdTestReply>();
+        while (done.Count < requests.Count)
         {
-            Send(header);
+            done.Add(ReadReply());
         }
-        else
+
+        sender.GetAwaiter().GetResult();
+        return done;
+    }
+
+    private NbdTestReply Register(ushort flags, ushort type, ulong handle, ulong offset, uint length)
+    {
+        var reply = new NbdTestReply(flags, type, handle, offset, length);
+        if (type != NbdWire.CmdDisc && !_pending.TryAdd(handle, reply))
         {
-            var all = new byte[header.Length + payload.Length];
-            header.CopyTo(all, 0);
-            payload.CopyTo(all.AsSpan(header.Length));
-            Send(all);
+            throw new InvalidOperationException($"handle {handle} is in flight");
         }
 
         return reply;
+    }
+
+    private static byte[] RequestWithPayload(ushort flags, ushort type, ulong handle, ulong offset, uint length, ReadOnlySpan<byte> payload)
+    {
+        var header = RequestBytes(flags, type, handle, offset, length);
+        if (payload.IsEmpty)
+        {
+            return header;
+        }
+
+        var all = new byte[header.Length + payload.Length];
+        header.CopyTo(all, 0);
+        payload.CopyTo(all.AsSpan(header.Length));
+        return all;
     }
 
     /// <summary>Reads reply messages until one request completes; returns it.</summary>
