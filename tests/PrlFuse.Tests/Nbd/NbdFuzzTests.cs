@@ -24,11 +24,13 @@ public sealed class NbdFuzzTests(ITestOutputHelper output)
         Environment.GetEnvironmentVariable("PRLFUSE_NBD_FUZZ_" + name) is { Length: > 0 } text ? int.Parse(text, CultureInfo.InvariantCulture) : fallback;
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void Server_survives_malformed_clients(bool readOnly)
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    public void Server_survives_malformed_clients(bool readOnly, bool tls)
     {
-        int connections = Setting("CONNECTIONS", CiConnections);
+        // Over TLS every connection pays a TLS handshake: a third of the cases.
+        int connections = Setting("CONNECTIONS", CiConnections) / (tls ? 3 : 1);
         int seed = Setting("SEED", CiSeed);
         int first = Setting("FIRST", 0);
         var timeout = TimeSpan.FromSeconds(Setting("TIMEOUT", 10));
@@ -43,12 +45,12 @@ public sealed class NbdFuzzTests(ITestOutputHelper output)
         }
 
         using var temp = new TempFolder("nbd-fuzz");
-        using var fixture = FuzzTarget.Start(temp, readOnly);
+        using var fixture = FuzzTarget.Start(temp, readOnly, tls);
         var server = fixture.Server;
         int baseline = server.IdleSockets();
-        Log($"nbd fuzz: {server.CommandLine}; seed {seed}, cases {first}..{first + connections - 1}, {fixture.Exports.Count} exports, {baseline} sockets open");
+        Log($"nbd fuzz{(tls ? " over TLS" : "")}: {server.CommandLine}; seed {seed}, cases {first}..{first + connections - 1}, {fixture.Exports.Count} exports, {baseline} sockets open");
 
-        var fuzzer = new NbdFuzzer(server.Address, fixture.Exports, seed, timeout);
+        var fuzzer = new NbdFuzzer(server.Address, fixture.Exports, seed, timeout, tls);
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var result = fuzzer.Run(connections, Setting("WORKERS", 3), first, Log);
         Log($"{result.Summary}; {clock.Elapsed.TotalSeconds:0.0} s");
@@ -164,7 +166,10 @@ public sealed class NbdFuzzTests(ITestOutputHelper output)
         Assert.False(server.HasExited, server.Output);
     }
 
-    /// <summary>Replays cases of a seed alone, PRLFUSE_NBD_FUZZ_REPLAY="SEED:INDEX[,INDEX...]" (read-write server); nothing when unset.</summary>
+    /// <summary>
+    /// Replays cases of a seed alone, PRLFUSE_NBD_FUZZ_REPLAY="SEED:INDEX[,INDEX...]" (a read-write server without TLS
+    /// unless PRLFUSE_NBD_FUZZ_READ_ONLY=1, PRLFUSE_NBD_FUZZ_TLS=1); nothing when unset.
+    /// </summary>
     [Fact]
     public void Replay_from_environment()
     {
@@ -177,8 +182,9 @@ public sealed class NbdFuzzTests(ITestOutputHelper output)
         var parts = replay.Split(':');
         int seed = int.Parse(parts[0], CultureInfo.InvariantCulture);
         using var temp = new TempFolder("nbd-replay");
-        using var fixture = FuzzTarget.Start(temp, readOnly: Environment.GetEnvironmentVariable("PRLFUSE_NBD_FUZZ_READ_ONLY") == "1");
-        var fuzzer = new NbdFuzzer(fixture.Server.Address, fixture.Exports, seed, TimeSpan.FromSeconds(Setting("TIMEOUT", 10)));
+        bool tls = Setting("TLS", 0) == 1;
+        using var fixture = FuzzTarget.Start(temp, readOnly: Setting("READ_ONLY", 0) == 1, tls);
+        var fuzzer = new NbdFuzzer(fixture.Server.Address, fixture.Exports, seed, TimeSpan.FromSeconds(Setting("TIMEOUT", 10)), tls);
         var findings = new List<string>();
         foreach (string index in parts[1].Split(','))
         {
@@ -206,13 +212,16 @@ public sealed class FuzzTarget : IDisposable
     private readonly QemuChain _chain;
     private readonly string _oracleFile;
 
-    private FuzzTarget(TempFolder temp, QemuChain chain, NbdServerProcess server, List<NbdFuzzExport> exports, string oracleFile)
+    private readonly TestCertificates? _certs;
+
+    private FuzzTarget(TempFolder temp, QemuChain chain, NbdServerProcess server, List<NbdFuzzExport> exports, string oracleFile, TestCertificates? certs)
     {
         _temp = temp;
         _chain = chain;
         Server = server;
         Exports = exports;
         _oracleFile = oracleFile;
+        _certs = certs;
     }
 
     public NbdServerProcess Server { get; }
@@ -220,8 +229,10 @@ public sealed class FuzzTarget : IDisposable
     /// <summary>"current" first.</summary>
     public IReadOnlyList<NbdFuzzExport> Exports { get; }
 
-    public static FuzzTarget Start(TempFolder temp, bool readOnly)
+    /// <summary>With <paramref name="tls"/> the server has a certificate and requires TLS.</summary>
+    public static FuzzTarget Start(TempFolder temp, bool readOnly, bool tls = false)
     {
+        var certs = tls ? TestCertificates.Make(temp.Folder("tls")) : null;
         var chain = QemuChain.Build(temp.Folder("chain"), 2, [16384], seed: 41, predefinedTop: true);
         int top = chain.Levels.Count - 1;
         var exports = new List<NbdFuzzExport> { new("current", chain.OracleView(top, temp.Path)) };
@@ -235,8 +246,8 @@ public sealed class FuzzTarget : IDisposable
 
         string oracle = temp.Combine("current.raw");
         File.WriteAllBytes(oracle, exports[0].Content);
-        var server = NbdServerProcess.ServeChain(chain, temp.Combine("nbd.sock"), readOnly);
-        return new FuzzTarget(temp, chain, server, exports, oracle);
+        var server = NbdServerProcess.ServeChain(chain, temp.Combine("nbd.sock"), readOnly, certs?.ServerDir);
+        return new FuzzTarget(temp, chain, server, exports, oracle, certs);
     }
 
     /// <summary>Every export read whole by a fresh client of ours, and "current" compared by qemu-img through NBD.</summary>
@@ -244,7 +255,7 @@ public sealed class FuzzTarget : IDisposable
     {
         foreach (var export in Exports)
         {
-            using var client = NbdTestClient.Connect(Server.Address, TimeSpan.FromSeconds(30));
+            using var client = NbdTestClient.Connect(Server.Address, TimeSpan.FromSeconds(30), tls: _certs is not null);
             client.Handshake();
             client.StructuredReply();
             Assert.Equal(NbdWire.RepAck, client.Go(export.Name));
@@ -262,7 +273,11 @@ public sealed class FuzzTarget : IDisposable
             Assert.True(client.WaitForClose(TimeSpan.FromSeconds(30)), "no close after DISC");
         }
 
-        var compare = ProcessRunner.Run("qemu-img", ["compare", "-f", "raw", "-F", "raw", _oracleFile, $"nbd+unix:///current?socket={Server.Address}"], TimeSpan.FromMinutes(2), check: false);
+        string[] args = _certs is null
+            ? ["compare", "-f", "raw", "-F", "raw", _oracleFile, $"nbd+unix:///current?socket={Server.Address}"]
+            : ["compare", "--object", $"tls-creds-x509,id=tls0,dir={_certs.ClientDir},endpoint=client", "--image-opts", $"driver=raw,file.filename={_oracleFile}",
+                $"driver=nbd,server.type=unix,server.path={Server.Address},export=current,tls-creds=tls0,tls-hostname=localhost"];
+        var compare = ProcessRunner.Run("qemu-img", args, TimeSpan.FromMinutes(2), check: false);
         Assert.True(compare.ExitCode == 0, $"qemu-img compare of the oracle with current over NBD: exit {compare.ExitCode}\n{compare.Stdout}{compare.Stderr}");
     }
 

@@ -98,7 +98,7 @@ public sealed class NbdFuzzResult
 /// that are zeros already, so the content never changes and every read can be checked. A sentinel connection reads
 /// and checks all along: other clients go on whatever one client does.
 /// </summary>
-public sealed class NbdFuzzer(string address, IReadOnlyList<NbdFuzzExport> exports, int seed, TimeSpan timeout)
+public sealed class NbdFuzzer(string address, IReadOnlyList<NbdFuzzExport> exports, int seed, TimeSpan timeout, bool tls = false)
 {
     private static readonly (NbdCaseKind Kind, int Weight)[] Weights =
     [
@@ -440,7 +440,7 @@ public sealed class NbdFuzzer(string address, IReadOnlyList<NbdFuzzExport> expor
         byte[] name = Encoding.UTF8.GetBytes(export.Name);
         (uint option, byte[] data, string what) = c.R.Next(9) switch
         {
-            0 => (NbdWire.OptStartTls, Array.Empty<byte>(), "STARTTLS on a server without TLS"),
+            0 => (NbdWire.OptStartTls, Array.Empty<byte>(), tls ? "STARTTLS with TLS running" : "STARTTLS on a server without TLS"),
             1 => (NbdWire.OptSetMetaContext, NbdTestClient.MetaContextData(export.Name, "base:allocation"), "SET_META_CONTEXT before STRUCTURED_REPLY"),
             2 => (NbdWire.OptGo, Lie(NbdTestClient.GoData(export.Name), 0, (uint)name.Length + 1 + (uint)c.R.Next(1000)), "GO whose name length passes the data"),
             3 => (NbdWire.OptGo, Lie16(NbdTestClient.GoData(export.Name, NbdWire.InfoBlockSize), 4 + name.Length, (ushort)c.R.Next(2, 65536)), "GO with more info requests than data"),
@@ -459,7 +459,7 @@ public sealed class NbdFuzzer(string address, IReadOnlyList<NbdFuzzExport> expor
         {
             if (option == NbdWire.OptStartTls)
             {
-                throw new FindingException("STARTTLS acknowledged by a server started without TLS");
+                throw new FindingException(tls ? "STARTTLS acknowledged with TLS already running" : "STARTTLS acknowledged by a server started without TLS");
             }
 
             c.Note($"{what}: acknowledged");
@@ -833,7 +833,7 @@ public sealed class NbdFuzzer(string address, IReadOnlyList<NbdFuzzExport> expor
 
     private NbdTestClient Open(CaseRun c)
     {
-        var client = NbdTestClient.Connect(address, timeout);
+        var client = NbdTestClient.Connect(address, timeout, tls);
         c.Clients.Add(client);
         return client;
     }
@@ -932,6 +932,7 @@ public sealed class NbdFuzzer(string address, IReadOnlyList<NbdFuzzExport> expor
         ulong handle = 100;
         int depth = c.R.Next(3) == 0 ? 1 + c.R.Next(8) : 1;
         var ops = new List<string>();
+        var batch = new List<(ushort, ushort, ulong, ulong, uint, byte[])>();
         for (int i = 0; i < count; i++)
         {
             int op = c.R.Next(14);
@@ -946,16 +947,18 @@ public sealed class NbdFuzzer(string address, IReadOnlyList<NbdFuzzExport> expor
                 _ => Range(NbdWire.CmdRead),
             };
             ops.Add($"{NbdWire.CommandName(type)} {flags:x} {offset}+{length}");
-            ReadOnlySpan<byte> payload = type == NbdWire.CmdWrite ? export.Content.AsSpan((int)offset, length) : default;
-            client.SendRequest(flags, type, handle++, (ulong)offset, (uint)length, payload);
-            if (client.PendingCount >= depth || i == count - 1)
+            byte[] payload = type == NbdWire.CmdWrite ? export.Content.AsSpan((int)offset, length).ToArray() : [];
+            batch.Add((flags, type, handle++, (ulong)offset, (uint)length, payload));
+            if (batch.Count >= depth || i == count - 1)
             {
                 c.Step(string.Join("; ", ops));
                 ops.Clear();
-                while (client.PendingCount > 0)
+                foreach (var reply in client.Pipeline(batch))
                 {
-                    CheckReply(c, client, export, client.ReadReply());
+                    CheckReply(c, client, export, reply);
                 }
+
+                batch.Clear();
             }
         }
 

@@ -203,6 +203,108 @@ public sealed partial class NbdServeTests
     }
 
     [Fact]
+    public void ConnectionCapAndHandshakeLimitGiveTheirPlacesBack()
+    {
+        using var temp = new TempFolder();
+        var chain = QemuChain.Build(temp.Path, 1, [8 * 2048], 82);
+        using var serve = new PrlFuseServe(chain.Bundle, temp.Combine("nbd.sock"), "--max-connections", "2");
+
+        // One client is served, one stalls in the handshake; a third is closed at once, before any greeting. (The
+        // first two may wait a moment for the place of the connection that found the server ready.)
+        using var served = Connect(serve.Socket);
+        var stalled = Open(serve.Socket);
+        for (int attempt = 0; ReadSome(stalled, 18) != 18; attempt++)
+        {
+            Assert.True(attempt < 50, "no place for a first client");
+            stalled.Dispose();
+            Thread.Sleep(100);
+            stalled = Open(serve.Socket);
+        }
+
+        using var stalledClient = stalled;
+        using (var third = Open(serve.Socket))
+        {
+            Assert.Equal(0, ReadSome(third, 1));
+        }
+
+        // The stalled one is dropped at the handshake limit (10 s), and its place taken again (once its thread has
+        // ended, a moment after the socket closed).
+        var started = DateTime.UtcNow;
+        Assert.Equal(0, ReadSome(stalled, 1));
+        Assert.InRange(DateTime.UtcNow - started, TimeSpan.FromSeconds(5), TimeSpan.FromSeconds(30));
+        using var next = Connect(serve.Socket);
+        Assert.Equal(NbdError.None, next.Request(NbdCommand.Read, 0, 512));
+        Assert.Equal(NbdError.None, served.Request(NbdCommand.Read, 0, 512));
+        Assert.Equal(0, serve.Stop());
+
+        static RawNbdClient Connect(string path)
+        {
+            for (int attempt = 0; ; attempt++)
+            {
+                try
+                {
+                    return RawNbdClient.Connect(path, "current");
+                }
+                catch (EndOfStreamException) when (attempt < 50)
+                {
+                    Thread.Sleep(100);
+                }
+            }
+        }
+
+        static System.Net.Sockets.Socket Open(string path)
+        {
+            var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+            socket.Connect(new System.Net.Sockets.UnixDomainSocketEndPoint(path));
+            socket.ReceiveTimeout = 60_000;
+            return socket;
+        }
+
+        // Bytes received until the count or the end of the stream.
+        static int ReadSome(System.Net.Sockets.Socket socket, int count)
+        {
+            var buffer = new byte[count];
+            int done = 0;
+            while (done < count)
+            {
+                int n = socket.Receive(buffer, done, count - done, System.Net.Sockets.SocketFlags.None);
+                if (n == 0)
+                {
+                    break;
+                }
+
+                done += n;
+            }
+
+            return done;
+        }
+    }
+
+    [Fact]
+    public async Task SigtermWhileAClientWritesAnswersWhatIsInFlightAndLeavesTheImageClean()
+    {
+        using var temp = new TempFolder();
+        var chain = QemuChain.Build(temp.Path, 2, [192 * 2048], 83);
+        string source = temp.Combine("source.raw");
+        var random = new Random(83);
+        var bytes = new byte[chain.SizeBytes];
+        random.NextBytes(bytes);
+        File.WriteAllBytes(source, bytes);
+        using var serve = new PrlFuseServe(chain.Bundle, temp.Combine("nbd.sock"));
+        var copy = Task.Run(() => ProcessRunner.Run("nbdcopy", [source, serve.Uri("current")], check: false));
+        await Task.Delay(300);
+        Assert.Equal(0, serve.Stop());
+        Assert.Same(copy, await Task.WhenAny(copy, Task.Delay(TimeSpan.FromMinutes(2))));
+        Assert.Contains("stopping", serve.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("internal error", serve.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("did not end", serve.Stderr, StringComparison.Ordinal);
+        foreach (string image in chain.ChainFiles(1, 0))
+        {
+            Qemu.AssertClean(image);
+        }
+    }
+
+    [Fact]
     public void DetachReturnsOnceItAcceptsConnectionsAndSigtermStopsIt()
     {
         using var temp = new TempFolder();

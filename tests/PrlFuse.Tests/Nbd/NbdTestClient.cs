@@ -1,6 +1,8 @@
 using System.Buffers.Binary;
 using System.Net;
+using System.Net.Security;
 using System.Net.Sockets;
+using System.Security.Authentication;
 using System.Text;
 
 namespace PrlFuse.Tests.Nbd;
@@ -84,18 +86,27 @@ public sealed class NbdTestClient : IDisposable
     private const int MaxMessageBytes = 64 << 20;
 
     private readonly Socket _socket;
-    private readonly NetworkStream _stream;
+    private readonly NetworkStream _plain;
     private readonly Dictionary<ulong, NbdTestReply> _pending = [];
     private readonly TimeSpan _timeout;
+    private Stream _stream;
 
-    private NbdTestClient(Socket socket, TimeSpan timeout)
+    private NbdTestClient(Socket socket, TimeSpan timeout, bool tls)
     {
         _socket = socket;
         _timeout = timeout;
         _socket.ReceiveTimeout = (int)timeout.TotalMilliseconds;
         _socket.SendTimeout = (int)timeout.TotalMilliseconds;
-        _stream = new NetworkStream(socket, ownsSocket: false);
+        _plain = new NetworkStream(socket, ownsSocket: false);
+        _stream = _plain;
+        UseTls = tls;
     }
+
+    /// <summary>Whether <see cref="Handshake"/> starts TLS (STARTTLS right after the client flags).</summary>
+    public bool UseTls { get; }
+
+    /// <summary>TLS is running: everything from here on goes through it.</summary>
+    public bool Tls => _stream is SslStream;
 
     public ushort HandshakeFlags { get; private set; }
 
@@ -115,10 +126,8 @@ public sealed class NbdTestClient : IDisposable
 
     public bool Has(ushort transmissionFlag) => (TransmissionFlags & transmissionFlag) != 0;
 
-    public int PendingCount => _pending.Count;
-
-    /// <summary>Connects to a Unix socket path, or "HOST:PORT" over TCP.</summary>
-    public static NbdTestClient Connect(string address, TimeSpan timeout)
+    /// <summary>Connects to a Unix socket path, or "HOST:PORT" over TCP; with <paramref name="tls"/> the handshake starts TLS.</summary>
+    public static NbdTestClient Connect(string address, TimeSpan timeout, bool tls = false)
     {
         EndPoint endPoint;
         Socket socket;
@@ -152,7 +161,7 @@ public sealed class NbdTestClient : IDisposable
             throw;
         }
 
-        return new NbdTestClient(socket, timeout);
+        return new NbdTestClient(socket, timeout, tls);
     }
 
     // --- bytes ----------------------------------------------------------------------------------------------------------
@@ -268,7 +277,14 @@ public sealed class NbdTestClient : IDisposable
 
     private Exception Translate(IOException e, string what)
     {
-        var code = (e.InnerException as SocketException)?.SocketErrorCode;
+        // Under TLS the socket's error sits one level deeper.
+        Exception? inner = e.InnerException;
+        while (inner is not null and not SocketException)
+        {
+            inner = inner.InnerException;
+        }
+
+        var code = (inner as SocketException)?.SocketErrorCode;
         return code is SocketError.TimedOut or SocketError.WouldBlock
             ? new NbdTimeoutException($"no answer from the server within {_timeout.TotalSeconds:0} s while {(what.Length > 0 ? what : "reading")}")
             : new NbdClosedException($"connection {code?.ToString() ?? e.Message} while {what}");
@@ -313,6 +329,41 @@ public sealed class NbdTestClient : IDisposable
 
         NoZeroes = noZeroes && (HandshakeFlags & NbdWire.FlagNoZeroes) != 0;
         Send(ClientFlagBytes(NbdWire.ClientFixedNewstyle | (NoZeroes ? NbdWire.ClientNoZeroes : 0)));
+        if (UseTls)
+        {
+            StartTls();
+        }
+    }
+
+    /// <summary>
+    /// NBD_OPT_STARTTLS, then the TLS handshake as a client that trusts any certificate (the tests' servers have
+    /// throwaway ones; QEMU's and libnbd's clients check them in other tests).
+    /// </summary>
+    public void StartTls()
+    {
+        var replies = Option(NbdWire.OptStartTls, []);
+        if (replies.Count != 1 || replies[0].Type != NbdWire.RepAck)
+        {
+            throw new NbdViolationException($"STARTTLS answered {string.Join(", ", replies)} by a server with TLS");
+        }
+
+        var tls = new SslStream(_plain, leaveInnerStreamOpen: true, (_, _, _, _) => true);
+        try
+        {
+            tls.AuthenticateAsClient(new SslClientAuthenticationOptions { TargetHost = "localhost" });
+        }
+        catch (AuthenticationException e)
+        {
+            tls.Dispose();
+            throw new NbdViolationException($"TLS handshake failed: {e.Message}");
+        }
+        catch (IOException e)
+        {
+            tls.Dispose();
+            throw Translate(e, "the TLS handshake");
+        }
+
+        _stream = tls;
     }
 
     /// <summary>An option as sent on the wire; <paramref name="length"/> and <paramref name="magic"/> can lie.</summary>
@@ -569,29 +620,67 @@ public sealed class NbdTestClient : IDisposable
     /// <summary>Sends a request (and its payload, all or the part given) and waits for nothing; DISC has no reply.</summary>
     public NbdTestReply SendRequest(ushort flags, ushort type, ulong handle, ulong offset, uint length, ReadOnlySpan<byte> payload = default)
     {
-        var reply = new NbdTestReply(flags, type, handle, offset, length);
-        if (type != NbdWire.CmdDisc)
+        var reply = Register(flags, type, handle, offset, length);
+        Send(RequestWithPayload(flags, type, handle, offset, length, payload));
+        return reply;
+    }
+
+    /// <summary>
+    /// Sends requests on another thread while this one reads the replies, as real clients do: a server may stop reading
+    /// requests while its replies wait to be read, and a client that only writes would wait for it forever. The
+    /// replies in the order they completed.
+    /// </summary>
+    public List<NbdTestReply> Pipeline(IReadOnlyList<(ushort Flags, ushort Type, ulong Handle, ulong Offset, uint Length, byte[] Payload)> requests)
+    {
+        foreach (var r in requests)
         {
-            if (!_pending.TryAdd(handle, reply))
-            {
-                throw new InvalidOperationException($"handle {handle} is in flight");
-            }
+            Register(r.Flags, r.Type, r.Handle, r.Offset, r.Length);
         }
 
-        var header = RequestBytes(flags, type, handle, offset, length);
-        if (payload.IsEmpty)
+        var sender = Task.Factory.StartNew(
+            () =>
+            {
+                foreach (var r in requests)
+                {
+                    Send(RequestWithPayload(r.Flags, r.Type, r.Handle, r.Offset, r.Length, r.Payload));
+                }
+            },
+            CancellationToken.None,
+            TaskCreationOptions.LongRunning,
+            TaskScheduler.Default);
+        var done = new List<NbdTestReply>();
+        while (done.Count < requests.Count)
         {
-            Send(header);
+            done.Add(ReadReply());
         }
-        else
+
+        sender.GetAwaiter().GetResult();
+        return done;
+    }
+
+    private NbdTestReply Register(ushort flags, ushort type, ulong handle, ulong offset, uint length)
+    {
+        var reply = new NbdTestReply(flags, type, handle, offset, length);
+        if (type != NbdWire.CmdDisc && !_pending.TryAdd(handle, reply))
         {
-            var all = new byte[header.Length + payload.Length];
-            header.CopyTo(all, 0);
-            payload.CopyTo(all.AsSpan(header.Length));
-            Send(all);
+            throw new InvalidOperationException($"handle {handle} is in flight");
         }
 
         return reply;
+    }
+
+    private static byte[] RequestWithPayload(ushort flags, ushort type, ulong handle, ulong offset, uint length, ReadOnlySpan<byte> payload)
+    {
+        var header = RequestBytes(flags, type, handle, offset, length);
+        if (payload.IsEmpty)
+        {
+            return header;
+        }
+
+        var all = new byte[header.Length + payload.Length];
+        header.CopyTo(all, 0);
+        payload.CopyTo(all.AsSpan(header.Length));
+        return all;
     }
 
     /// <summary>Reads reply messages until one request completes; returns it.</summary>
@@ -832,6 +921,7 @@ public sealed class NbdTestClient : IDisposable
     public void Dispose()
     {
         _stream.Dispose();
+        _plain.Dispose();
         _socket.Dispose();
     }
 }
