@@ -34,7 +34,7 @@ public sealed record BundleFileSystemOptions
 /// Presents a <see cref="VirtualDisk"/>:
 /// <code>
 ///   /current.raw                 the top snapshot (read-write when the disk was opened read-write)
-///   /snapshots/{GUID}.raw        every other snapshot, read-only (0444)
+///   /snapshots/{GUID}.raw        every other snapshot, read-only (0444); a qcow2 internal snapshot as NAME.raw
 /// </code>
 /// Every callback is a hot path: the file table is built once, paths are matched as UTF-8 bytes, reads and writes
 /// go straight into the kernel's buffer, and nothing is allocated per request.
@@ -62,9 +62,9 @@ public sealed class BundleFileSystem : IFuseFileSystem
         _options = options;
         _mountTime = TimeSpec.FromDateTimeOffset(DateTimeOffset.UtcNow);
         var files = new List<FileEntry> { new("/current.raw", "current.raw", disk.Top) };
-        foreach (var view in disk.Views.Values.Where(v => v != disk.Top).OrderBy(v => v.Id))
+        foreach (var view in disk.SnapshotViews)
         {
-            string name = DiskDescriptor.FormatGuid(view.Id) + ".raw";
+            string name = view.Name + ".raw";
             files.Add(new FileEntry("/snapshots/" + name, name, view));
         }
 

@@ -32,7 +32,8 @@ public sealed class NbdExport
 
     /// <summary>
     /// The exports of a disk: <see cref="CurrentName"/> (the top, writable unless <paramref name="readOnly"/>), then
-    /// every other snapshot by GUID as the mount names its files (<c>{GUID}</c>, lower case, braces), read-only.
+    /// every other snapshot by the name the mount gives its file (<c>{GUID}</c>, lower case, braces; a qcow2 internal
+    /// snapshot's name or ID), read-only.
     /// </summary>
     public static IReadOnlyList<NbdExport> FromDisk(VirtualDisk disk, bool readOnly)
     {
@@ -40,9 +41,9 @@ public sealed class NbdExport
         {
             new(CurrentName, disk.Top, readOnly, readOnly || !disk.Top.IsWritable ? "the current state (read-only)" : "the current state"),
         };
-        foreach (var view in disk.Views.Values.Where(v => v != disk.Top).OrderBy(v => v.Id))
+        foreach (var view in disk.SnapshotViews)
         {
-            exports.Add(new NbdExport(DiskDescriptor.FormatGuid(view.Id), view, readOnly: true, "snapshot (read-only)"));
+            exports.Add(new NbdExport(view.Name, view, readOnly: true, view.Internal is { } q ? $"internal snapshot {q.Id} \"{q.Name}\" (read-only)" : "snapshot (read-only)"));
         }
 
         return exports;

@@ -40,7 +40,7 @@ internal static class CommandTable
             Positionals = [Positional<MapOptions>("disk", DiskHelp, (o, v) => o.Disk = v)],
             Options =
             [
-                Value<MapOptions>("snapshot", 's', "GUID", "The snapshot, with or without braces, any case (default: the top, the current state).", (o, v) => o.Snapshot = v),
+                Value<MapOptions>("snapshot", 's', "GUID", "The snapshot by GUID, with or without braces, any case; a qcow2 internal snapshot by file name, ID or name (default: the top, the current state).", (o, v) => o.Snapshot = v),
                 Flag<MapOptions>("json", null, "Print qemu-img map's JSON, one range a line.", o => o.Json = true),
                 .. DiskSourceOptions<MapOptions>(),
                 Debug<MapOptions>(),
@@ -65,7 +65,7 @@ internal static class CommandTable
             Options =
             [
                 Value<ExportOptions>("output", 'o', "FILE", "Where to write: a file, a device, a FIFO, or - for standard output (required).", (o, v) => o.Output = v),
-                Value<ExportOptions>("snapshot", 's', "GUID", "The snapshot, with or without braces, any case (default: the top, the current state).", (o, v) => o.Snapshot = v),
+                Value<ExportOptions>("snapshot", 's', "GUID", "The snapshot by GUID, with or without braces, any case; a qcow2 internal snapshot by file name, ID or name (default: the top, the current state).", (o, v) => o.Snapshot = v),
                 CacheSize<ExportOptions>((o, v) => o.CacheBytes = v),
                 .. DiskSourceOptions<ExportOptions>(),
                 Debug<ExportOptions>(),

@@ -37,7 +37,7 @@ internal static class ExportCommand
         using var stdout = output == StandardOutput ? openStdout() : null;
         var destination = stdout is not null ? ExportDestination.ForStream(stdout) : ExportDestination.ForPath(output, own);
 
-        string guid = DiskDescriptor.FormatGuid(view.Id);
+        string what = view.Internal is { } q ? $"internal snapshot {q.Id} \"{q.Name}\"" : $"snapshot {DiskDescriptor.FormatGuid(view.Id)}";
         var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(messages) });
         bool interactive = ReferenceEquals(messages, Console.Error) && !Console.IsErrorRedirected && console.Profile.Capabilities.Interactive;
         if (interactive)
@@ -46,7 +46,7 @@ internal static class ExportCommand
                 .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new TransferSpeedColumn(), new RemainingTimeColumn())
                 .Start(ctx =>
                 {
-                    var task = ctx.AddTask($"export {guid}", maxValue: view.Size);
+                    var task = ctx.AddTask($"export {what}", maxValue: view.Size);
                     DiskExporter.Export(view, destination, done => task.Value = done);
                 });
         }
@@ -57,7 +57,7 @@ internal static class ExportCommand
 
         string where = destination.Kind == ExportTargetKind.Stream ? "standard output"
             : destination.Target == destination.Named ? destination.Named : $"{destination.Named} ({destination.Target})";
-        messages.WriteLine($"prlfuse: wrote {Sizes.Human(view.Size)} snapshot {guid} to {where}");
+        messages.WriteLine($"prlfuse: wrote {Sizes.Human(view.Size)} {what} to {where}");
         return Program.ExitOk;
     }
 }

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using PrlFuse.Core;
@@ -136,6 +137,18 @@ internal static class InfoCommand
         foreach (string line in TreeLines(disk.Tree, TreeIndentCap))
         {
             output.WriteLine(line);
+        }
+
+        if (!disk.InternalSnapshots.IsEmpty)
+        {
+            // qemu-img snapshot -l's columns, plus the file name the mount and the server give each.
+            console.MarkupLine("[bold]Internal snapshots[/] (read-only; mounted as snapshots/FILE.raw, exported as FILE)");
+            output.WriteLine($"  {"ID",-6} {"TAG",-20} {"DATE",-19} {"DISK SIZE",12} {"VM SIZE",10}  FILE");
+            foreach (var view in disk.InternalSnapshots)
+            {
+                var q = view.Internal!;
+                output.WriteLine($"  {q.Id,-6} {q.Name,-20} {q.Date.UtcDateTime.ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture),-19} {Sizes.Human(q.DiskSize),12} {Sizes.Human((long)Math.Min(q.VmStateSize, long.MaxValue)),10}  {view.Name}.raw");
+            }
         }
 
         console.MarkupLine("[bold]Allocated[/] (bytes of each snapshot that its images hold; the rest reads as zeros)");
@@ -399,6 +412,23 @@ internal static class InfoCommand
             });
         }
 
+        var internalSnapshots = new JsonArray();
+        foreach (var view in disk.InternalSnapshots)
+        {
+            var q = view.Internal!;
+            internalSnapshots.Add(new JsonObject
+            {
+                ["id"] = q.Id,
+                ["name"] = q.Name,
+                ["file"] = view.Name + ".raw",
+                ["date"] = q.Date.UtcDateTime.ToString("yyyy-MM-ddTHH:mm:ss.fffffffZ", CultureInfo.InvariantCulture),
+                ["vmClockNanoseconds"] = q.VmClockNanoseconds,
+                ["sizeBytes"] = q.DiskSize,
+                ["vmStateBytes"] = q.VmStateSize,
+                ["allocatedBytes"] = view.CountAllocatedBytes(),
+            });
+        }
+
         return new JsonObject
         {
             ["source"] = disk.SourcePath,
@@ -410,6 +440,7 @@ internal static class InfoCommand
             ["top"] = DiskDescriptor.FormatGuid(disk.Tree.Top),
             ["storages"] = storages,
             ["snapshots"] = snapshots,
+            ["internalSnapshots"] = internalSnapshots,
             ["warnings"] = new JsonArray(disk.DiskWarnings.Select(w => (JsonNode?)new JsonObject { ["code"] = w.Code, ["message"] = w.Message }).ToArray()),
         };
     }

@@ -7,6 +7,7 @@ namespace PrlFuse.Core.Engine;
 public sealed class SnapshotView
 {
     private readonly StorageChain[] _storages;
+    private string? _name;
 
     internal SnapshotView(Guid id, bool isTop, bool isWritable, long size, StorageChain[] storages)
     {
@@ -21,6 +22,15 @@ public sealed class SnapshotView
     }
 
     public Guid Id { get; }
+
+    /// <summary>
+    /// The name a mount's file (without .raw) and a server's export have: the GUID in braces for a snapshot of the
+    /// tree, the name (or ID) of a qcow2 internal snapshot.
+    /// </summary>
+    public string Name { get => _name ??= Descriptor.DiskDescriptor.FormatGuid(Id); init => _name = value; }
+
+    /// <summary>The qcow2 internal snapshot this view shows, or null for a snapshot of the tree.</summary>
+    public Formats.Qcow2.Qcow2Snapshot? Internal { get; init; }
 
     public bool IsTop { get; }
 

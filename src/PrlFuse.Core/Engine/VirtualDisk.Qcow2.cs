@@ -153,4 +153,86 @@ public sealed partial class VirtualDisk
         int n = file.Read(head, 0);
         return Qcow2Header.HasMagic(head[..n]) ? "qcow2" : ParallelsHeader.HasMagic(head[..n]) ? "parallels" : "raw";
     }
+
+    /// <summary>
+    /// A view per internal snapshot of the qcow2 image <paramref name="top"/>: its own L1 table and guest size over the
+    /// image's backing chain, read-only, named as <see cref="SnapshotFileNames"/> says.
+    /// </summary>
+    private static ImmutableArray<SnapshotView> OpenInternalSnapshots(ImageLayer top, Dictionary<ImageLayer, ImageLayer[]> backing, List<ImageLayer> opened, BlockCache? cache, ImmutableArray<DiskWarning>.Builder warnings)
+    {
+        if (top is not Qcow2Image { Snapshots.IsEmpty: false } image)
+        {
+            return [];
+        }
+
+        var below = backing.GetValueOrDefault(top, []);
+        var names = SnapshotFileNames(image.Snapshots);
+        var views = ImmutableArray.CreateBuilder<SnapshotView>(image.Snapshots.Length);
+        foreach (var snapshot in image.Snapshots)
+        {
+            var layer = image.OpenSnapshot(snapshot);
+            opened.Add(layer);
+            layer.CacheId = opened.Count;
+            warnings.AddRange(layer.DiskWarnings);
+            var chain = new StorageChain(0, 0, snapshot.DiskSize, [layer, .. below], cache, writable: false);
+            views.Add(new SnapshotView(InternalSnapshotKey(snapshot), isTop: false, isWritable: false, snapshot.DiskSize, [chain])
+            {
+                Name = names[snapshot.Index],
+                Internal = snapshot,
+            });
+        }
+
+        return views.MoveToImmutable();
+    }
+
+    /// <summary>
+    /// The file name (without .raw) of each internal snapshot: its name when that is a safe file name no other
+    /// snapshot has, else its ID, else "snapshot-N" (N its place in the table).
+    /// </summary>
+    internal static string[] SnapshotFileNames(IReadOnlyList<Qcow2Snapshot> snapshots)
+    {
+        var nameCounts = snapshots.GroupBy(s => s.Name, StringComparer.Ordinal).ToDictionary(g => g.Key, g => g.Count(), StringComparer.Ordinal);
+        var ids = snapshots.Select(s => s.Id).ToHashSet(StringComparer.Ordinal);
+        var taken = new HashSet<string>(StringComparer.Ordinal);
+        string[] result = new string[snapshots.Count];
+        foreach (var s in snapshots)
+        {
+            // A name equal to another snapshot's ID would make lookups ambiguous: then the ID names it.
+            string name = IsSafeFileName(s.Name) && nameCounts[s.Name] == 1 && (!ids.Contains(s.Name) || s.Name == s.Id) ? s.Name
+                : IsSafeFileName(s.Id) ? s.Id
+                : $"snapshot-{s.Index}";
+            if (!taken.Add(name))
+            {
+                name = $"snapshot-{s.Index}";
+                taken.Add(name);
+            }
+
+            result[s.Index] = name;
+        }
+
+        return result;
+    }
+
+    /// <summary>A name that can stand as a file name in every tool: no slash, no control character, not a GUID form.</summary>
+    private static bool IsSafeFileName(string name) =>
+        name.Length is > 0 and <= 200
+        && name is not "." and not ".."
+        && !name.Any(c => c == '/' || char.IsControl(c) || c == '\uFFFD')
+        && !name.StartsWith('-')
+        && !Guid.TryParse(name, out _)
+        && name != "current";
+
+    /// <summary>A key for an internal snapshot's view, never equal to a tree snapshot's GUID (which are random).</summary>
+    private static Guid InternalSnapshotKey(Qcow2Snapshot snapshot)
+    {
+        Span<byte> bytes = stackalloc byte[16];
+        BitConverter.TryWriteBytes(bytes, 0x71636f77_32736e61L);
+        BitConverter.TryWriteBytes(bytes[8..], (long)snapshot.Index);
+        return new Guid(bytes);
+    }
+
+    private SnapshotView? FindInternalSnapshot(string text) =>
+        InternalSnapshots.FirstOrDefault(v => v.Name == text)
+        ?? InternalSnapshots.FirstOrDefault(v => v.Internal!.Id == text)
+        ?? InternalSnapshots.FirstOrDefault(v => v.Internal!.Name == text);
 }

@@ -92,13 +92,34 @@ public sealed partial class VirtualDisk : IDisposable
 
     public SnapshotView Top => _views[Tree.Top];
 
-    /// <summary>Finds a view by GUID text, with or without braces, in any case.</summary>
+    /// <summary>
+    /// The views a mount shows under snapshots/ and a server exports besides the top, in a stable order: the tree's
+    /// other snapshots by GUID, then a qcow2 image's internal snapshots in table order. Each is named by its
+    /// <see cref="SnapshotView.Name"/>.
+    /// </summary>
+    public IReadOnlyList<SnapshotView> SnapshotViews =>
+        [.. _views.Values.Where(v => v != Top).OrderBy(v => v.Id), .. InternalSnapshots];
+
+    /// <summary>A qcow2 image's internal snapshots, read-only, in the order of its snapshot table (empty otherwise).</summary>
+    public ImmutableArray<SnapshotView> InternalSnapshots { get; private init; } = [];
+
+    /// <summary>
+    /// Finds a view by GUID text (with or without braces, in any case), or an internal snapshot by its file name, its
+    /// ID or its name, in that order.
+    /// </summary>
     public SnapshotView GetView(string guidText)
     {
         string t = guidText.Trim();
         if (!Guid.TryParseExact(t, "B", out var guid) && !Guid.TryParseExact(t, "D", out guid) && !Guid.TryParseExact(t, "N", out guid))
         {
-            throw new PrlFuseException(null, $"\"{guidText}\" is not a snapshot GUID");
+            if (FindInternalSnapshot(guidText) is { } found)
+            {
+                return found;
+            }
+
+            throw new PrlFuseException(null, InternalSnapshots.IsEmpty
+                ? $"\"{guidText}\" is not a snapshot GUID"
+                : $"\"{guidText}\" is neither a snapshot GUID nor the name or ID of an internal snapshot; 'prlfuse info' lists them");
         }
 
         return _views.TryGetValue(guid, out var view)
@@ -339,7 +360,14 @@ public sealed partial class VirtualDisk : IDisposable
                 views[guid] = new SnapshotView(guid, guid == tree.Top, writable, descriptor.DiskSizeBytes, chains);
             }
 
-            return new VirtualDisk(source, bare, descriptor, tree, opened, storages, views, cache, warnings.ToImmutable()) { ReadOnlyPlaceReason = readOnlyPlace };
+            var internalViews = kind == DiskSourceKind.Qcow2Image
+                ? OpenInternalSnapshots(storages[0].Images[tree.Top], backing, opened, cache, warnings)
+                : [];
+            return new VirtualDisk(source, bare, descriptor, tree, opened, storages, views, cache, warnings.ToImmutable())
+            {
+                ReadOnlyPlaceReason = readOnlyPlace,
+                InternalSnapshots = internalViews,
+            };
         }
         catch
         {

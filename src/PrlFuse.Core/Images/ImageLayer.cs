@@ -23,6 +23,7 @@ public enum ImageKind
 public abstract class ImageLayer : IDisposable
 {
     private readonly List<DiskWarning> _warnings = [];
+    private readonly bool _ownsFiles;
 
     protected ImageLayer(ImageFile file)
         : this(file, file)
@@ -31,9 +32,19 @@ public abstract class ImageLayer : IDisposable
 
     /// <summary>A layer whose guest data lives in <paramref name="dataFile"/> (an external data file) and its metadata in <paramref name="file"/>.</summary>
     protected ImageLayer(ImageFile file, ImageFile dataFile)
+        : this(file, dataFile, ownsFiles: true)
+    {
+    }
+
+    /// <summary>
+    /// A layer over files another layer owns (<paramref name="ownsFiles"/> false): a second view of one image, such as
+    /// a qcow2 internal snapshot, shares the image's handle (and so its locks) and never closes it.
+    /// </summary>
+    protected ImageLayer(ImageFile file, ImageFile dataFile, bool ownsFiles)
     {
         File = file;
         DataFile = dataFile;
+        _ownsFiles = ownsFiles;
     }
 
     /// <summary>The image file: its header and tables.</summary>
@@ -199,10 +210,13 @@ public abstract class ImageLayer : IDisposable
             }
             finally
             {
-                File.Dispose();
-                if (DataFile != File)
+                if (_ownsFiles)
                 {
-                    DataFile.Dispose();
+                    File.Dispose();
+                    if (DataFile != File)
+                    {
+                        DataFile.Dispose();
+                    }
                 }
             }
         }

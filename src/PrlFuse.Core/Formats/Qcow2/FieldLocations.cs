@@ -85,4 +85,21 @@ public static class FieldLocations
 
     /// <summary>Subclusters per cluster with extended L2 entries: bits 0-31 of the bitmap say allocated, 32-63 say zero.</summary>
     public const int SubclustersPerCluster = 32;
+
+    /// <summary>One entry of the snapshot table: its fixed part, then extra data, the ID, the name, padding to 8 bytes.</summary>
+    public const int SnapshotL1TableOffset = 0;
+    public const int SnapshotL1Size = 8;
+    public const int SnapshotIdSize = 12;
+    public const int SnapshotNameSize = 14;
+    public const int SnapshotDateSeconds = 16;
+    public const int SnapshotDateNanoseconds = 20;
+    public const int SnapshotVmClockNanoseconds = 24;
+    public const int SnapshotVmStateSize = 32;
+    public const int SnapshotExtraDataSize = 36;
+    public const int SnapshotFixedSize = 40;
+
+    /// <summary>The snapshot entry's extra data (version 3 writes at least the first two): offsets within it.</summary>
+    public const int SnapshotExtraVmStateSizeLarge = 0;
+    public const int SnapshotExtraDiskSize = 8;
+    public const int SnapshotExtraIcount = 16;
 }

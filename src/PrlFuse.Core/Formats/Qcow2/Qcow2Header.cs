@@ -149,7 +149,7 @@ public sealed record Qcow2Header
     /// <summary>L1 entries the guest size needs.</summary>
     public long RequiredL1Entries => RequiredL1(Size, ClusterBits, L2EntryBytes);
 
-    private static long RequiredL1(long size, int clusterBits, int l2EntryBytes)
+    internal static long RequiredL1(long size, int clusterBits, int l2EntryBytes)
     {
         int shift = clusterBits + clusterBits - (l2EntryBytes == FieldLocations.L2EntrySize ? 3 : 4);
         return (long)(((ulong)size + (1UL << shift) - 1) >> shift);

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Buffers.Binary;
+using System.Collections.Immutable;
 using System.IO.Compression;
 using PrlFuse.Core.IO;
 using PrlFuse.Core.Images;
@@ -34,9 +35,10 @@ public sealed class Qcow2Image : ImageLayer
     private readonly L2Table?[] _l2Cache;
     private readonly CompressedClusterCache _decompressed;
 
-    private Qcow2Image(ImageFile file, ImageFile dataFile, Qcow2Header header, long[] l1)
-        : base(file, dataFile)
+    private Qcow2Image(ImageFile file, ImageFile dataFile, Qcow2Header header, long[] l1, Qcow2Snapshot? snapshot = null)
+        : base(file, dataFile, ownsFiles: snapshot is null)
     {
+        Snapshot = snapshot;
         Header = header;
         _l1 = l1;
         _clusterBits = header.ClusterBits;
@@ -44,7 +46,7 @@ public sealed class Qcow2Image : ImageLayer
         _extended = header.HasExtendedL2;
         _entryWords = _extended ? 2 : 1;
         _l2Bits = System.Numerics.BitOperations.Log2((ulong)header.L2Entries);
-        _size = header.Size;
+        _size = snapshot?.DiskSize ?? header.Size;
         int slots = (int)Math.Clamp(L2CacheBytes / _clusterBytes, 16, 4096);
         _l2Cache = new L2Table?[(int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)slots)];
         _decompressed = new CompressedClusterCache((int)Math.Clamp(DecompressedCacheBytes / _clusterBytes, 2, 64));
@@ -52,6 +54,12 @@ public sealed class Qcow2Image : ImageLayer
     }
 
     public Qcow2Header Header { get; }
+
+    /// <summary>The internal snapshot this layer shows (sharing the image's files), or null for the image's active state.</summary>
+    public Qcow2Snapshot? Snapshot { get; }
+
+    /// <summary>The image's internal snapshots, from its snapshot table (read at open).</summary>
+    public ImmutableArray<Qcow2Snapshot> Snapshots { get; private init; } = [];
 
     /// <summary>L1 entries that point where no L2 table can be: the guest ranges they cover read as I/O errors.</summary>
     public int DamagedL2Tables { get; }
@@ -90,7 +98,8 @@ public sealed class Qcow2Image : ImageLayer
             throw new ImageFormatException(name, outside);
         }
 
-        long[] l1 = ReadL1(file, header, fileLength);
+        long[] l1 = ReadL1(file, header, header.L1TableOffset, header.RequiredL1Entries, fileLength);
+        var snapshots = Qcow2SnapshotTable.Read(file, header);
         ImageFile dataFile = file;
         if (header.HasDataFile)
         {
@@ -102,7 +111,7 @@ public sealed class Qcow2Image : ImageLayer
             dataFile = openDataFile(header.DataFile);
         }
 
-        var image = new Qcow2Image(file, dataFile, header, l1);
+        var image = new Qcow2Image(file, dataFile, header, l1) { Snapshots = snapshots };
         if (header.IsCorrupt)
         {
             image.AddWarning(WarningCodes.Qcow2Corrupt, "the corrupt bit is set: its metadata may be inconsistent ('qemu-img check -r all' repairs it)");
@@ -121,10 +130,27 @@ public sealed class Qcow2Image : ImageLayer
         return image;
     }
 
-    /// <summary>The L1 entries the guest size needs, as L2 table offsets (0: unallocated, <see cref="DamagedL2"/>).</summary>
-    private static long[] ReadL1(ImageFile file, Qcow2Header header, long fileLength)
+    /// <summary>
+    /// A read-only layer showing internal snapshot <paramref name="snapshot"/> of this image: its L1 table and guest
+    /// size, over this image's files (owned by this image: dispose the snapshot layer first or with it).
+    /// </summary>
+    public Qcow2Image OpenSnapshot(Qcow2Snapshot snapshot)
     {
-        int count = (int)header.RequiredL1Entries;
+        long count = Qcow2Header.RequiredL1(snapshot.DiskSize, _clusterBits, Header.L2EntryBytes);
+        long[] l1 = snapshot.L1TableOffset == 0 ? new long[count] : ReadL1(File, Header, snapshot.L1TableOffset, count, File.Length);
+        var layer = new Qcow2Image(File, DataFile, Header, l1, snapshot);
+        if (layer.DamagedL2Tables > 0)
+        {
+            layer.AddWarning(WarningCodes.DamagedClusters, $"internal snapshot {snapshot.Id}: {layer.DamagedL2Tables} L1 entries point where no L2 table can be: the guest ranges they cover read as I/O errors");
+        }
+
+        return layer;
+    }
+
+    /// <summary>The L1 entries a guest size needs, as L2 table offsets (0: unallocated, <see cref="DamagedL2"/>).</summary>
+    private static long[] ReadL1(ImageFile file, Qcow2Header header, long tableOffset, long entries, long fileLength)
+    {
+        int count = (int)entries;
         long[] l1 = new long[count];
         if (count == 0)
         {
@@ -134,7 +160,7 @@ public sealed class Qcow2Image : ImageLayer
         byte[] raw = ArrayPool<byte>.Shared.Rent(count * FieldLocations.L1EntrySize);
         try
         {
-            file.ReadZeroFilled(raw.AsSpan(0, count * FieldLocations.L1EntrySize), header.L1TableOffset);
+            file.ReadZeroFilled(raw.AsSpan(0, count * FieldLocations.L1EntrySize), tableOffset);
             for (int i = 0; i < count; i++)
             {
                 ulong entry = BinaryPrimitives.ReadUInt64BigEndian(raw.AsSpan(i * FieldLocations.L1EntrySize));
