@@ -49,4 +49,54 @@ public sealed class Qcow2MountTests
             Assert.Equal(0, PrlFuseCli.Run("unmount", mnt).ExitCode);
         }
     }
+
+    [Fact]
+    public void InternalSnapshotsAreReadOnlyFilesOfTheirOwnSize()
+    {
+        using var temp = new TempFolder();
+        Img(temp.Path, "create", "-q", "-f", "qcow2", "a.qcow2", "6M");
+        Io(temp.Path, "qcow2", "a.qcow2", "write -P 21 0 6M");
+        Img(temp.Path, "snapshot", "-c", "before-upgrade", "a.qcow2");
+        Img(temp.Path, "resize", "-q", "a.qcow2", "8M");
+        Io(temp.Path, "qcow2", "a.qcow2", "write -P 22 1M 7M");
+        Img(temp.Path, "snapshot", "-c", "x/y", "a.qcow2");
+        Io(temp.Path, "qcow2", "a.qcow2", "write -P 23 0 8M");
+        byte[] first = new byte[6 << 20];
+        Array.Fill(first, (byte)21);
+        byte[] second = new byte[8 << 20];
+        Array.Fill(second, (byte)21, 0, 1 << 20);
+        Array.Fill(second, (byte)22, 1 << 20, 7 << 20);
+
+        var info = PrlFuseCli.Run("info", "--json", temp.Combine("a.qcow2"));
+        Assert.True(info.ExitCode == 0, info.Stderr);
+        using (var json = System.Text.Json.JsonDocument.Parse(info.Stdout))
+        {
+            var list = json.RootElement.GetProperty("internalSnapshots").EnumerateArray().ToList();
+            Assert.Equal(["before-upgrade.raw", "2.raw"], list.Select(e => e.GetProperty("file").GetString()));
+            Assert.Equal(["before-upgrade", "x/y"], list.Select(e => e.GetProperty("name").GetString()));
+            Assert.Equal([6L << 20, 8L << 20], list.Select(e => e.GetProperty("sizeBytes").GetInt64()));
+        }
+
+        var export = PrlFuseCli.Run("export", temp.Combine("a.qcow2"), "--snapshot", "x/y", "-o", temp.Combine("second.raw"));
+        Assert.True(export.ExitCode == 0, export.Stderr);
+        Assert.Equal(second, File.ReadAllBytes(temp.Combine("second.raw")));
+
+        string mnt = temp.Combine("mnt");
+        Directory.CreateDirectory(mnt);
+        var mount = PrlFuseCli.Run("mount", "--read-only", temp.Combine("a.qcow2"), mnt);
+        try
+        {
+            Assert.True(mount.ExitCode == 0, mount.Stderr);
+            Assert.Equal(["2.raw", "before-upgrade.raw"], Directory.GetFiles(Path.Combine(mnt, "snapshots")).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+            string firstFile = Path.Combine(mnt, "snapshots", "before-upgrade.raw");
+            Assert.Equal(first, File.ReadAllBytes(firstFile));
+            Assert.Equal(second, File.ReadAllBytes(Path.Combine(mnt, "snapshots", "2.raw")));
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.GroupRead | UnixFileMode.OtherRead, File.GetUnixFileMode(firstFile));
+            Assert.ThrowsAny<IOException>(() => new FileStream(firstFile, FileMode.Open, FileAccess.Write).Dispose());
+        }
+        finally
+        {
+            Assert.Equal(0, PrlFuseCli.Run("unmount", mnt).ExitCode);
+        }
+    }
 }
