@@ -8,7 +8,10 @@
 #   PRLFUSE_BENCH_DATA   bench data from scripts/bench-data.sh (default /tmp/prlfuse-bench); scratch goes in $DATA/fuse
 #   PRLFUSE_FUSE_RUNS    runs per figure, the median is reported (default 3)
 #   PRLFUSE_BIN          the prlfuse binary (default: publish single-file ReadyToRun to artifacts/publish, as `make install`)
-#   PRLFUSE_FUSE_ONLY    space-separated subset of: read write ext4 chain big cache sparse nbd (default: all)
+#   PRLFUSE_FUSE_ONLY    space-separated subset of: read write rand ext4 chain big cache sparse nbd (default: all);
+#                        rand is the small random I/O alone: 4 KiB reads QD32 x 4 and QD1 (p50/p99) on base.hds and
+#                        the Parallels Desktop sample, cache on and off, and 4 KiB writes, every side in turn run by run
+#   PRLFUSE_SAMPLES      the real bundles (default /work/shared/samples/parallels-desktop; rand skips them if absent)
 #   PRLFUSE_SPARSE_TIMEOUT  seconds one copy of the sparse subset may take before it is reported as a timeout (300)
 # Writes bench/results/fuse.json, bench/results/fuse.png (if gnuplot is there) and prints a table; the summary lines
 # start with "fuse ".
@@ -17,7 +20,7 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 DATA=${PRLFUSE_BENCH_DATA:-/tmp/prlfuse-bench}
 RUNS=${PRLFUSE_FUSE_RUNS:-3}
-ONLY=${PRLFUSE_FUSE_ONLY:-read write ext4 chain big cache sparse nbd}
+ONLY=${PRLFUSE_FUSE_ONLY:-read write rand ext4 chain big cache sparse nbd}
 RESULTS=$repo/bench/results
 W=$DATA/fuse
 # tmpfs scratch named after the data folder: two benches with their own data never share (or remove) it
@@ -64,6 +67,16 @@ fio_run() {
   fio --output-format=terse --terse-version=3 --group_reporting --name=b "$@" | awk -F';' -v k="$kind" '
     $1 == 3 { if (k == "rbw") printf "%.1f\n", $7 * 1.024 / 1000; else if (k == "riops") printf "%.0f\n", $8;
               else if (k == "wbw") printf "%.1f\n", $48 * 1.024 / 1000; else printf "%.0f\n", $49 }'
+}
+
+# fio_lat ARGS... : one job's "IOPS p50 p99" (completion latency in microseconds) from fio's JSON.
+fio_lat() {
+  fio --output-format=json --group_reporting --name=b "$@" | python3 -c '
+import json, sys
+j = json.load(sys.stdin)["jobs"][0]
+side = j["read"] if j["read"]["io_bytes"] else j["write"]
+p = side["clat_ns"]["percentile"]
+print("%.0f %.1f %.1f" % (side["iops"], p["50.000000"] / 1000, p["99.000000"] / 1000))'
 }
 
 PRL_PID=
@@ -217,6 +230,81 @@ if want write; then
   row seq_write_unallocated "MB/s" higher "${WR[prl.su]}" "${WR[peer.su]}" "${WR[limit.su]}" "peer>=1.5" "sequential 1 MiB writes, O_DIRECT, into a fresh empty image"
   row seq_write_allocated "MB/s" higher "${WR[prl.sa]}" "${WR[peer.sa]}" "${WR[limit.sa]}" "peer>=1.5" "sequential 1 MiB writes, O_DIRECT, into a copy of base.hds"
   row rand_write_4k "IOPS" higher "${WR[prl.rw]}" "${WR[peer.rw]}" "${WR[limit.rw]}" "peer>=1.5" "random 4 KiB writes, O_DIRECT, libaio QD32 x 4 jobs, allocated clusters"
+fi
+
+# --- small random I/O: reads QD32 x 4 and QD1 (latency), cache on and off, and writes; sides in turn run by run -------
+# Every side stays mounted for the whole subset and the sides take turns run by run, so a burst of load from other
+# work on the machine hits all of them alike. prl is the default 64 MiB block cache, prl0 --cache-size 0.
+if want rand; then
+  SAMPLES=${PRLFUSE_SAMPLES:-/work/shared/samples/parallels-desktop}
+  [ -s "$SHM/base.raw" ] || qemu-img convert -q -f parallels -O raw "$BASE" "$SHM/base.raw"
+  warm "$BASE"
+  sets=(base)
+  if [ -d "$SAMPLES/expanding.hdd" ]; then
+    rm -rf "$W/sample.hdd"; cp -r "$SAMPLES/expanding.hdd" "$W/sample.hdd"; gunzip -f "$W/sample.hdd"/*.hds.gz
+    qemu-img convert -q -f parallels -O raw "$W/sample.hdd"/*.hds "$SHM/sample.raw"
+    sets+=(sample)
+  fi
+  declare -A RS RQ RP RL
+  for set in "${sets[@]}"; do
+    case $set in
+      base) src=$BASE; img=$BASE; raw=$SHM/base.raw; size=$SIZE ;;
+      sample) src=$W/sample.hdd; img=$(echo "$W/sample.hdd"/*.hds); raw=$SHM/sample.raw; size=100M ;;
+    esac
+    log "rand $set: prlfuse (cache on, cache off), qemu-storage-daemon, raw file in tmpfs"
+    prl_mount "$src" "$W/m-rand" --read-only; pid_on=$PRL_PID
+    prl_mount "$src" "$W/m-rand0" --read-only --cache-size 0; pid_off=$PRL_PID
+    mapfile -t bd < <(qsd_image "$img" off); qsd_start "$W/qsd-rand" off "${bd[@]}"
+    declare -A F=([prl]=$W/m-rand/current.raw [prl0]=$W/m-rand0/current.raw [peer]=$W/qsd-rand [limit]=$raw)
+    declare -A QS=() QQ=() QP=() QL=()
+    for ((i = 0; i < RUNS; i++)); do
+      for side in prl prl0 peer limit; do
+        QS[$side]+="$(fio_run riops --filename="${F[$side]}" --rw=randread --bs=4k --direct=1 --ioengine=libaio --iodepth=32 --numjobs=4 --size=$size --time_based --runtime=6 --randrepeat=0) "
+        read -r iops p50 p99 < <(fio_lat --filename="${F[$side]}" --rw=randread --bs=4k --direct=1 --ioengine=libaio --iodepth=1 --size=$size --time_based --runtime=4 --randrepeat=0)
+        QQ[$side]+="$iops "; QP[$side]+="$p50 "; QL[$side]+="$p99 "
+      done
+    done
+    PRL_PID=$pid_on; prl_unmount "$W/m-rand"; PRL_PID=$pid_off; prl_unmount "$W/m-rand0"; qsd_stop
+    for side in prl prl0 peer limit; do
+      read -r -a a <<< "${QS[$side]}"; read -r -a b <<< "${QQ[$side]}"; read -r -a c <<< "${QP[$side]}"; read -r -a d <<< "${QL[$side]}"
+      log "  $set $side: QD32x4 ${a[*]} IOPS; QD1 ${b[*]} IOPS, p50 ${c[*]} us, p99 ${d[*]} us (load $(cut -d' ' -f1 /proc/loadavg))"
+      RS[$set.$side]=$(median "${a[@]}"); RQ[$set.$side]=$(median "${b[@]}"); RP[$set.$side]=$(median "${c[@]}"); RL[$set.$side]=$(median "${d[@]}")
+    done
+  done
+  for set in "${sets[@]}"; do
+    what="base.hds (2 GiB, 1 MiB clusters, host file in the page cache)"; [ $set = sample ] && what="the Parallels Desktop sample expanding.hdd (100 MiB)"
+    row rand_read_4k_qd32_$set "IOPS" higher "${RS[$set.prl]}" "${RS[$set.peer]}" "${RS[$set.limit]}" "peer>=6&limit>=0.25" "random 4 KiB reads, O_DIRECT, libaio QD32 x 4 jobs, $what, read-only mount"
+    row rand_read_4k_qd1_$set "IOPS" higher "${RQ[$set.prl]}" "${RQ[$set.peer]}" "${RQ[$set.limit]}" "peer>=6&limit>=0.25" "random 4 KiB reads, O_DIRECT, libaio QD1, $what"
+    row rand_read_4k_qd1_p50_$set "us" lower "${RP[$set.prl]}" "${RP[$set.peer]}" "${RP[$set.limit]}" "-" "QD1 completion latency, median"
+    row rand_read_4k_qd1_p99_$set "us" lower "${RL[$set.prl]}" "${RL[$set.peer]}" "${RL[$set.limit]}" "-" "QD1 completion latency, 99th percentile"
+    row cache_rand_qd32_$set "IOPS" higher "${RS[$set.prl]}" "${RS[$set.prl0]}" null "cache>=0.95" "the QD32 x 4 row: cache on (64 MiB) vs --cache-size 0, $set (must not cost; 0.95 leaves room for noise)"
+    row cache_rand_qd1_$set "IOPS" higher "${RQ[$set.prl]}" "${RQ[$set.prl0]}" null "cache>=0.95" "the QD1 row: cache on vs off, $set"
+  done
+
+  # Writes: copies of base.hds (allocated clusters), all three open at once, in turn run by run.
+  log "rand writes: copies of base.hds through prlfuse and qsd, raw file in tmpfs"
+  cp "$BASE" "$W/rw-prl.hds"; cp "$BASE" "$W/rw-peer.hds"; cp "$SHM/base.raw" "$SHM/rw.raw"
+  prl_mount "$W/rw-prl.hds" "$W/m-randw"; pid_w=$PRL_PID
+  mapfile -t bd < <(qsd_image "$W/rw-peer.hds" on); qsd_start "$W/qsd-randw" on "${bd[@]}"
+  declare -A F=([prl]=$W/m-randw/current.raw [peer]=$W/qsd-randw [limit]=$SHM/rw.raw)
+  declare -A WS=() WQ=()
+  for ((i = 0; i < RUNS; i++)); do
+    for side in prl peer limit; do
+      WS[$side]+="$(fio_run wiops --filename="${F[$side]}" --rw=randwrite --bs=4k --direct=1 --ioengine=libaio --iodepth=32 --numjobs=4 --size=$SIZE --time_based --runtime=6 --randrepeat=0) "
+      read -r iops p50 p99 < <(fio_lat --filename="${F[$side]}" --rw=randwrite --bs=4k --direct=1 --ioengine=libaio --iodepth=1 --size=$SIZE --time_based --runtime=4 --randrepeat=0)
+      WQ[$side]+="$iops "
+    done
+  done
+  PRL_PID=$pid_w; prl_unmount "$W/m-randw"; qsd_stop
+  rm -f "$W/rw-prl.hds" "$W/rw-peer.hds" "$SHM/rw.raw"
+  declare -A RW
+  for side in prl peer limit; do
+    read -r -a a <<< "${WS[$side]}"; read -r -a b <<< "${WQ[$side]}"
+    log "  writes $side: QD32x4 ${a[*]} IOPS; QD1 ${b[*]} IOPS (load $(cut -d' ' -f1 /proc/loadavg))"
+    RW[$side.s]=$(median "${a[@]}"); RW[$side.q]=$(median "${b[@]}")
+  done
+  row rand_write_4k_qd32 "IOPS" higher "${RW[prl.s]}" "${RW[peer.s]}" "${RW[limit.s]}" "peer>=3" "random 4 KiB writes, O_DIRECT, libaio QD32 x 4 jobs, a copy of base.hds (allocated clusters)"
+  row rand_write_4k_qd1 "IOPS" higher "${RW[prl.q]}" "${RW[peer.q]}" "${RW[limit.q]}" "peer>=3" "random 4 KiB writes, O_DIRECT, libaio QD1, the same copy"
 fi
 
 # --- ext4 in a loop device inside the disk: cat a 1 GiB file ------------------------------------------------------------

@@ -3,7 +3,7 @@
 (if gnuplot is installed) fuse.png in the results folder.
 
 Row file: tab-separated NAME UNIT BETTER PRL PEER LIMIT TARGET NOTE. TARGET is one of
-  peer>=X | limit>=X | value<X | row:NAME>=X | row:NAME<=X | cache | cache>=X | -
+  peer>=X | limit>=X | peer>=X&limit>=Y | value<X | row:NAME>=X | row:NAME<=X | cache | cache>=X | -
 "row:NAME<=X" bounds prlfuse's figure by X times prlfuse's figure in row NAME (a time against its yardstick).
 "limit>=X" on a lower-is-better row means prlfuse <= limit / X (the limit column holds the ceiling).
 Cache rows hold cache on in the prlfuse column and cache off in the peer column.
@@ -52,13 +52,24 @@ def main():
                          target=f[6], note=f[7]))
     by_name = {r["name"]: r for r in rows}
 
+    def evaluate(r, t):
+        """(wanted text, met) of one peer>=X or limit>=X target of a higher-is-better row."""
+        col, _, x = t.partition(">=")
+        have = r["ratio_peer"] if col == "peer" else r["ratio_limit"]
+        return f">= {float(x):g}x {col}", have is not None and have >= float(x)
+
     for r in rows:
         p, lower = r["prlfuse"], r["better"] == "lower"
         # Ratios are "how many times better prlfuse is": for lower-is-better rows, other / prlfuse.
         r["ratio_peer"] = ratio(r["peer"], p) if lower else ratio(p, r["peer"])
         r["ratio_limit"] = ratio(r["limit"], p) if lower else ratio(p, r["limit"])
         t, met, want = r["target"], None, None
-        if t.startswith("peer>="):
+        if "&" in t:
+            # Several targets at once: met when every one is.
+            parts = [evaluate(r, x) for x in t.split("&")]
+            want = " and ".join(w for w, _ in parts)
+            met = all(m for _, m in parts)
+        elif t.startswith("peer>="):
             want = float(t[6:]); met = r["ratio_peer"] is not None and r["ratio_peer"] >= want
             want = f">= {want:g}x peer"
         elif t.startswith("limit>="):

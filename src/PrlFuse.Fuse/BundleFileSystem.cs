@@ -115,9 +115,9 @@ public sealed class BundleFileSystem : IFuseFileSystem
 
     /// <summary>
     /// Reads from this size on are answered with file ranges; smaller ones are copied (and use the block cache).
-    /// Two pages: once SPLICE_WRITE is wanted, libfuse also sends any memory reply of two pages or more through its
-    /// pipe (one more copy), so from there on a file range is always cheaper (README, Performance); a one-page reply
-    /// is written directly.
+    /// Two pages was the crossover measured with libfuse's high-level API, which sent memory replies of two pages or
+    /// more through its splice pipe (one more copy; README, Performance). The binding now writes a memory reply
+    /// directly (fuse_reply_buf), so the crossover may lie higher; not measured again yet.
     /// </summary>
     public const int SpliceMinBytes = 8 * 1024;
 

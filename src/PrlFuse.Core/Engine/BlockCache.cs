@@ -1,5 +1,7 @@
 using System.Numerics;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using PrlFuse.Core.IO;
 
 namespace PrlFuse.Core.Engine;
 
@@ -13,11 +15,24 @@ namespace PrlFuse.Core.Engine;
 /// invalidation, stops a reader that read the file before a write from inserting what it read after it.
 /// </para>
 /// Memory is reserved up front but pages are only touched as blocks are filled.
+/// <para>
+/// The host files are read through the host's page cache, so what a hit saves is one pread of the same bytes from
+/// memory: a hit must cost less than that, and a miss no more than reading without the cache. Hence page-sized blocks
+/// (a miss reads no more than a 4 KiB reader asked for), hits copied once and without a lock or a shared counter, and
+/// a block kept only when it was missed before (<see cref="AdmitOnMiss"/>), from the bytes the miss read anyway.
+/// </para>
 /// </summary>
 public sealed unsafe class BlockCache : IDisposable
 {
-    public const int DefaultBlockSize = 64 * 1024;
+    public const int DefaultBlockSize = 4096;
     public const int Ways = 8;
+
+    /// <summary>Reads of up to this many blocks go through the cache; larger ones straight to the file (see <see cref="Read"/>).</summary>
+    public const int SmallReadBlocks = 4;
+
+    // Hits and misses are counted in stripes of their own cache line, so that threads do not share a counter.
+    private const int CounterStripes = 16;
+    private const int StripeLongs = 8;
 
     private readonly byte* _data;
     private readonly long[] _keys;
@@ -29,9 +44,15 @@ public sealed unsafe class BlockCache : IDisposable
     private readonly int _setMask;
     private readonly long[] _doorkeeper;
     private readonly int _doorMask;
-    private long _hits;
-    private long _misses;
+    private readonly long[] _hitCounts = new long[CounterStripes * StripeLongs];
+    private readonly long[] _missCounts = new long[CounterStripes * StripeLongs];
+    private readonly int _blockShift;
+    private int _admitting; // 1 once a block was admitted: from then on an invalidation must look at the sets
     private int _disposed;
+
+    // Scratch for a miss that must read whole blocks around a partial request: per thread, as large as a small read.
+    [ThreadStatic]
+    private static byte[]? t_scratch;
 
     /// <summary>
     /// A cache of at most <paramref name="capacityBytes"/> (at least <see cref="Ways"/> blocks of 512 bytes).
@@ -59,6 +80,7 @@ public sealed unsafe class BlockCache : IDisposable
         }
 
         BlockSize = blockSize;
+        _blockShift = BitOperations.Log2((uint)blockSize);
         int slots = checked((int)(sets * Ways));
         _setMask = (int)sets - 1;
         _data = (byte*)NativeMemory.AlignedAlloc((nuint)((long)slots * blockSize), 4096);
@@ -79,9 +101,24 @@ public sealed unsafe class BlockCache : IDisposable
 
     public long CapacityBytes { get; }
 
-    public long Hits => Interlocked.Read(ref _hits);
+    public long Hits => Sum(_hitCounts);
 
-    public long Misses => Interlocked.Read(ref _misses);
+    public long Misses => Sum(_missCounts);
+
+    private static long Sum(long[] counts)
+    {
+        long total = 0;
+        for (int i = 0; i < counts.Length; i += StripeLongs)
+        {
+            total += Interlocked.Read(ref counts[i]);
+        }
+
+        return total;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Count(long[] counts) =>
+        Interlocked.Increment(ref counts[(Environment.CurrentManagedThreadId & (CounterStripes - 1)) * StripeLongs]);
 
     /// <summary>Images are numbered from 1; block indexes address up to 2^44 blocks of the host file.</summary>
     public static long MakeKey(int imageId, long blockIndex) => ((long)imageId << 44) | blockIndex;
@@ -104,20 +141,136 @@ public sealed unsafe class BlockCache : IDisposable
             Interlocked.MemoryBarrier();
             if (Volatile.Read(ref _sequence[slot]) == before)
             {
-                _referenced[slot] = 1;
-                Interlocked.Increment(ref _hits);
+                if (_referenced[slot] == 0)
+                {
+                    _referenced[slot] = 1; // written only when it changes: a hot block's line stays shared, not bounced
+                }
+
+                Count(_hitCounts);
                 return true;
             }
         }
 
-        Interlocked.Increment(ref _misses);
+        Count(_missCounts);
+        return false;
+    }
+
+    /// <summary>True when the block of <paramref name="key"/> is resident (a hint: it may go or come right after).</summary>
+    private bool Holds(long key)
+    {
+        int first = SetOf(key) * Ways;
+        for (int slot = first; slot < first + Ways; slot++)
+        {
+            if (Volatile.Read(ref _keys[slot]) == key)
+            {
+                return true;
+            }
+        }
+
         return false;
     }
 
     /// <summary>
-    /// Admission on a miss: true when this block was missed recently too, so it is worth reading whole and keeping.
-    /// A block missed once is not cached: a random 4 KiB read then costs 4 KiB, not a whole block, and one-off reads
-    /// do not evict blocks that are read again. The doorkeeper is a direct-mapped table of recently missed keys,
+    /// Reads host bytes [<paramref name="host"/>, + destination length) of <paramref name="file"/> (image
+    /// <paramref name="imageId"/>) through the cache; bytes past the end of the file read as zeros. Reads of more than
+    /// <see cref="SmallReadBlocks"/> blocks go straight to the file (the page cache streams them). Resident blocks are
+    /// copied; each run of missing blocks is one read of the file, straight into the destination unless a block to keep
+    /// is only partly asked for; blocks missed before (<see cref="AdmitOnMiss"/>) are then kept.
+    /// </summary>
+    public void Read(ImageFile file, int imageId, Span<byte> destination, long host)
+    {
+        if (destination.IsEmpty)
+        {
+            return;
+        }
+
+        if (destination.Length > SmallReadBlocks * BlockSize)
+        {
+            file.ReadZeroFilled(destination, host);
+            return;
+        }
+
+        long end = host + destination.Length;
+        long block = host >> _blockShift;
+        long lastBlock = (end - 1) >> _blockShift;
+        while (block <= lastBlock)
+        {
+            long blockStart = block << _blockShift;
+            long from = Math.Max(host, blockStart);
+            long to = Math.Min(end, blockStart + BlockSize);
+            if (TryRead(MakeKey(imageId, block), (int)(from - blockStart), destination.Slice((int)(from - host), (int)(to - from))))
+            {
+                block++;
+                continue;
+            }
+
+            long runEnd = block;
+            while (runEnd < lastBlock && !Holds(MakeKey(imageId, runEnd + 1)))
+            {
+                runEnd++;
+            }
+
+            ReadMissing(file, imageId, destination, host, block, runEnd);
+            block = runEnd + 1;
+        }
+    }
+
+    /// <summary>Blocks [<paramref name="first"/>, <paramref name="last"/>] of a small read missed: read them once, keep the admitted ones.</summary>
+    private void ReadMissing(ImageFile file, int imageId, Span<byte> destination, long host, long first, long last)
+    {
+        int count = (int)(last - first + 1);
+        Span<int> generations = stackalloc int[SmallReadBlocks + 1];
+        Span<bool> admitted = stackalloc bool[SmallReadBlocks + 1];
+        bool anyAdmitted = false;
+        for (int i = 0; i < count; i++)
+        {
+            long key = MakeKey(imageId, first + i);
+            // The generation is taken before the file is read: a write in between makes the insert a no-op.
+            admitted[i] = AdmitOnMiss(key);
+            generations[i] = GenerationOf(key);
+            anyAdmitted |= admitted[i];
+        }
+
+        long runStart = first << _blockShift;
+        long runEnd = (last + 1) << _blockShift;
+        long from = Math.Max(host, runStart);
+        long to = Math.Min(host + destination.Length, runEnd);
+        var asked = destination.Slice((int)(from - host), (int)(to - from));
+        ReadOnlySpan<byte> blocks;
+        if (!anyAdmitted || (from == runStart && to == runEnd))
+        {
+            // Nothing to keep, or whole blocks asked: the file is read straight into the destination.
+            file.ReadZeroFilled(asked, from);
+            if (!anyAdmitted)
+            {
+                return;
+            }
+
+            blocks = asked;
+        }
+        else
+        {
+            var scratch = t_scratch is { } s && s.Length >= (SmallReadBlocks + 1) * BlockSize
+                ? s
+                : t_scratch = new byte[(SmallReadBlocks + 1) * BlockSize];
+            var whole = scratch.AsSpan(0, (int)(runEnd - runStart));
+            file.ReadZeroFilled(whole, runStart);
+            whole.Slice((int)(from - runStart), asked.Length).CopyTo(asked);
+            blocks = whole;
+        }
+
+        for (int i = 0; i < count; i++)
+        {
+            if (admitted[i])
+            {
+                Insert(MakeKey(imageId, first + i), blocks.Slice(i * BlockSize, BlockSize), generations[i]);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Admission on a miss: true when this block was missed recently too, so it is worth keeping. A block missed once
+    /// is not cached: one-off reads cost no copy into the cache and do not evict blocks that are read again. The doorkeeper is a direct-mapped table of recently missed keys,
     /// written without a lock (a lost update only delays an admission).
     /// </summary>
     public bool AdmitOnMiss(long key)
@@ -125,6 +278,12 @@ public sealed unsafe class BlockCache : IDisposable
         int slot = (int)((ulong)key * 0xC2B2AE3D27D4EB4FUL >> 32) & _doorMask;
         if (Volatile.Read(ref _doorkeeper[slot]) == key)
         {
+            if (Volatile.Read(ref _admitting) == 0)
+            {
+                // A full fence before the caller reads the file; InvalidateRange fences before it reads this.
+                Interlocked.Exchange(ref _admitting, 1);
+            }
+
             return true;
         }
 
@@ -182,6 +341,25 @@ public sealed unsafe class BlockCache : IDisposable
         finally
         {
             Unlock(set);
+        }
+    }
+
+    /// <summary>
+    /// Drops the blocks of host bytes [<paramref name="host"/>, + <paramref name="length"/>) of image
+    /// <paramref name="imageId"/> after they changed in the file. Call after the file write. Free until a block was
+    /// first admitted (a write-only workload pays nothing for the cache).
+    /// </summary>
+    public void InvalidateRange(int imageId, long host, long length)
+    {
+        Interlocked.MemoryBarrier();
+        if (length <= 0 || Volatile.Read(ref _admitting) == 0)
+        {
+            return;
+        }
+
+        for (long block = host >> _blockShift; block <= (host + length - 1) >> _blockShift; block++)
+        {
+            Invalidate(MakeKey(imageId, block));
         }
     }
 

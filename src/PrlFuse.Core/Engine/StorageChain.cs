@@ -1,4 +1,3 @@
-using System.Buffers;
 using PrlFuse.Core.IO;
 using PrlFuse.Core.Images;
 
@@ -473,62 +472,19 @@ public sealed class StorageChain
 
     private void Invalidate(ImageLayer layer, long host, long length)
     {
-        var cache = _cache;
-        if (cache is null || length <= 0)
-        {
-            return;
-        }
-
-        for (long block = host / cache.BlockSize; block <= (host + length - 1) / cache.BlockSize; block++)
-        {
-            cache.Invalidate(BlockCache.MakeKey(layer.CacheId, block));
-        }
+        _cache?.InvalidateRange(layer.CacheId, host, length);
     }
 
     /// <summary>Large reads go straight to the file (the page cache streams them); small ones through the block cache.</summary>
     private void ReadHost(ImageLayer layer, Span<byte> destination, long host)
     {
-        var cache = _cache;
-        if (cache is null || destination.Length >= cache.BlockSize)
+        if (_cache is { } cache)
+        {
+            cache.Read(layer.DataFile, layer.CacheId, destination, host);
+        }
+        else
         {
             layer.DataFile.ReadZeroFilled(destination, host);
-            return;
-        }
-
-        int blockSize = cache.BlockSize;
-        while (!destination.IsEmpty)
-        {
-            long block = host / blockSize;
-            int within = (int)(host - (block * blockSize));
-            int n = Math.Min(destination.Length, blockSize - within);
-            long key = BlockCache.MakeKey(layer.CacheId, block);
-            if (!cache.TryRead(key, within, destination[..n]))
-            {
-                if (!cache.AdmitOnMiss(key))
-                {
-                    layer.DataFile.ReadZeroFilled(destination[..n], host);
-                    destination = destination[n..];
-                    host += n;
-                    continue;
-                }
-
-                int generation = cache.GenerationOf(key);
-                byte[] buffer = ArrayPool<byte>.Shared.Rent(blockSize);
-                try
-                {
-                    var span = buffer.AsSpan(0, blockSize);
-                    layer.DataFile.ReadZeroFilled(span, block * blockSize);
-                    cache.Insert(key, span, generation);
-                    span.Slice(within, n).CopyTo(destination);
-                }
-                finally
-                {
-                    ArrayPool<byte>.Shared.Return(buffer);
-                }
-            }
-
-            destination = destination[n..];
-            host += n;
         }
     }
 }

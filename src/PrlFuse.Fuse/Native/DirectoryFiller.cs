@@ -2,7 +2,8 @@ namespace PrlFuse.Fuse.Native;
 
 /// <summary>
 /// Adds entries to a readdir reply without allocating: the name is copied with a NUL into a stack
-/// buffer and handed to libfuse's filler. All entries go in one call (offset 0 mode of the filler).
+/// buffer and handed to the binding's filler, which appends it to the open directory's listing in libfuse's dirent
+/// format (the directory is listed once, at opendir).
 /// </summary>
 public readonly unsafe ref struct DirectoryFiller
 {

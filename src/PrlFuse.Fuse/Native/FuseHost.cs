@@ -5,8 +5,8 @@ using System.Text;
 namespace PrlFuse.Fuse.Native;
 
 /// <summary>
-/// One FUSE mount of an <see cref="IFuseFileSystem"/> through libfuse3's high-level API:
-/// <see cref="Mount"/> (fuse_new + fuse_mount), <see cref="Run"/> (multithreaded loop, blocks until
+/// One FUSE mount of an <see cref="IFuseFileSystem"/> through libfuse3's low-level API:
+/// <see cref="Mount"/> (fuse_session_new + fuse_session_mount), <see cref="Run"/> (multithreaded loop, blocks until
 /// the filesystem is unmounted), <see cref="TryUnmount"/> (non-lazy umount2, which also ends Run).
 /// Only one host can be mounted per process (callbacks dispatch through a static field).
 /// </summary>
@@ -15,7 +15,7 @@ public sealed unsafe class FuseHost : IDisposable
     private static int s_active; // 1 while a host owns the static dispatch
 
     private readonly FuseMountOptions _options;
-    private IntPtr _fuse;
+    private IntPtr _session;
     private int _running;
 
     private FuseHost(string mountpoint, FuseMountOptions options)
@@ -27,10 +27,10 @@ public sealed unsafe class FuseHost : IDisposable
     public string Mountpoint { get; }
 
     /// <summary>True from Mount until Run has returned (or Dispose cleaned up).</summary>
-    public bool IsMounted => _fuse != IntPtr.Zero;
+    public bool IsMounted => _session != IntPtr.Zero;
 
     /// <summary>
-    /// Creates the libfuse instance and mounts it. Requests are served only once <see cref="Run"/> is called.
+    /// Creates the libfuse session and mounts it. Requests are served only once <see cref="Run"/> is called.
     /// Throws <see cref="DllNotFoundException"/> if libfuse3 is missing, <see cref="IOException"/> if the
     /// mountpoint is stale (see <see cref="ClearStaleMount"/>) or the mount fails.
     /// </summary>
@@ -54,11 +54,11 @@ public sealed unsafe class FuseHost : IDisposable
         try
         {
             FuseCallbacks.Attach(fileSystem, options.OnCallbackException, options.MaxRead);
-            host._fuse = CreateFuse(api, options);
+            host._session = CreateSession(api, options);
             int rc;
             fixed (byte* mnt = NulTerminated(fullPath))
             {
-                rc = api.Mount(host._fuse, mnt);
+                rc = api.SessionMount(host._session, mnt);
             }
             if (rc != 0)
             {
@@ -68,10 +68,10 @@ public sealed unsafe class FuseHost : IDisposable
         }
         catch
         {
-            if (host._fuse != IntPtr.Zero)
+            if (host._session != IntPtr.Zero)
             {
-                api.Destroy(host._fuse);
-                host._fuse = IntPtr.Zero;
+                api.SessionDestroy(host._session);
+                host._session = IntPtr.Zero;
             }
             FuseCallbacks.Detach();
             Volatile.Write(ref s_active, 0);
@@ -79,7 +79,7 @@ public sealed unsafe class FuseHost : IDisposable
         }
     }
 
-    private static IntPtr CreateFuse(LibFuse.Api api, FuseMountOptions options)
+    private static IntPtr CreateSession(LibFuse.Api api, FuseMountOptions options)
     {
         var argv = new List<string> { "prlfuse" };
         if (options.Debug)
@@ -92,7 +92,7 @@ public sealed unsafe class FuseHost : IDisposable
             argv.Add(o);
         }
 
-        // fuse_opt copies what it keeps (fuse_opt_add_arg strdups), so our strings can go right after fuse_new;
+        // fuse_opt copies what it keeps (fuse_opt_add_arg strdups), so our strings can go right after fuse_session_new;
         // the parsed args it leaves in FuseArgs are freed with fuse_opt_free_args.
         var strings = new IntPtr[argv.Count];
         byte** vector = (byte**)NativeMemory.AllocZeroed((nuint)(argv.Count + 1), (nuint)sizeof(IntPtr));
@@ -104,12 +104,12 @@ public sealed unsafe class FuseHost : IDisposable
                 vector[i] = (byte*)strings[i];
             }
             var args = new FuseArgs { Argc = argv.Count, Argv = vector, Allocated = 0 };
-            FuseOperations ops = FuseCallbacks.Table();
-            IntPtr fuse = api.New(&args, &ops, (nuint)sizeof(FuseOperations), null);
+            FuseLowLevelOperations ops = FuseCallbacks.Table();
+            IntPtr session = api.SessionNew(&args, &ops, (nuint)sizeof(FuseLowLevelOperations), null);
             api.OptFreeArgs(&args);
-            return fuse != IntPtr.Zero
-                ? fuse
-                : throw new IOException($"fuse_new failed (bad options? libfuse printed the reason on stderr): {string.Join(' ', argv)}");
+            return session != IntPtr.Zero
+                ? session
+                : throw new IOException($"fuse_session_new failed (bad options? libfuse printed the reason on stderr): {string.Join(' ', argv)}");
         }
         finally
         {
@@ -128,7 +128,7 @@ public sealed unsafe class FuseHost : IDisposable
     /// </summary>
     public int Run()
     {
-        if (_fuse == IntPtr.Zero)
+        if (_session == IntPtr.Zero)
         {
             throw new ObjectDisposedException(nameof(FuseHost));
         }
@@ -164,7 +164,7 @@ public sealed unsafe class FuseHost : IDisposable
             {
                 api.LoopCfgSetMaxThreads(config, max);
                 api.LoopCfgSetIdleThreads(config, idle);
-                return api.LoopMt312(_fuse, config);
+                return api.LoopMt312(_session, config);
             }
             finally
             {
@@ -173,21 +173,21 @@ public sealed unsafe class FuseHost : IDisposable
         }
         // libfuse < 3.12 has no thread limit setting (it caps at 10 itself).
         var v1 = new FuseLoopConfigV1 { CloneFd = 0, MaxIdleThreads = idle };
-        return api.LoopMt32(_fuse, &v1);
+        return api.LoopMt32(_session, &v1);
     }
 
-    // After the loop: fuse_unmount is a no-op if the kernel already unmounted (libfuse sees POLLERR
-    // on /dev/fuse); if the loop died for another reason it detaches the mount. Then fuse_destroy
-    // calls the filesystem's Destroy and frees everything.
+    // After the loop: fuse_session_unmount is a no-op if the kernel already unmounted (libfuse sees
+    // POLLERR on /dev/fuse); if the loop died for another reason it detaches the mount. Then
+    // fuse_session_destroy calls the filesystem's Destroy and frees everything.
     private void Release(LibFuse.Api api)
     {
-        IntPtr fuse = Interlocked.Exchange(ref _fuse, IntPtr.Zero);
-        if (fuse == IntPtr.Zero)
+        IntPtr session = Interlocked.Exchange(ref _session, IntPtr.Zero);
+        if (session == IntPtr.Zero)
         {
             return;
         }
-        api.Unmount(fuse);
-        api.Destroy(fuse);
+        api.SessionUnmount(session);
+        api.SessionDestroy(session);
         FuseCallbacks.Detach();
         Volatile.Write(ref s_active, 0);
     }

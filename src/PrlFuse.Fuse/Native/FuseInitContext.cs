@@ -1,19 +1,19 @@
 namespace PrlFuse.Fuse.Native;
 
 /// <summary>
-/// Handed to <see cref="IFuseFileSystem.Init"/>: the negotiated connection (struct fuse_conn_info)
-/// and the high-level config (struct fuse_config). Only fields whose offsets are the same in every
-/// libfuse 3.x are exposed; everything else can be passed as a -o option instead.
+/// Handed to <see cref="IFuseFileSystem.Init"/>: the negotiated connection (struct fuse_conn_info) and the
+/// settings the binding answers requests with (cache timeouts, per-open defaults). Only connection fields whose
+/// offsets are the same in every libfuse 3.x are exposed; everything else can be passed as a -o option instead.
 /// </summary>
 public readonly unsafe ref struct FuseInitContext
 {
     private readonly byte* _conn;
-    private readonly byte* _config;
+    private readonly FuseReplySettings* _settings;
 
-    internal FuseInitContext(void* conn, void* config)
+    internal FuseInitContext(void* conn, FuseReplySettings* settings)
     {
         _conn = (byte*)conn;
-        _config = (byte*)config;
+        _settings = settings;
     }
 
     public uint ProtocolMajor => U32(_conn, FuseConnInfoOffsets.ProtoMajor);
@@ -65,45 +65,44 @@ public readonly unsafe ref struct FuseInitContext
     /// <summary>Seconds the kernel caches names (default 1).</summary>
     public double EntryTimeout
     {
-        get => F64(_config, FuseConfigOffsets.EntryTimeout);
-        set => F64(_config, FuseConfigOffsets.EntryTimeout) = value;
+        get => _settings->EntryTimeout;
+        set => _settings->EntryTimeout = value;
     }
 
+    /// <summary>Seconds the kernel remembers that a name does not exist (default 0: it asks every time).</summary>
     public double NegativeTimeout
     {
-        get => F64(_config, FuseConfigOffsets.NegativeTimeout);
-        set => F64(_config, FuseConfigOffsets.NegativeTimeout) = value;
+        get => _settings->NegativeTimeout;
+        set => _settings->NegativeTimeout = value;
     }
 
     /// <summary>Seconds the kernel caches attributes (default 1).</summary>
     public double AttrTimeout
     {
-        get => F64(_config, FuseConfigOffsets.AttrTimeout);
-        set => F64(_config, FuseConfigOffsets.AttrTimeout) = value;
+        get => _settings->AttrTimeout;
+        set => _settings->AttrTimeout = value;
     }
 
-    /// <summary>Use <see cref="Stat.Inode"/> from GetAttr/ReadDir instead of libfuse's own numbers.</summary>
+    /// <summary>Use <see cref="Stat.Inode"/> from GetAttr/ReadDir as st_ino instead of the binding's node numbers.</summary>
     public bool UseIno
     {
-        get => I32(_config, FuseConfigOffsets.UseIno) != 0;
-        set => I32(_config, FuseConfigOffsets.UseIno) = value ? 1 : 0;
+        get => _settings->UseIno;
+        set => _settings->UseIno = value;
     }
 
     /// <summary>Force direct_io on every open (Open can also set it per file).</summary>
     public bool DirectIo
     {
-        get => I32(_config, FuseConfigOffsets.DirectIo) != 0;
-        set => I32(_config, FuseConfigOffsets.DirectIo) = value ? 1 : 0;
+        get => _settings->DirectIo;
+        set => _settings->DirectIo = value;
     }
 
     /// <summary>Force keep_cache on every open.</summary>
     public bool KernelCache
     {
-        get => I32(_config, FuseConfigOffsets.KernelCache) != 0;
-        set => I32(_config, FuseConfigOffsets.KernelCache) = value ? 1 : 0;
+        get => _settings->KernelCache;
+        set => _settings->KernelCache = value;
     }
 
     private static ref uint U32(byte* p, int offset) => ref *(uint*)(p + offset);
-    private static ref int I32(byte* p, int offset) => ref *(int*)(p + offset);
-    private static ref double F64(byte* p, int offset) => ref *(double*)(p + offset);
 }

@@ -4,29 +4,29 @@ using Microsoft.Win32.SafeHandles;
 namespace PrlFuse.Fuse.Native;
 
 /// <summary>
-/// The answer to one read_buf request, built in libfuse's own format (a malloc'd struct fuse_bufvec): a list of
-/// pieces in file order, each either memory that the filesystem fills (<see cref="AddMemory"/>) or a range of an open
-/// file (<see cref="AddFile"/>) that libfuse splices from the page cache to /dev/fuse without copying it through
-/// user space. libfuse frees the vector and every memory piece after replying. Pieces must add up to at most
-/// <see cref="RequestedBytes"/>; fewer means end of file. Nothing is managed-allocated.
+/// The answer to one read request, built in libfuse's own format (struct fuse_bufvec): a list of pieces in file order,
+/// each either memory that the filesystem fills (<see cref="AddMemory"/>) or a range of an open file
+/// (<see cref="AddFile"/>) that libfuse splices from the page cache to /dev/fuse without copying it through user space.
+/// Pieces must add up to at most <see cref="RequestedBytes"/>; fewer means end of file. The vector and the memory
+/// belong to the FUSE worker thread and are reused by its next request: nothing is allocated per request.
 /// </summary>
 public readonly unsafe ref struct FuseReadReply
 {
     /// <summary>Most pieces one reply holds (libfuse sizes its splice pipe by the piece count, so keep it small).</summary>
     public const int MaxPieces = 32;
 
-    private readonly FuseBufVec* _vector;
+    private readonly ReplyBuffers* _buffers;
 
-    private FuseReadReply(FuseBufVec* vector, int requestedBytes)
+    private FuseReadReply(ReplyBuffers* buffers, int requestedBytes)
     {
-        _vector = vector;
+        _buffers = buffers;
         RequestedBytes = requestedBytes;
     }
 
     /// <summary>What the kernel asked for.</summary>
     public int RequestedBytes { get; }
 
-    public int Count => (int)_vector->Count;
+    public int Count => (int)_buffers->Vector->Count;
 
     /// <summary>How many more pieces fit.</summary>
     public int Remaining => MaxPieces - Count;
@@ -50,12 +50,23 @@ public readonly unsafe ref struct FuseReadReply
     public Span<byte> AddMemory(int length, bool zeroed = false)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(length);
+        if (length > _buffers->MemoryBytes - _buffers->MemoryUsed)
+        {
+            throw new InvalidOperationException($"the pieces of a read reply exceed the {RequestedBytes} bytes asked for");
+        }
+
         var buf = Next();
-        // NativeMemory.Alloc is malloc on Linux: libfuse releases it with free().
-        void* mem = zeroed ? NativeMemory.AllocZeroed((nuint)Math.Max(length, 1)) : NativeMemory.Alloc((nuint)Math.Max(length, 1));
+        byte* mem = _buffers->Memory + _buffers->MemoryUsed;
+        _buffers->MemoryUsed += length;
         *buf = new FuseBuf { Size = (nuint)length, Flags = 0, Mem = mem, Fd = -1 };
-        _vector->Count++;
-        return new Span<byte>(mem, length);
+        _buffers->Vector->Count++;
+        var span = new Span<byte>(mem, length);
+        if (zeroed)
+        {
+            span.Clear();
+        }
+
+        return span;
     }
 
     /// <summary>
@@ -76,12 +87,12 @@ public readonly unsafe ref struct FuseReadReply
             Fd = checked((int)file.DangerousGetHandle()),
             Pos = position,
         };
-        _vector->Count++;
+        _buffers->Vector->Count++;
     }
 
     /// <summary>
     /// Adds <paramref name="length"/> zero bytes: a range of a sealed, empty memfd (the kernel splices its holes as the
-    /// shared zero page, nothing is allocated or copied in user space), or zeroed memory where there is no memfd.
+    /// shared zero page, nothing is copied in user space), or zeroed memory where there is no memfd.
     /// </summary>
     public void AddZeros(int length)
     {
@@ -95,55 +106,87 @@ public readonly unsafe ref struct FuseReadReply
 
         var buf = Next();
         *buf = new FuseBuf { Size = (nuint)length, Flags = FuseBuf.IsFd | FuseBuf.FdSeek, Mem = null, Fd = fd, Pos = 0 };
-        _vector->Count++;
+        _buffers->Vector->Count++;
     }
 
-    private FuseBuf* Piece(int i) => &_vector->Buf + i;
+    private FuseBuf* Piece(int i) => &_buffers->Vector->Buf + i;
 
     private FuseBuf* Next() => Count < MaxPieces
         ? Piece(Count)
         : throw new InvalidOperationException($"a read reply holds at most {MaxPieces} pieces");
 
-    internal static FuseReadReply Create(int requestedBytes)
+    /// <summary>An empty reply for <paramref name="requestedBytes"/> over this thread's buffers (made or grown here).</summary>
+    internal static FuseReadReply ForThisThread(int requestedBytes) => new(ReplyBuffers.ForThisThread(requestedBytes), requestedBytes);
+
+    /// <summary>The vector to hand to fuse_reply_data (valid until this thread's next request).</summary>
+    internal FuseBufVec* Vector
     {
-        nuint bytes = (nuint)(sizeof(FuseBufVec) + ((MaxPieces - 1) * sizeof(FuseBuf)));
-        var vector = (FuseBufVec*)NativeMemory.AllocZeroed(bytes);
-        return new FuseReadReply(vector, requestedBytes);
+        get
+        {
+            var vector = _buffers->Vector;
+            vector->Idx = 0;
+            vector->Off = 0;
+            return vector;
+        }
     }
 
-    /// <summary>Hands the vector to libfuse (which frees it); an empty reply gets one empty memory piece.</summary>
-    internal FuseBufVec* Complete()
+    /// <summary>The memory of a reply made of one memory piece (or none: no bytes), else null.</summary>
+    internal bool IsPlainMemory(out byte* memory, out int bytes)
     {
-        if (Count == 0)
+        var vector = _buffers->Vector;
+        if (vector->Count == 0)
         {
-            _vector->Buf = new FuseBuf { Size = 0, Mem = null, Fd = -1 };
-            _vector->Count = 1;
+            memory = _buffers->Memory;
+            bytes = 0;
+            return true;
         }
 
-        _vector->Idx = 0;
-        _vector->Off = 0;
-        return _vector;
-    }
-
-    /// <summary>Frees the vector and its memory pieces (the request failed, libfuse never sees it).</summary>
-    internal void Free()
-    {
-        FreePieces(_vector);
-        NativeMemory.Free(_vector);
-    }
-
-    private static void FreePieces(FuseBufVec* vector)
-    {
-        for (nuint i = 0; i < vector->Count; i++)
+        if (vector->Count == 1 && (vector->Buf.Flags & FuseBuf.IsFd) == 0)
         {
-            var buf = &vector->Buf + i;
-            if ((buf->Flags & FuseBuf.IsFd) == 0)
+            memory = (byte*)vector->Buf.Mem;
+            bytes = (int)vector->Buf.Size;
+            return true;
+        }
+
+        memory = null;
+        bytes = 0;
+        return false;
+    }
+
+    /// <summary>A FUSE worker thread's reply vector and memory, made on its first read and kept for the thread's life.</summary>
+    internal struct ReplyBuffers
+    {
+        public FuseBufVec* Vector;
+        public byte* Memory;
+        public int MemoryBytes;
+        public int MemoryUsed;
+
+        [ThreadStatic]
+        private static ReplyBuffers* t_buffers;
+
+        /// <summary>This thread's buffers, emptied, with memory for at least <paramref name="bytes"/>.</summary>
+        public static ReplyBuffers* ForThisThread(int bytes)
+        {
+            var buffers = t_buffers;
+            if (buffers == null)
             {
-                NativeMemory.Free(buf->Mem);
+                buffers = (ReplyBuffers*)NativeMemory.AllocZeroed((nuint)sizeof(ReplyBuffers));
+                buffers->Vector = (FuseBufVec*)NativeMemory.AllocZeroed((nuint)(sizeof(FuseBufVec) + ((MaxPieces - 1) * sizeof(FuseBuf))));
+                t_buffers = buffers;
             }
-        }
 
-        vector->Count = 0;
+            if (buffers->MemoryBytes < bytes)
+            {
+                // Untouched pages of a large buffer cost no memory; a thread that only sees small reads keeps a small one.
+                int size = Math.Max(bytes, 64 * 1024);
+                buffers->Memory = (byte*)NativeMemory.Realloc(buffers->Memory, (nuint)size);
+                buffers->MemoryBytes = size;
+            }
+
+            buffers->MemoryUsed = 0;
+            buffers->Vector->Count = 0;
+            return buffers;
+        }
     }
 }
 

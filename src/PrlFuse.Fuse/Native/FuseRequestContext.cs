@@ -1,13 +1,14 @@
 namespace PrlFuse.Fuse.Native;
 
-/// <summary>Who made the current request (fuse_get_context). Only meaningful inside a filesystem callback.</summary>
+/// <summary>Who made the current request (fuse_req_ctx). Only meaningful inside a filesystem callback.</summary>
 public readonly record struct FuseRequestContext(uint Uid, uint Gid, int Pid, uint Umask)
 {
     public static unsafe FuseRequestContext Current
     {
         get
         {
-            FuseContextNative* c = LibFuse.Functions.GetContext();
+            IntPtr request = FuseCallbacks.CurrentRequest;
+            FuseCtxNative* c = request == IntPtr.Zero ? null : LibFuse.Functions.RequestContext(request);
             return c == null ? default : new FuseRequestContext(c->Uid, c->Gid, c->Pid, c->Umask);
         }
     }

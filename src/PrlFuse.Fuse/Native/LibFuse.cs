@@ -3,7 +3,7 @@ using System.Runtime.InteropServices;
 namespace PrlFuse.Fuse.Native;
 
 /// <summary>
-/// Loads libfuse3.so.3 and resolves the functions the high-level binding uses. Versioned symbols
+/// Loads libfuse3.so.3 and resolves the functions the low-level binding uses. Versioned symbols
 /// are picked explicitly (dlvsym) so one build works from libfuse 3.2 to 3.17+.
 /// </summary>
 public static unsafe class LibFuse
@@ -30,7 +30,7 @@ public static unsafe class LibFuse
         }
     }
 
-    /// <summary>True when fuse_loop_mt@FUSE_3.12 with fuse_loop_cfg_* is used (else the 3.2 struct).</summary>
+    /// <summary>True when fuse_session_loop_mt@FUSE_3.12 with fuse_loop_cfg_* is used (else the 3.2 struct).</summary>
     public static bool UsesLoopConfig312 => Functions.LoopMt312 != null;
 
     /// <summary>The native handle of libfuse3 (dlopen handle).</summary>
@@ -41,13 +41,23 @@ public static unsafe class LibFuse
     internal sealed class Api
     {
         public IntPtr Handle;
-        public delegate* unmanaged<FuseArgs*, FuseOperations*, nuint, void*, IntPtr> New;
-        public delegate* unmanaged<IntPtr, byte*, int> Mount;
-        public delegate* unmanaged<IntPtr, void> Unmount;
-        public delegate* unmanaged<IntPtr, void> Destroy;
-        public delegate* unmanaged<IntPtr, void> Exit;
-        public delegate* unmanaged<FuseContextNative*> GetContext;
+        public delegate* unmanaged<FuseArgs*, FuseLowLevelOperations*, nuint, void*, IntPtr> SessionNew;
+        public delegate* unmanaged<IntPtr, byte*, int> SessionMount;
+        public delegate* unmanaged<IntPtr, void> SessionUnmount;
+        public delegate* unmanaged<IntPtr, void> SessionDestroy;
+        public delegate* unmanaged<IntPtr, FuseCtxNative*> RequestContext;
         public delegate* unmanaged<FuseArgs*, void> OptFreeArgs;
+        // Replies: each request gets exactly one (none for forget).
+        public delegate* unmanaged<IntPtr, int, int> ReplyErr;
+        public delegate* unmanaged<IntPtr, FuseEntryParam*, int> ReplyEntry;
+        public delegate* unmanaged<IntPtr, Stat*, double, int> ReplyAttr;
+        public delegate* unmanaged<IntPtr, FuseFileInfoNative*, int> ReplyOpen;
+        public delegate* unmanaged<IntPtr, nuint, int> ReplyWrite;
+        public delegate* unmanaged<IntPtr, byte*, nuint, int> ReplyBuf;
+        public delegate* unmanaged<IntPtr, FuseBufVec*, int, int> ReplyData;
+        public delegate* unmanaged<IntPtr, StatVfs*, int> ReplyStatFs;
+        public delegate* unmanaged<IntPtr, long, int> ReplyLseek;
+        public delegate* unmanaged<IntPtr, byte*, nuint, byte*, Stat*, long, nuint> AddDirEntry;
         // libfuse >= 3.12: opaque config.
         public delegate* unmanaged<IntPtr, IntPtr, int> LoopMt312;
         public delegate* unmanaged<IntPtr> LoopCfgCreate;
@@ -69,17 +79,27 @@ public static unsafe class LibFuse
             throw new DllNotFoundException(NotInstalledMessage);
         }
 
+        // From 3.17 the header maps fuse_session_new to a versioned entry point; the 3.0 one stays for old callers.
         var api = new Api { Handle = h };
-        api.New = (delegate* unmanaged<FuseArgs*, FuseOperations*, nuint, void*, IntPtr>)
-            FirstOf(h, ("fuse_new", "FUSE_3.1"), ("fuse_new_31", null), ("fuse_new", null));
-        api.Mount = (delegate* unmanaged<IntPtr, byte*, int>)Required(h, "fuse_mount");
-        api.Unmount = (delegate* unmanaged<IntPtr, void>)Required(h, "fuse_unmount");
-        api.Destroy = (delegate* unmanaged<IntPtr, void>)Required(h, "fuse_destroy");
-        api.Exit = (delegate* unmanaged<IntPtr, void>)Required(h, "fuse_exit");
-        api.GetContext = (delegate* unmanaged<FuseContextNative*>)Required(h, "fuse_get_context");
+        api.SessionNew = (delegate* unmanaged<FuseArgs*, FuseLowLevelOperations*, nuint, void*, IntPtr>)
+            FirstOf(h, ("fuse_session_new", "FUSE_3.0"), ("fuse_session_new", null));
+        api.SessionMount = (delegate* unmanaged<IntPtr, byte*, int>)Required(h, "fuse_session_mount");
+        api.SessionUnmount = (delegate* unmanaged<IntPtr, void>)Required(h, "fuse_session_unmount");
+        api.SessionDestroy = (delegate* unmanaged<IntPtr, void>)Required(h, "fuse_session_destroy");
+        api.RequestContext = (delegate* unmanaged<IntPtr, FuseCtxNative*>)Required(h, "fuse_req_ctx");
         api.OptFreeArgs = (delegate* unmanaged<FuseArgs*, void>)Required(h, "fuse_opt_free_args");
+        api.ReplyErr = (delegate* unmanaged<IntPtr, int, int>)Required(h, "fuse_reply_err");
+        api.ReplyEntry = (delegate* unmanaged<IntPtr, FuseEntryParam*, int>)Required(h, "fuse_reply_entry");
+        api.ReplyAttr = (delegate* unmanaged<IntPtr, Stat*, double, int>)Required(h, "fuse_reply_attr");
+        api.ReplyOpen = (delegate* unmanaged<IntPtr, FuseFileInfoNative*, int>)Required(h, "fuse_reply_open");
+        api.ReplyWrite = (delegate* unmanaged<IntPtr, nuint, int>)Required(h, "fuse_reply_write");
+        api.ReplyBuf = (delegate* unmanaged<IntPtr, byte*, nuint, int>)Required(h, "fuse_reply_buf");
+        api.ReplyData = (delegate* unmanaged<IntPtr, FuseBufVec*, int, int>)Required(h, "fuse_reply_data");
+        api.ReplyStatFs = (delegate* unmanaged<IntPtr, StatVfs*, int>)Required(h, "fuse_reply_statfs");
+        api.ReplyLseek = (delegate* unmanaged<IntPtr, long, int>)Required(h, "fuse_reply_lseek");
+        api.AddDirEntry = (delegate* unmanaged<IntPtr, byte*, nuint, byte*, Stat*, long, nuint>)Required(h, "fuse_add_direntry");
 
-        IntPtr loop312 = FirstOf(h, throwIfMissing: false, ("fuse_loop_mt", "FUSE_3.12"), ("fuse_loop_mt_312", null));
+        IntPtr loop312 = FirstOf(h, throwIfMissing: false, ("fuse_session_loop_mt", "FUSE_3.12"), ("fuse_session_loop_mt_312", null));
         if (loop312 != IntPtr.Zero
             && NativeLibrary.TryGetExport(h, "fuse_loop_cfg_create", out IntPtr create)
             && NativeLibrary.TryGetExport(h, "fuse_loop_cfg_destroy", out IntPtr destroy)
@@ -95,7 +115,7 @@ public static unsafe class LibFuse
         else
         {
             api.LoopMt32 = (delegate* unmanaged<IntPtr, FuseLoopConfigV1*, int>)
-                FirstOf(h, ("fuse_loop_mt", "FUSE_3.2"), ("fuse_loop_mt_32", null));
+                FirstOf(h, ("fuse_session_loop_mt", "FUSE_3.2"), ("fuse_session_loop_mt_32", null));
         }
         return api;
     }

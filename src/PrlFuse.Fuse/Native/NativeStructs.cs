@@ -110,16 +110,42 @@ internal struct FuseFileInfoNative
     [FieldOffset(FhOffset)] public ulong Fh;
 }
 
-/// <summary>struct fuse_context; only read.</summary>
+/// <summary>struct fuse_ctx of the low-level API (fuse_req_ctx); only read.</summary>
 [StructLayout(LayoutKind.Explicit)]
-internal struct FuseContextNative
+internal struct FuseCtxNative
 {
-    [FieldOffset(0)] public IntPtr Fuse;
-    [FieldOffset(8)] public uint Uid;
-    [FieldOffset(12)] public uint Gid;
-    [FieldOffset(16)] public int Pid;
-    [FieldOffset(24)] public IntPtr PrivateData;
-    [FieldOffset(32)] public uint Umask;
+    [FieldOffset(0)] public uint Uid;
+    [FieldOffset(4)] public uint Gid;
+    [FieldOffset(8)] public int Pid;
+    [FieldOffset(12)] public uint Umask;
+}
+
+/// <summary>struct fuse_entry_param: the answer to a lookup (176 bytes).</summary>
+[StructLayout(LayoutKind.Explicit, Size = 176)]
+internal struct FuseEntryParam
+{
+    [FieldOffset(0)] public ulong Inode;
+    [FieldOffset(8)] public ulong Generation;
+    [FieldOffset(16)] public Stat Attributes;
+    [FieldOffset(160)] public double AttributeTimeout;
+    [FieldOffset(168)] public double EntryTimeout;
+}
+
+/// <summary>
+/// What the low-level API leaves to the filesystem and the high-level API kept in struct fuse_config: how long the
+/// kernel may keep names and attributes, and the per-open defaults. Ours, filled in Init (<see cref="FuseInitContext"/>).
+/// </summary>
+internal struct FuseReplySettings
+{
+    public double EntryTimeout;
+    public double NegativeTimeout;
+    public double AttrTimeout;
+    public bool UseIno;
+    public bool DirectIo;
+    public bool KernelCache;
+
+    /// <summary>libfuse's high-level defaults: one second for names and attributes, no negative caching.</summary>
+    public static FuseReplySettings Defaults => new() { EntryTimeout = 1, AttrTimeout = 1 };
 }
 
 /// <summary>struct fuse_args (argv is NULL terminated).</summary>
@@ -153,34 +179,32 @@ internal static class FuseConnInfoOffsets
     public const int CongestionThreshold = 32;
 }
 
-/// <summary>
-/// Offsets into struct fuse_config. Only fields below offset 80 are written: fields after
-/// kernel_cache moved in libfuse 3.17.
-/// </summary>
-internal static class FuseConfigOffsets
+/// <summary>fuse_setattr's to_set bits (FUSE_SET_ATTR_*).</summary>
+internal static class FuseSetAttr
 {
-    public const int EntryTimeout = 24;
-    public const int NegativeTimeout = 32;
-    public const int AttrTimeout = 40;
-    public const int UseIno = 64;
-    public const int DirectIo = 72;
-    public const int KernelCache = 76;
-    public const int WritableLimit = 80;
+    public const int Mode = 1 << 0;
+    public const int Uid = 1 << 1;
+    public const int Gid = 1 << 2;
+    public const int Size = 1 << 3;
+    public const int AccessTime = 1 << 4;
+    public const int ModifyTime = 1 << 5;
+    public const int AccessTimeNow = 1 << 7;
+    public const int ModifyTimeNow = 1 << 8;
 }
 
 /// <summary>
-/// struct fuse_operations of libfuse 3.14 (42 pointers). Field order is the C order; fields we do not
-/// implement stay NULL so libfuse answers ENOSYS (or its default) for them.
+/// struct fuse_lowlevel_ops of libfuse 3.14 (44 pointers; later versions only append). Field order is the C order;
+/// fields we do not implement stay NULL so libfuse answers ENOSYS (or its default) for them.
 /// </summary>
 [StructLayout(LayoutKind.Sequential)]
-internal struct FuseOperations
+internal struct FuseLowLevelOperations
 {
-    public const int PointerCount = 42;
+    public const int PointerCount = 44;
 
-    public IntPtr GetAttr, ReadLink, MkNod, MkDir, Unlink, RmDir, Symlink, Rename, Link, Chmod, Chown,
-        Truncate, Open, Read, Write, StatFs, Flush, Release, Fsync, SetXattr, GetXattr, ListXattr,
-        RemoveXattr, OpenDir, ReadDir, ReleaseDir, FsyncDir, Init, Destroy, Access, Create, Lock,
-        Utimens, Bmap, Ioctl, Poll, WriteBuf, ReadBuf, Flock, Fallocate, CopyFileRange, Lseek;
+    public IntPtr Init, Destroy, Lookup, Forget, GetAttr, SetAttr, ReadLink, MkNod, MkDir, Unlink, RmDir, Symlink,
+        Rename, Link, Open, Read, Write, Flush, Release, Fsync, OpenDir, ReadDir, ReleaseDir, FsyncDir, StatFs,
+        SetXattr, GetXattr, ListXattr, RemoveXattr, Access, Create, GetLk, SetLk, Bmap, Ioctl, Poll, WriteBuf,
+        RetrieveReply, ForgetMulti, Flock, Fallocate, ReadDirPlus, CopyFileRange, Lseek;
 }
 
 /// <summary>struct fuse_buf (40 bytes): memory (<see cref="Mem"/>) or a descriptor (<see cref="Fd"/>, read at <see cref="Pos"/>).</summary>

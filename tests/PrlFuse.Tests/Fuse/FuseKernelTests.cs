@@ -49,6 +49,24 @@ public sealed class FuseKernelTests
     }
 
     [Fact]
+    public void ALargeDirectoryListsEveryEntryOnceAndItsFilesAreFound()
+    {
+        using var m = MountedFileSystem.Start();
+
+        // About 300 KB of entries: the kernel asks for them a page at a time, each reply a slice of the listing.
+        string[] listed = Directory.GetFiles(m.PathOf("many")).Select(Path.GetFileName).ToArray()!;
+        string[] expected = Enumerable.Range(0, MemoryFileSystem.ManyEntries).Select(MemoryFileSystem.ManyEntryName).ToArray();
+        Assert.Equal(expected.Length, listed.Length);
+        Assert.Equal(expected, listed.Order(StringComparer.Ordinal));
+
+        // Names in a subdirectory resolve (lookup joins the parent's path and the name) and unknown ones do not.
+        Assert.True(File.Exists(m.PathOf(Path.Combine("many", MemoryFileSystem.ManyEntryName(1234)))));
+        Assert.False(File.Exists(m.PathOf(Path.Combine("many", "entry-99999-x"))));
+        Assert.True(Directory.Exists(m.PathOf("many")));
+        Assert.Empty(m.Fs.Exceptions);
+    }
+
+    [Fact]
     public void InitSettingsReachTheKernelAndStatFsRoundTrips()
     {
         using var m = MountedFileSystem.Start();

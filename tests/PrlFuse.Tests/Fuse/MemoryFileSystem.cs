@@ -9,12 +9,14 @@ namespace PrlFuse.Tests.Fuse;
 /// values, read requests, handles, truncates) so tests can check the binding end to end.
 /// Files: /ro.bin (0444, fixed pseudo-random content), /rw.bin (0644, writable),
 /// /direct.bin (opened with direct_io), /boom.bin (Read throws), /pair.bin (direct_io; each Read
-/// waits until a second Read is in progress at the same time, proving the loop is multithreaded).
+/// waits until a second Read is in progress at the same time, proving the loop is multithreaded), /many (a directory
+/// of <see cref="ManyEntries"/> empty files with long names: its listing takes many readdir replies).
 /// </summary>
 internal sealed class MemoryFileSystem : IFuseFileSystem
 {
     public const int ReadOnlySize = 3 * 1024 * 1024 + 123;
     public const int MaxBackgroundSet = 77;
+    public const int ManyEntries = 3000;
 
     private readonly Lock _rwLock = new();
     private byte[] _rw = new byte[256 * 1024];
@@ -60,10 +62,26 @@ internal sealed class MemoryFileSystem : IFuseFileSystem
 
     public void Destroy() => DestroyCalled = true;
 
-    private enum Node { None, Root, ReadOnly, ReadWrite, Direct, Boom, Pair }
+    private enum Node { None, Root, ReadOnly, ReadWrite, Direct, Boom, Pair, Many, ManyEntry }
+
+    /// <summary>The name of entry <paramref name="i"/> of /many (long, so that few fit one readdir reply).</summary>
+    public static string ManyEntryName(int i) => $"entry-{i:D5}-{new string((char)('a' + (i % 26)), 80)}";
+
+    private static bool IsManyEntry(ReadOnlySpan<byte> path)
+    {
+        if (!path.StartsWith("/many/entry-"u8) || path.Length < 17)
+        {
+            return false;
+        }
+
+        return int.TryParse(path.Slice(12, 5), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int i)
+            && i < ManyEntries && path[6..].SequenceEqual(System.Text.Encoding.UTF8.GetBytes(ManyEntryName(i)));
+    }
 
     private static Node Find(ReadOnlySpan<byte> path) =>
         path.SequenceEqual("/"u8) ? Node.Root
+        : path.SequenceEqual("/many"u8) ? Node.Many
+        : IsManyEntry(path) ? Node.ManyEntry
         : path.SequenceEqual("/ro.bin"u8) ? Node.ReadOnly
         : path.SequenceEqual("/rw.bin"u8) ? Node.ReadWrite
         : path.SequenceEqual("/direct.bin"u8) ? Node.Direct
@@ -76,9 +94,13 @@ internal sealed class MemoryFileSystem : IFuseFileSystem
         switch (Find(path))
         {
             case Node.Root:
+            case Node.Many:
                 stat.Mode = StatMode.Directory | 0b111_101_101;
                 stat.LinkCount = 2;
                 return 0;
+            case Node.ManyEntry:
+                stat.Mode = StatMode.RegularFile | 0b100_100_100;
+                break;
             case Node.ReadOnly:
             case Node.Direct:
             case Node.Boom:
@@ -102,6 +124,18 @@ internal sealed class MemoryFileSystem : IFuseFileSystem
 
     public int ReadDir(ReadOnlySpan<byte> path, DirectoryFiller filler)
     {
+        if (Find(path) == Node.Many)
+        {
+            filler.Add("."u8, StatMode.Directory);
+            filler.Add(".."u8, StatMode.Directory);
+            for (int i = 0; i < ManyEntries; i++)
+            {
+                filler.Add(System.Text.Encoding.UTF8.GetBytes(ManyEntryName(i)), StatMode.RegularFile);
+            }
+
+            return 0;
+        }
+
         if (Find(path) != Node.Root)
         {
             return Find(path) == Node.None ? -Errno.ENOENT : -Errno.ENOTDIR;
@@ -113,13 +147,14 @@ internal sealed class MemoryFileSystem : IFuseFileSystem
         filler.Add("direct.bin"u8);
         filler.Add("boom.bin"u8);
         filler.Add("pair.bin"u8);
+        filler.Add("many"u8, StatMode.Directory);
         return 0;
     }
 
     public int Open(ReadOnlySpan<byte> path, FuseFileInfo fileInfo)
     {
         Node node = Find(path);
-        if (node is Node.None or Node.Root)
+        if (node is Node.None or Node.Root or Node.Many)
         {
             return node == Node.None ? -Errno.ENOENT : -Errno.EISDIR;
         }

@@ -14,11 +14,12 @@ namespace PrlFuse.Tests.Fuse;
 /// </summary>
 public sealed class NativeLayoutTests
 {
-    // FUSE_USE_VERSION 312 matches what we call: fuse_new@FUSE_3.1 and fuse_loop_mt@FUSE_3.12.
+    // FUSE_USE_VERSION 312 matches what we call: fuse_session_new@FUSE_3.0 and fuse_session_loop_mt@FUSE_3.12.
     private const string LayoutProgram = """
         #define FUSE_USE_VERSION 312
         #define _FILE_OFFSET_BITS 64
         #include <fuse3/fuse.h>
+        #include <fuse3/fuse_lowlevel.h>
         #include <stddef.h>
         #include <stdio.h>
         #include <string.h>
@@ -31,7 +32,8 @@ public sealed class NativeLayoutTests
         int main(void)
         {
             SIZE(struct stat); SIZE(struct statvfs); SIZE(struct timespec);
-            SIZE(struct fuse_operations); SIZE(struct fuse_args); SIZE(struct fuse_loop_config_v1);
+            SIZE(struct fuse_lowlevel_ops); SIZE(struct fuse_args); SIZE(struct fuse_loop_config_v1);
+            SIZE(struct fuse_entry_param);
             OFF(struct stat, st_dev); OFF(struct stat, st_ino); OFF(struct stat, st_nlink);
             OFF(struct stat, st_mode); OFF(struct stat, st_uid); OFF(struct stat, st_gid);
             OFF(struct stat, st_rdev); OFF(struct stat, st_size); OFF(struct stat, st_blksize);
@@ -43,8 +45,13 @@ public sealed class NativeLayoutTests
             OFF(struct statvfs, f_flag); OFF(struct statvfs, f_namemax);
             OFF(struct timespec, tv_sec); OFF(struct timespec, tv_nsec);
             OFF(struct fuse_file_info, flags); OFF(struct fuse_file_info, fh);
-            OFF(struct fuse_context, fuse); OFF(struct fuse_context, uid); OFF(struct fuse_context, gid);
-            OFF(struct fuse_context, pid); OFF(struct fuse_context, private_data); OFF(struct fuse_context, umask);
+            OFF(struct fuse_ctx, uid); OFF(struct fuse_ctx, gid); OFF(struct fuse_ctx, pid); OFF(struct fuse_ctx, umask);
+            OFF(struct fuse_entry_param, ino); OFF(struct fuse_entry_param, generation); OFF(struct fuse_entry_param, attr);
+            OFF(struct fuse_entry_param, attr_timeout); OFF(struct fuse_entry_param, entry_timeout);
+            printf("FUSE_SET_ATTR_MODE=%d\nFUSE_SET_ATTR_UID=%d\nFUSE_SET_ATTR_GID=%d\nFUSE_SET_ATTR_SIZE=%d\n",
+                FUSE_SET_ATTR_MODE, FUSE_SET_ATTR_UID, FUSE_SET_ATTR_GID, FUSE_SET_ATTR_SIZE);
+            printf("FUSE_SET_ATTR_ATIME=%d\nFUSE_SET_ATTR_MTIME=%d\nFUSE_SET_ATTR_ATIME_NOW=%d\nFUSE_SET_ATTR_MTIME_NOW=%d\n",
+                FUSE_SET_ATTR_ATIME, FUSE_SET_ATTR_MTIME, FUSE_SET_ATTR_ATIME_NOW, FUSE_SET_ATTR_MTIME_NOW);
             OFF(struct fuse_args, argc); OFF(struct fuse_args, argv); OFF(struct fuse_args, allocated);
             OFF(struct fuse_loop_config_v1, clone_fd); OFF(struct fuse_loop_config_v1, max_idle_threads);
             OFF(struct fuse_conn_info, proto_major); OFF(struct fuse_conn_info, proto_minor);
@@ -52,9 +59,6 @@ public sealed class NativeLayoutTests
             OFF(struct fuse_conn_info, max_readahead); OFF(struct fuse_conn_info, capable);
             OFF(struct fuse_conn_info, want); OFF(struct fuse_conn_info, max_background);
             OFF(struct fuse_conn_info, congestion_threshold);
-            OFF(struct fuse_config, entry_timeout); OFF(struct fuse_config, negative_timeout);
-            OFF(struct fuse_config, attr_timeout); OFF(struct fuse_config, use_ino);
-            OFF(struct fuse_config, direct_io); OFF(struct fuse_config, kernel_cache);
             SIZE(struct fuse_buf); SIZE(struct fuse_bufvec);
             OFF(struct fuse_buf, size); OFF(struct fuse_buf, flags); OFF(struct fuse_buf, mem);
             OFF(struct fuse_buf, fd); OFF(struct fuse_buf, pos);
@@ -64,13 +68,13 @@ public sealed class NativeLayoutTests
                 (int)FUSE_BUF_IS_FD, (int)FUSE_BUF_FD_SEEK, (int)FUSE_BUF_FD_RETRY);
             printf("FUSE_CAP_SPLICE_WRITE=%d\nFUSE_CAP_SPLICE_MOVE=%d\nFUSE_CAP_SPLICE_READ=%d\n",
                 (int)FUSE_CAP_SPLICE_WRITE, (int)FUSE_CAP_SPLICE_MOVE, (int)FUSE_CAP_SPLICE_READ);
-        #define OP(f) OFF(struct fuse_operations, f)
-            OP(getattr); OP(readlink); OP(mknod); OP(mkdir); OP(unlink); OP(rmdir); OP(symlink); OP(rename);
-            OP(link); OP(chmod); OP(chown); OP(truncate); OP(open); OP(read); OP(write); OP(statfs);
-            OP(flush); OP(release); OP(fsync); OP(setxattr); OP(getxattr); OP(listxattr); OP(removexattr);
-            OP(opendir); OP(readdir); OP(releasedir); OP(fsyncdir); OP(init); OP(destroy); OP(access);
-            OP(create); OP(lock); OP(utimens); OP(bmap); OP(ioctl); OP(poll); OP(write_buf); OP(read_buf);
-            OP(flock); OP(fallocate); OP(copy_file_range); OP(lseek);
+        #define OP(f) OFF(struct fuse_lowlevel_ops, f)
+            OP(init); OP(destroy); OP(lookup); OP(forget); OP(getattr); OP(setattr); OP(readlink); OP(mknod);
+            OP(mkdir); OP(unlink); OP(rmdir); OP(symlink); OP(rename); OP(link); OP(open); OP(read); OP(write);
+            OP(flush); OP(release); OP(fsync); OP(opendir); OP(readdir); OP(releasedir); OP(fsyncdir); OP(statfs);
+            OP(setxattr); OP(getxattr); OP(listxattr); OP(removexattr); OP(access); OP(create); OP(getlk);
+            OP(setlk); OP(bmap); OP(ioctl); OP(poll); OP(write_buf); OP(retrieve_reply); OP(forget_multi);
+            OP(flock); OP(fallocate); OP(readdirplus); OP(copy_file_range); OP(lseek);
 
             /* Bitfields have no offsetof: set each bit and print the word that follows flags. */
             struct fuse_file_info fi;
@@ -183,41 +187,61 @@ public sealed class NativeLayoutTests
     [Fact]
     public void OperationsTableMatchesLibfuse()
     {
-        Same("sizeof struct fuse_operations", Unsafe.SizeOf<FuseOperations>());
-        Assert.Equal(FuseOperations.PointerCount * IntPtr.Size, Unsafe.SizeOf<FuseOperations>());
+        Same("sizeof struct fuse_lowlevel_ops", Unsafe.SizeOf<FuseLowLevelOperations>());
+        Assert.Equal(FuseLowLevelOperations.PointerCount * IntPtr.Size, Unsafe.SizeOf<FuseLowLevelOperations>());
         var ops = new (string C, string Managed)[]
         {
-            ("getattr", nameof(FuseOperations.GetAttr)), ("readlink", nameof(FuseOperations.ReadLink)),
-            ("mknod", nameof(FuseOperations.MkNod)), ("mkdir", nameof(FuseOperations.MkDir)),
-            ("unlink", nameof(FuseOperations.Unlink)), ("rmdir", nameof(FuseOperations.RmDir)),
-            ("symlink", nameof(FuseOperations.Symlink)), ("rename", nameof(FuseOperations.Rename)),
-            ("link", nameof(FuseOperations.Link)), ("chmod", nameof(FuseOperations.Chmod)),
-            ("chown", nameof(FuseOperations.Chown)), ("truncate", nameof(FuseOperations.Truncate)),
-            ("open", nameof(FuseOperations.Open)), ("read", nameof(FuseOperations.Read)),
-            ("write", nameof(FuseOperations.Write)), ("statfs", nameof(FuseOperations.StatFs)),
-            ("flush", nameof(FuseOperations.Flush)), ("release", nameof(FuseOperations.Release)),
-            ("fsync", nameof(FuseOperations.Fsync)), ("setxattr", nameof(FuseOperations.SetXattr)),
-            ("getxattr", nameof(FuseOperations.GetXattr)), ("listxattr", nameof(FuseOperations.ListXattr)),
-            ("removexattr", nameof(FuseOperations.RemoveXattr)), ("opendir", nameof(FuseOperations.OpenDir)),
-            ("readdir", nameof(FuseOperations.ReadDir)), ("releasedir", nameof(FuseOperations.ReleaseDir)),
-            ("fsyncdir", nameof(FuseOperations.FsyncDir)), ("init", nameof(FuseOperations.Init)),
-            ("destroy", nameof(FuseOperations.Destroy)), ("access", nameof(FuseOperations.Access)),
-            ("create", nameof(FuseOperations.Create)), ("lock", nameof(FuseOperations.Lock)),
-            ("utimens", nameof(FuseOperations.Utimens)), ("bmap", nameof(FuseOperations.Bmap)),
-            ("ioctl", nameof(FuseOperations.Ioctl)), ("poll", nameof(FuseOperations.Poll)),
-            ("write_buf", nameof(FuseOperations.WriteBuf)), ("read_buf", nameof(FuseOperations.ReadBuf)),
-            ("flock", nameof(FuseOperations.Flock)), ("fallocate", nameof(FuseOperations.Fallocate)),
-            ("copy_file_range", nameof(FuseOperations.CopyFileRange)), ("lseek", nameof(FuseOperations.Lseek)),
+            ("init", nameof(FuseLowLevelOperations.Init)), ("destroy", nameof(FuseLowLevelOperations.Destroy)),
+            ("lookup", nameof(FuseLowLevelOperations.Lookup)), ("forget", nameof(FuseLowLevelOperations.Forget)),
+            ("getattr", nameof(FuseLowLevelOperations.GetAttr)), ("setattr", nameof(FuseLowLevelOperations.SetAttr)),
+            ("readlink", nameof(FuseLowLevelOperations.ReadLink)), ("mknod", nameof(FuseLowLevelOperations.MkNod)),
+            ("mkdir", nameof(FuseLowLevelOperations.MkDir)), ("unlink", nameof(FuseLowLevelOperations.Unlink)),
+            ("rmdir", nameof(FuseLowLevelOperations.RmDir)), ("symlink", nameof(FuseLowLevelOperations.Symlink)),
+            ("rename", nameof(FuseLowLevelOperations.Rename)), ("link", nameof(FuseLowLevelOperations.Link)),
+            ("open", nameof(FuseLowLevelOperations.Open)), ("read", nameof(FuseLowLevelOperations.Read)),
+            ("write", nameof(FuseLowLevelOperations.Write)), ("flush", nameof(FuseLowLevelOperations.Flush)),
+            ("release", nameof(FuseLowLevelOperations.Release)), ("fsync", nameof(FuseLowLevelOperations.Fsync)),
+            ("opendir", nameof(FuseLowLevelOperations.OpenDir)), ("readdir", nameof(FuseLowLevelOperations.ReadDir)),
+            ("releasedir", nameof(FuseLowLevelOperations.ReleaseDir)), ("fsyncdir", nameof(FuseLowLevelOperations.FsyncDir)),
+            ("statfs", nameof(FuseLowLevelOperations.StatFs)), ("setxattr", nameof(FuseLowLevelOperations.SetXattr)),
+            ("getxattr", nameof(FuseLowLevelOperations.GetXattr)), ("listxattr", nameof(FuseLowLevelOperations.ListXattr)),
+            ("removexattr", nameof(FuseLowLevelOperations.RemoveXattr)), ("access", nameof(FuseLowLevelOperations.Access)),
+            ("create", nameof(FuseLowLevelOperations.Create)), ("getlk", nameof(FuseLowLevelOperations.GetLk)),
+            ("setlk", nameof(FuseLowLevelOperations.SetLk)), ("bmap", nameof(FuseLowLevelOperations.Bmap)),
+            ("ioctl", nameof(FuseLowLevelOperations.Ioctl)), ("poll", nameof(FuseLowLevelOperations.Poll)),
+            ("write_buf", nameof(FuseLowLevelOperations.WriteBuf)), ("retrieve_reply", nameof(FuseLowLevelOperations.RetrieveReply)),
+            ("forget_multi", nameof(FuseLowLevelOperations.ForgetMulti)), ("flock", nameof(FuseLowLevelOperations.Flock)),
+            ("fallocate", nameof(FuseLowLevelOperations.Fallocate)), ("readdirplus", nameof(FuseLowLevelOperations.ReadDirPlus)),
+            ("copy_file_range", nameof(FuseLowLevelOperations.CopyFileRange)), ("lseek", nameof(FuseLowLevelOperations.Lseek)),
         };
-        Assert.Equal(FuseOperations.PointerCount, ops.Length);
+        Assert.Equal(FuseLowLevelOperations.PointerCount, ops.Length);
         foreach (var (c, managed) in ops)
         {
-            Same("struct fuse_operations." + c, Off<FuseOperations>(managed));
+            Same("struct fuse_lowlevel_ops." + c, Off<FuseLowLevelOperations>(managed));
         }
     }
 
     [Fact]
-    public void ConnInfoAndConfigOffsetsMatchLibfuse()
+    public void EntryParamAndSetAttrBitsMatchLibfuse()
+    {
+        Same("sizeof struct fuse_entry_param", Unsafe.SizeOf<FuseEntryParam>());
+        Same("struct fuse_entry_param.ino", Off<FuseEntryParam>(nameof(FuseEntryParam.Inode)));
+        Same("struct fuse_entry_param.generation", Off<FuseEntryParam>(nameof(FuseEntryParam.Generation)));
+        Same("struct fuse_entry_param.attr", Off<FuseEntryParam>(nameof(FuseEntryParam.Attributes)));
+        Same("struct fuse_entry_param.attr_timeout", Off<FuseEntryParam>(nameof(FuseEntryParam.AttributeTimeout)));
+        Same("struct fuse_entry_param.entry_timeout", Off<FuseEntryParam>(nameof(FuseEntryParam.EntryTimeout)));
+        Same("FUSE_SET_ATTR_MODE", FuseSetAttr.Mode);
+        Same("FUSE_SET_ATTR_UID", FuseSetAttr.Uid);
+        Same("FUSE_SET_ATTR_GID", FuseSetAttr.Gid);
+        Same("FUSE_SET_ATTR_SIZE", FuseSetAttr.Size);
+        Same("FUSE_SET_ATTR_ATIME", FuseSetAttr.AccessTime);
+        Same("FUSE_SET_ATTR_MTIME", FuseSetAttr.ModifyTime);
+        Same("FUSE_SET_ATTR_ATIME_NOW", FuseSetAttr.AccessTimeNow);
+        Same("FUSE_SET_ATTR_MTIME_NOW", FuseSetAttr.ModifyTimeNow);
+    }
+
+    [Fact]
+    public void ConnInfoOffsetsMatchLibfuse()
     {
         Same("struct fuse_conn_info.proto_major", FuseConnInfoOffsets.ProtoMajor);
         Same("struct fuse_conn_info.proto_minor", FuseConnInfoOffsets.ProtoMinor);
@@ -228,26 +252,15 @@ public sealed class NativeLayoutTests
         Same("struct fuse_conn_info.want", FuseConnInfoOffsets.Want);
         Same("struct fuse_conn_info.max_background", FuseConnInfoOffsets.MaxBackground);
         Same("struct fuse_conn_info.congestion_threshold", FuseConnInfoOffsets.CongestionThreshold);
-
-        Same("struct fuse_config.entry_timeout", FuseConfigOffsets.EntryTimeout);
-        Same("struct fuse_config.negative_timeout", FuseConfigOffsets.NegativeTimeout);
-        Same("struct fuse_config.attr_timeout", FuseConfigOffsets.AttrTimeout);
-        Same("struct fuse_config.use_ino", FuseConfigOffsets.UseIno);
-        Same("struct fuse_config.direct_io", FuseConfigOffsets.DirectIo);
-        Same("struct fuse_config.kernel_cache", FuseConfigOffsets.KernelCache);
-        // Fields from offset 80 on moved in libfuse 3.17: we must never write there.
-        Assert.True(FuseConfigOffsets.KernelCache + sizeof(int) <= FuseConfigOffsets.WritableLimit);
     }
 
     [Fact]
     public void ContextArgsAndLoopConfigMatchLibfuse()
     {
-        Same("struct fuse_context.fuse", Off<FuseContextNative>(nameof(FuseContextNative.Fuse)));
-        Same("struct fuse_context.uid", Off<FuseContextNative>(nameof(FuseContextNative.Uid)));
-        Same("struct fuse_context.gid", Off<FuseContextNative>(nameof(FuseContextNative.Gid)));
-        Same("struct fuse_context.pid", Off<FuseContextNative>(nameof(FuseContextNative.Pid)));
-        Same("struct fuse_context.private_data", Off<FuseContextNative>(nameof(FuseContextNative.PrivateData)));
-        Same("struct fuse_context.umask", Off<FuseContextNative>(nameof(FuseContextNative.Umask)));
+        Same("struct fuse_ctx.uid", Off<FuseCtxNative>(nameof(FuseCtxNative.Uid)));
+        Same("struct fuse_ctx.gid", Off<FuseCtxNative>(nameof(FuseCtxNative.Gid)));
+        Same("struct fuse_ctx.pid", Off<FuseCtxNative>(nameof(FuseCtxNative.Pid)));
+        Same("struct fuse_ctx.umask", Off<FuseCtxNative>(nameof(FuseCtxNative.Umask)));
 
         Same("sizeof struct fuse_args", Unsafe.SizeOf<FuseArgs>());
         Same("struct fuse_args.argc", Off<FuseArgs>(nameof(FuseArgs.Argc)));
@@ -288,7 +301,7 @@ public sealed class NativeLayoutTests
         Assert.NotEqual(IntPtr.Zero, LibFuse.Handle);
         // 3.14 here: the 3.12 loop with fuse_loop_cfg_* must be the one picked.
         Assert.True(LibFuse.UsesLoopConfig312);
-        Assert.NotEqual(IntPtr.Zero, Posix.DlVSym(LibFuse.Handle, "fuse_new", "FUSE_3.1"));
-        Assert.NotEqual(IntPtr.Zero, Posix.DlVSym(LibFuse.Handle, "fuse_loop_mt", "FUSE_3.12"));
+        Assert.NotEqual(IntPtr.Zero, Posix.DlVSym(LibFuse.Handle, "fuse_session_new", "FUSE_3.0"));
+        Assert.NotEqual(IntPtr.Zero, Posix.DlVSym(LibFuse.Handle, "fuse_session_loop_mt", "FUSE_3.12"));
     }
 }

@@ -1,4 +1,5 @@
 using PrlFuse.Core.Engine;
+using PrlFuse.Core.IO;
 using PrlFuse.Tests.Support;
 
 namespace PrlFuse.Tests.Core.Engine;
@@ -180,5 +181,103 @@ public sealed class BlockCacheTests
         threads.ForEach(t => t.Join());
         Assert.Equal(0, errors);
         Assert.True(disk.Cache!.Hits > 0);
+    }
+
+    /// <summary>An in-memory file that counts the reads and bytes asked of it.</summary>
+    private sealed class CountingFile(byte[] content) : ImageFile("counting", writable: false)
+    {
+        public int Reads;
+        public long BytesRead;
+
+        public override long Length => content.Length;
+
+        public override int Read(Span<byte> buffer, long offset)
+        {
+            Reads++;
+            BytesRead += buffer.Length;
+            int n = (int)Math.Clamp(content.Length - offset, 0, buffer.Length);
+            content.AsSpan((int)offset, n).CopyTo(buffer);
+            return n;
+        }
+
+        public override void Write(ReadOnlySpan<byte> buffer, long offset) => throw new NotSupportedException();
+
+        public override void SetLength(long length) => throw new NotSupportedException();
+
+        public override void Flush(bool dataOnly)
+        {
+        }
+    }
+
+    [Fact]
+    public void A_miss_costs_what_the_read_costs_without_the_cache_and_a_block_missed_twice_is_then_a_hit()
+    {
+        var content = new byte[1 << 20];
+        new Random(5).NextBytes(content);
+        var file = new CountingFile(content);
+        using var cache = new BlockCache(1 << 20);
+        Assert.Equal(4096, cache.BlockSize);
+        var buffer = new byte[4096];
+
+        // First miss of a block: one read of exactly what was asked, nothing kept.
+        cache.Read(file, 1, buffer, 8192);
+        Assert.Equal((1, 4096L), (file.Reads, file.BytesRead));
+        Assert.Equal(content.AsSpan(8192, 4096).ToArray(), buffer);
+
+        // Second miss: still one read of what was asked (straight into the buffer), and now the block is kept.
+        cache.Read(file, 1, buffer, 8192);
+        Assert.Equal((2, 8192L), (file.Reads, file.BytesRead));
+
+        // Then a hit: no read at all, the same bytes, also for a part of the block.
+        cache.Read(file, 1, buffer, 8192);
+        Assert.Equal(2, file.Reads);
+        Assert.Equal(content.AsSpan(8192, 4096).ToArray(), buffer);
+        cache.Read(file, 1, buffer.AsSpan(0, 100), 8192 + 1000);
+        Assert.Equal(2, file.Reads);
+        Assert.Equal(content.AsSpan(9192, 100).ToArray(), buffer.AsSpan(0, 100).ToArray());
+
+        // Another image's block at the same host offset is not this one.
+        cache.Read(file, 2, buffer, 8192);
+        Assert.Equal(3, file.Reads);
+
+        // A read larger than a small read bypasses the cache: one read of exactly its bytes.
+        var large = new byte[(BlockCache.SmallReadBlocks * 4096) + 1];
+        cache.Read(file, 1, large, 8192);
+        Assert.Equal((4, 8192L + 4096 + large.Length), (file.Reads, file.BytesRead));
+        Assert.Equal(content.AsSpan(8192, large.Length).ToArray(), large);
+
+        // After a write the block is read from the file again.
+        cache.InvalidateRange(1, 8192 + 10, 1);
+        cache.Read(file, 1, buffer, 8192);
+        Assert.Equal(5, file.Reads);
+    }
+
+    [Fact]
+    public void A_small_read_over_resident_and_missing_blocks_reads_each_missing_run_once()
+    {
+        var content = new byte[1 << 20];
+        new Random(6).NextBytes(content);
+        var file = new CountingFile(content);
+        using var cache = new BlockCache(1 << 20);
+        var buffer = new byte[4 * 4096];
+
+        // Make block 2 of [0, 4) resident (missed twice, so kept).
+        cache.Read(file, 1, buffer.AsSpan(0, 4096), 2 * 4096);
+        cache.Read(file, 1, buffer.AsSpan(0, 4096), 2 * 4096);
+        file.Reads = 0;
+
+        // Unaligned, over blocks 0..3: [0, 2) missing, 2 resident, 3 missing: two reads, the right bytes.
+        var read = buffer.AsSpan(0, (4 * 4096) - 100);
+        cache.Read(file, 1, read, 100);
+        Assert.Equal(2, file.Reads);
+        Assert.Equal(content.AsSpan(100, read.Length).ToArray(), read.ToArray());
+
+        // The same read again: blocks 0, 1 and 3 were missed before and are kept now, read whole around the asked part.
+        cache.Read(file, 1, read, 100);
+        Assert.Equal(content.AsSpan(100, read.Length).ToArray(), read.ToArray());
+        file.Reads = 0;
+        cache.Read(file, 1, read, 100);
+        Assert.Equal(0, file.Reads);
+        Assert.Equal(content.AsSpan(100, read.Length).ToArray(), read.ToArray());
     }
 }
