@@ -1,3 +1,4 @@
+using PrlFuse.Core.Checking;
 using PrlFuse.Core.Engine;
 using PrlFuse.Tests.Core.Formats.Parallels;
 using PrlFuse.Tests.Support;
@@ -153,6 +154,8 @@ public sealed class Qcow2WriteTests
         }
 
         AssertQemuCheckClean(temp.Path, top);
+        var ours = Qcow2Checker.Check(topPath);
+        Assert.True(ours.ExitCode == 0, string.Join("\n", ours.Problems.Select(p => p.ToLine())));
         File.WriteAllBytes(temp.Combine("model.raw"), model);
         var compare = ProcessRunner.Run("qemu-img", ["compare", "-f", "raw", "-F", "qcow2", "model.raw", top], check: false, workingDirectory: temp.Path);
         Assert.True(compare.ExitCode == 0, $"qemu-img compare: exit {compare.ExitCode}\n{compare.Stdout}{compare.Stderr}");
@@ -278,6 +281,8 @@ public sealed class Qcow2WriteTests
             DurabilityTests.BuildCrashImage(initial, ops, point, random, crashTop);
             var check = ProcessRunner.Run("qemu-img", ["check", "-f", "qcow2", top], check: false, workingDirectory: crashFolder);
             Assert.True(check.ExitCode is 0 or 3, $"crash at op {point}: qemu-img check exit {check.ExitCode}\n{check.Stdout}{check.Stderr}");
+            var ours = Qcow2Checker.Check(crashTop);
+            Assert.True(ours.ExitCode == check.ExitCode, $"crash at op {point}: prlfuse check exit {ours.ExitCode}, qemu-img check {check.ExitCode}\n{string.Join("\n", ours.Problems.Select(p => p.ToLine()))}\n{check.Stdout}");
 
             var flushed = ops.OfType<MarkOp>().Last(m => m.What == "flushed" && m.Seq < point);
             var unsure = new bool[model.Length / 512];
