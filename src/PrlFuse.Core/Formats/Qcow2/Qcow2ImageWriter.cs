@@ -314,6 +314,66 @@ public sealed class Qcow2ImageWriter : LayerWriter
     }
 
     /// <summary>
+    /// Discard of guest [guestOffset, + length) within one cluster. Part of a cluster is zeroed by a write (as any
+    /// write). A whole cluster drops its host cluster (freed after the next flush, as any cluster an entry stops
+    /// using): it becomes unallocated when nothing below holds data there, else it reads as zeros (a zero cluster, or
+    /// all subclusters zero); an image of version 2, which has no zero clusters, gets zeros written instead.
+    /// </summary>
+    public override DiscardOutcome Discard(long guestOffset, int length, bool wholeCluster, bool hideParent)
+    {
+        if (!wholeCluster || (hideParent && _image.Header.Version < 3))
+        {
+            var (written, bytes) = WriteZeros(guestOffset, length);
+            return new DiscardOutcome(written, bytes, PunchUnsupported: false);
+        }
+
+        long cluster = guestOffset >> _clusterBits;
+        long l1Index = cluster >> _l2Bits;
+        lock (_lock)
+        {
+            if (_l1Raw[l1Index] == 0 && !hideParent)
+            {
+                return default;
+            }
+
+            EnsureOpen();
+            var table = WritableL2(l1Index);
+            int i = (int)(cluster & ((1L << _l2Bits) - 1)) * _entryWords;
+            ulong entry = table[i];
+            long old;
+            if ((entry & FieldLocations.CompressedFlag) != 0)
+            {
+                int x = 62 - (_clusterBits - 8);
+                long offset = (long)(entry & ((1UL << x) - 1));
+                long sectors = (long)((entry >> x) & ((1UL << (62 - x)) - 1)) + 1;
+                _pendingFrees.Add((offset & ~511L, sectors * 512));
+                old = 0;
+            }
+            else
+            {
+                old = (long)(entry & FieldLocations.OffsetMask);
+                if (old != 0)
+                {
+                    _pendingFrees.Add((old, _clusterBytes));
+                }
+            }
+
+            ulong zeroEntry = hideParent && !_extended ? FieldLocations.ZeroFlag : 0;
+            ulong zeroBitmap = hideParent ? (ulong)uint.MaxValue << 32 : 0;
+            // The bitmap first: a reader in between sees the old cluster with every subcluster zero, never allocated
+            // subclusters without a cluster.
+            if (_extended)
+            {
+                Volatile.Write(ref table[i + 1], zeroBitmap);
+            }
+
+            Volatile.Write(ref table[i], zeroEntry);
+            _dirtyL2.Add(l1Index);
+            return new DiscardOutcome(old, old == 0 ? 0 : _clusterBytes, PunchUnsupported: false);
+        }
+    }
+
+    /// <summary>
     /// Changes an L2 entry in memory, where reads find it: the cluster word first, then the subcluster bitmap, so a
     /// reader in between sees the new cluster with the old allocation (which the new cluster also holds).
     /// </summary>

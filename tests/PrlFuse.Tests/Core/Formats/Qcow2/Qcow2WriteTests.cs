@@ -7,7 +7,7 @@ using static PrlFuse.Tests.Core.Formats.Qcow2.Qcow2Oracle;
 namespace PrlFuse.Tests.Core.Formats.Qcow2;
 
 /// <summary>
-/// Writes to qcow2 images built by qemu-img and qemu-io, through the engine: random unaligned writes land as a raw
+/// Writes to qcow2 images built by qemu-img and qemu-io, through the engine: random unaligned writes and discards land as a raw
 /// model says (`qemu-img compare`), `qemu-img check` finds nothing afterwards, internal snapshots keep their content;
 /// and crashes at every write and every flush of a session (the recording file layer) leave at worst leaks, with every
 /// flushed write there.
@@ -140,9 +140,19 @@ public sealed class Qcow2WriteTests
             for (int i = 0; i < 150; i++)
             {
                 var (offset, length) = RandomWrite(random, view.Size, cluster);
-                byte[] data = WriteTestSupport.Fill(random, length);
-                view.Write(data, offset);
-                data.CopyTo(model, offset);
+                if (random.Next(12) == 0)
+                {
+                    // Discard (fallocate PUNCH_HOLE): whole clusters drop theirs, the rest is zeroed.
+                    view.Discard(offset, length);
+                    Array.Clear(model, (int)offset, length);
+                }
+                else
+                {
+                    byte[] data = WriteTestSupport.Fill(random, length);
+                    view.Write(data, offset);
+                    data.CopyTo(model, offset);
+                }
+
                 if (random.Next(10) == 0)
                 {
                     disk.Flush();
