@@ -29,6 +29,12 @@ public enum CheckProblemKind
     Extension,
     BadImage,
     BadDescriptor,
+
+    /// <summary>A qcow2 cluster used more often than its stored refcount says (QEMU's "ERROR cluster N refcount=R reference=U").</summary>
+    RefcountMismatch,
+
+    /// <summary>A qcow2 L1 or L2 entry whose COPIED flag disagrees with its cluster's refcount.</summary>
+    CopiedFlag,
     MissingImage,
 
     /// <summary>

@@ -42,14 +42,10 @@ public static class DiskChecker
             return new DiskCheckReport(source, diskProblems, [], repair ? [] : null);
         }
 
-        if (kind == DiskSourceKind.Qcow2Image)
-        {
-            // "No errors" over a format the checker cannot read would be a false all-clear.
-            throw new PrlFuseException(source, "prlfuse does not check qcow2 images yet; use 'qemu-img check'");
-        }
-
+        // A qcow2 image is checked alone, as 'qemu-img check' does: its backing files are not part of it.
+        bool qcow2 = kind == DiskSourceKind.Qcow2Image;
         var images = new List<string>();
-        if (kind == DiskSourceKind.ExpandableImage)
+        if (kind is DiskSourceKind.ExpandableImage or DiskSourceKind.Qcow2Image)
         {
             images.Add(source);
         }
@@ -68,13 +64,13 @@ public static class DiskChecker
             {
                 if (repair)
                 {
-                    var result = ImageChecker.Repair(images[i], options);
+                    var result = qcow2 ? Qcow2Checker.Repair(images[i], options) : ImageChecker.Repair(images[i], options);
                     reports.Add(result.Repair);
                     after!.Add(result.After);
                 }
                 else
                 {
-                    reports.Add(ImageChecker.Check(images[i], options));
+                    reports.Add(qcow2 ? Qcow2Checker.Check(images[i], options) : ImageChecker.Check(images[i], options));
                 }
             }
             catch (ImageInUseException e)

@@ -31,12 +31,15 @@ public sealed partial class VirtualDisk
     }
 
     /// <summary>
-    /// Opens the qcow2 image <paramref name="path"/> read-only with its backing chain, top first: each backing file
+    /// Opens the qcow2 image <paramref name="path"/> with its backing chain, top first (the top for writing when
+    /// <paramref name="writable"/>, unless <see cref="Qcow2Image.WriteBlockedReason"/> says otherwise, in
+    /// <paramref name="readOnlyReason"/>; the rest read-only): each backing file
     /// named relative to the folder of the image that names it, in the format its backing_fmt says or its magic shows
     /// (qcow2, Parallels, else raw). Every layer opened is added to <paramref name="opened"/> (so a failure disposes it).
     /// </summary>
-    private static ImageLayer[] OpenQcow2Chain(string path, DiskOpenOptions options, ImmutableArray<DiskWarning>.Builder warnings, List<ImageLayer> opened)
+    private static ImageLayer[] OpenQcow2Chain(string path, bool writable, DiskOpenOptions options, ImmutableArray<DiskWarning>.Builder warnings, List<ImageLayer> opened, out string? readOnlyReason)
     {
+        readOnlyReason = null;
         var chain = new List<ImageLayer>();
         var seen = new HashSet<(ulong, ulong)>();
         string current = path;
@@ -54,8 +57,15 @@ public sealed partial class VirtualDisk
                 throw new ImageFormatException(namedBy ?? path, $"backing chain loops back to {current}; refused");
             }
 
-            var layer = OpenChainLayer(current, format, options, warnings);
+            var layer = OpenChainLayer(current, format, writable && chain.Count == 0, options, warnings);
             opened.Add(layer);
+            if (writable && chain.Count == 0 && layer is Qcow2Image { WriteBlockedReason: { } blocked })
+            {
+                // Served read-only: hold what a reader holds, so QEMU readers are not kept out for nothing.
+                ImageLock.Acquire(layer.File, ReadOnlyLockMode(options));
+                readOnlyReason = $"{current}: served read-only: {blocked}";
+            }
+
             layer.CacheId = opened.Count;
             warnings.AddRange(layer.DiskWarnings);
             chain.Add(layer);
@@ -102,12 +112,12 @@ public sealed partial class VirtualDisk
         return full;
     }
 
-    private static ImageLayer OpenChainLayer(string path, string? format, DiskOpenOptions options, ImmutableArray<DiskWarning>.Builder warnings)
+    private static ImageLayer OpenChainLayer(string path, string? format, bool writable, DiskOpenOptions options, ImmutableArray<DiskWarning>.Builder warnings)
     {
-        ImageFile file = OpenFile(path, writable: false, options);
+        ImageFile file = OpenFile(path, writable, options);
         try
         {
-            var locked = Lock(file, ReadOnlyLockMode(options), warnings);
+            var locked = Lock(file, writable ? ImageLockMode.ReadWrite : ReadOnlyLockMode(options), warnings);
             format ??= ProbeFormat(file);
             ImageLayer layer = format switch
             {

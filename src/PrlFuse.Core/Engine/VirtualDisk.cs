@@ -321,12 +321,8 @@ public sealed partial class VirtualDisk : IDisposable
                     ImageLayer layer;
                     if (kind == DiskSourceKind.Qcow2Image)
                     {
-                        if (writable)
-                        {
-                            readOnlyPlace ??= $"{file}: qcow2 images are served read-only (prlfuse does not write them yet)";
-                        }
-
-                        var chain = OpenQcow2Chain(file, options, warnings, opened);
+                        var chain = OpenQcow2Chain(file, writable, options, warnings, opened, out string? qcow2ReadOnly);
+                        readOnlyPlace ??= qcow2ReadOnly;
                         layer = chain[0];
                         backing[layer] = chain[1..];
                     }
@@ -344,7 +340,7 @@ public sealed partial class VirtualDisk : IDisposable
                 storages.Add(new OpenStorage(s, sd, images));
             }
 
-            // qcow2 images are never written, so their damage only makes reads of it fail.
+            // A damaged qcow2 top is served read-only (its WriteBlockedReason), so its damage only makes reads of it fail.
             if (!options.ReadOnly && opened.FirstOrDefault(l => l.DamageText is not null && l is not Formats.Qcow2.Qcow2Image) is { } damaged)
             {
                 // Served read-only it can be inspected; written, new clusters could land where damaged entries point.

@@ -8,11 +8,13 @@ using PrlFuse.Core.Images;
 namespace PrlFuse.Core.Formats.Qcow2;
 
 /// <summary>
-/// A qcow2 image (versions 2 and 3), read only: the L1 table is read at open and checked against the file, L2 tables
+/// A qcow2 image (versions 2 and 3): the L1 table is read at open and checked against the file, L2 tables
 /// are read when first needed and kept in a small bounded cache. Standard clusters map to a host offset (in the image,
 /// or in its external data file); zero clusters answer <see cref="ImageLayer.ZeroHostOffset"/>; compressed clusters
 /// (zlib or zstd) <see cref="ImageLayer.OwnReadHostOffset"/>, decompressed by <see cref="ReadOwn"/>. With extended L2
-/// entries each of a cluster's 32 subclusters is allocated, zero or unallocated on its own.
+/// entries each of a cluster's 32 subclusters is allocated, zero or unallocated on its own. The writable top of a chain
+/// is written through <see cref="Qcow2ImageWriter"/>, which keeps the L2 tables it changes here (pinned), where reads
+/// find them before the cache.
 /// </summary>
 public sealed class Qcow2Image : ImageLayer
 {
@@ -53,7 +55,10 @@ public sealed class Qcow2Image : ImageLayer
         DamagedL2Tables = l1.Count(e => e == DamagedL2);
     }
 
-    public Qcow2Header Header { get; }
+    public Qcow2Header Header { get; private set; }
+
+    /// <summary>L2 tables the writer changed, by L1 index: never evicted, and read before the cache. Null until a writer opens.</summary>
+    private ulong[]?[]? _pinned;
 
     /// <summary>The internal snapshot this layer shows (sharing the image's files), or null for the image's active state.</summary>
     public Qcow2Snapshot? Snapshot { get; }
@@ -70,8 +75,16 @@ public sealed class Qcow2Image : ImageLayer
 
     public override long ClusterBytes => _clusterBytes;
 
-    /// <summary>Never written in this version: qcow2 images are served read-only.</summary>
-    public override bool IsImmutable => true;
+    /// <summary>Read-only when opened so, or when <see cref="WriteBlockedReason"/> says it must not be written.</summary>
+    public override bool IsImmutable => !File.Writable || WriteBlockedReason is not null;
+
+    /// <summary>Why this image is served read-only though opened for writing, in words, or null when it can be written.</summary>
+    public string? WriteBlockedReason =>
+        Header.IsCorrupt ? "the corrupt bit is set ('prlfuse check --repair' or 'qemu-img check -r all' first)"
+        : Header.IsDirty ? "the dirty bit is set: its refcounts may be wrong ('prlfuse check --repair' first)"
+        : Header.HasDataFile ? "prlfuse does not write images with an external data file"
+        : DamagedL2Tables > 0 ? $"{DamagedL2Tables} damaged L1 entries ('prlfuse check' shows them)"
+        : null;
 
     public override bool MayHoldZeros => true;
 
@@ -188,7 +201,7 @@ public sealed class Qcow2Image : ImageLayer
 
         int spanBits = _clusterBits + _l2Bits;
         long l1Index = offset >> spanBits;
-        long l2Offset = _l1[l1Index];
+        long l2Offset = Volatile.Read(ref _l1[l1Index]);
         if (l2Offset <= 0)
         {
             // No L2 table: the whole range it would cover is unallocated (or damaged) in one run.
@@ -383,11 +396,51 @@ public sealed class Qcow2Image : ImageLayer
         return count;
     }
 
-    protected override LayerWriter CreateWriter(IParentContent parent) => throw new NotSupportedException($"{Path}: qcow2 images are read-only");
+    protected override LayerWriter CreateWriter(IParentContent parent)
+    {
+        _pinned = new ulong[]?[_l1.Length];
+        return new Qcow2ImageWriter(this, parent);
+    }
 
-    /// <summary>The L2 table of L1 entry <paramref name="l1Index"/>, from the cache or read now (and cached).</summary>
+    /// <summary>The L2 offsets of the active L1 table, as reads use them (the writer changes them in place).</summary>
+    internal long[] L1Offsets => _l1;
+
+    internal void ReplaceHeader(Qcow2Header header) => Header = header;
+
+    /// <summary>
+    /// The L2 table of L1 entry <paramref name="l1Index"/> as the writer changes it: pinned (read from the file at
+    /// <paramref name="l2Offset"/> the first time, or <paramref name="fresh"/> when given), so reads see every change.
+    /// </summary>
+    internal ulong[] PinL2(long l1Index, long l2Offset, ulong[]? fresh = null)
+    {
+        var pinned = _pinned!;
+        if (fresh is not null)
+        {
+            Volatile.Write(ref pinned[l1Index], fresh);
+            return fresh;
+        }
+
+        return pinned[l1Index] ?? (pinned[l1Index] = ReadL2(l2Offset));
+    }
+
+    /// <summary>The current L2 table of L1 entry <paramref name="l1Index"/> (pinned, cached or read now), or null when it has none.</summary>
+    internal ulong[]? ActiveL2(long l1Index)
+    {
+        long offset = Volatile.Read(ref _l1[l1Index]);
+        return offset > 0 ? L2(l1Index, offset) : null;
+    }
+
+    /// <summary>The whole content of compressed guest cluster <paramref name="cluster"/>, for a write that turns it into a standard one.</summary>
+    internal byte[] DecompressedCluster(long cluster) => Decompress(cluster);
+
+    /// <summary>The L2 table of L1 entry <paramref name="l1Index"/>: pinned by the writer, else from the cache or read now (and cached).</summary>
     private ulong[] L2(long l1Index, long l2Offset)
     {
+        if (_pinned is { } pinned && Volatile.Read(ref pinned[l1Index]) is { } changed)
+        {
+            return changed;
+        }
+
         ref var slot = ref _l2Cache[(int)(l1Index & (_l2Cache.Length - 1))];
         var cached = Volatile.Read(ref slot);
         if (cached is not null && cached.L1Index == l1Index)
