@@ -45,7 +45,9 @@ public sealed record FuzzCase(
         {
             string target = seed.IsBundle && r.Next(10) < 4 ? FuzzSeed.DescriptorName : images[r.Next(images.Count)];
             var bytes = files[target];
-            string note = target == FuzzSeed.DescriptorName ? DescriptorMutator.Mutate(ref bytes, r) : ImageMutator.Mutate(ref bytes, r);
+            string note = target == FuzzSeed.DescriptorName ? DescriptorMutator.Mutate(ref bytes, r)
+                : target.EndsWith(".qcow2", StringComparison.Ordinal) ? Qcow2Mutator.Mutate(ref bytes, r)
+                : ImageMutator.Mutate(ref bytes, r);
             files[target] = bytes;
             notes.Add($"{target}: {note}");
         }
@@ -516,9 +518,9 @@ public sealed class FuzzCampaign
 
     public List<(FuzzCase Case, CaseResult Result)> FindingCases { get; } = [];
 
-    public static FuzzCampaign Run(int runSeed, int count, Action<string>? log = null, string? saveFolder = null, int first = 0)
+    public static FuzzCampaign Run(int runSeed, int count, Action<string>? log = null, string? saveFolder = null, int first = 0, IReadOnlyList<FuzzSeed>? seedSet = null)
     {
-        var seeds = FuzzSeeds.All;
+        var seeds = seedSet ?? FuzzSeeds.All;
         var campaign = new FuzzCampaign();
         using var runner = new FuzzRunner();
         var clock = Stopwatch.StartNew();

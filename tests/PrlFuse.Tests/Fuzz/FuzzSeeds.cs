@@ -13,7 +13,8 @@ public sealed record FuzzSeed(string Name, string Entry, IReadOnlyDictionary<str
 
     public bool IsBundle => Files.ContainsKey(DescriptorName);
 
-    public IEnumerable<string> ImageNames => Files.Keys.Where(n => n.EndsWith(".hds", StringComparison.Ordinal)).Order(StringComparer.Ordinal);
+    /// <summary>The files mutations aim at: images (.hds, .qcow2); a qcow2 external data file (.data) holds only guest bytes.</summary>
+    public IEnumerable<string> ImageNames => Files.Keys.Where(n => n.EndsWith(".hds", StringComparison.Ordinal) || n.EndsWith(".qcow2", StringComparison.Ordinal)).Order(StringComparer.Ordinal);
 
     public Dictionary<string, byte[]> CopyFiles() => Files.ToDictionary(kv => kv.Key, kv => (byte[])kv.Value.Clone(), StringComparer.Ordinal);
 }
@@ -31,7 +32,74 @@ public static class FuzzSeeds
     private static readonly Guid BitmapId = new("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0");
     private static readonly Lazy<IReadOnlyList<FuzzSeed>> AllSeeds = new(BuildAll);
 
+    private static readonly Lazy<IReadOnlyList<FuzzSeed>> Qcow2Seeds = new(BuildQcow2);
+
+    /// <summary>The Parallels seeds (images and bundles).</summary>
     public static IReadOnlyList<FuzzSeed> All => AllSeeds.Value;
+
+    /// <summary>The qcow2 seeds, made by qemu-img and qemu-io (the tests using them need QEMU).</summary>
+    public static IReadOnlyList<FuzzSeed> Qcow2 => Qcow2Seeds.Value;
+
+    /// <summary>The seeds of a format named in PRLFUSE_FUZZ_FORMAT: parallels (the default) or qcow2.</summary>
+    public static IReadOnlyList<FuzzSeed> ForFormat(string? format) => format switch
+    {
+        null or "" or "parallels" => All,
+        "qcow2" => Qcow2,
+        _ => throw new ArgumentException($"PRLFUSE_FUZZ_FORMAT={format}: parallels or qcow2"),
+    };
+
+    /// <summary>
+    /// Small qcow2 images of every kind the reader and writer handle: versions 2 and 3, clusters of 512 B to 2 MiB,
+    /// zero and compressed (zlib, zstd) clusters, extended L2 entries, refcounts of 1 and 64 bits, internal snapshots,
+    /// a backing chain over a Parallels image, an external data file.
+    /// </summary>
+    private static IReadOnlyList<FuzzSeed> BuildQcow2()
+    {
+        using var temp = new TempFolder("prlfuse-fuzz-qcow2-seeds");
+        var seeds = new List<FuzzSeed>();
+        void Run(string tool, params string[] args) => ProcessRunner.Run(tool, args, workingDirectory: temp.Path);
+        FuzzSeed Seed(string name, string entry, params string[] files) =>
+            new(name, entry, files.ToDictionary(f => f, f => File.ReadAllBytes(temp.Combine(f)), StringComparer.Ordinal));
+
+        string Make(string name, string options, string size, params string[] writes)
+        {
+            string file = name + ".qcow2";
+            Run("qemu-img", "create", "-q", "-f", "qcow2", "-o", options, file, size);
+            foreach (string w in writes)
+            {
+                Run("qemu-io", "-f", "qcow2", "-c", w, file);
+            }
+
+            return file;
+        }
+
+        seeds.Add(Seed("qcow2-v2-512", Make("v2-512", "compat=0.10,cluster_size=512", "1M", "write -P 1 0 20k", "write -P 2 600k 3000"), "v2-512.qcow2"));
+        seeds.Add(Seed("qcow2-v3-64k-zero-compressed", Make("v3-64k", "compat=1.1,cluster_size=65536", "4M", "write -P 3 0 200k", "write -z 64k 64k", "write -c -P 4 1M 64k", "write -z 2M 128k"), "v3-64k.qcow2"));
+        seeds.Add(Seed("qcow2-v3-2M", Make("v3-2m", "cluster_size=2097152", "8M", "write -P 5 1M 2M"), "v3-2m.qcow2"));
+        seeds.Add(Seed("qcow2-extended-l2", Make("ext-l2", "extended_l2=on,cluster_size=16384", "2M", "write -P 6 0 3000", "write -z 20000 4096", "write -P 7 100000 50000"), "ext-l2.qcow2"));
+        seeds.Add(Seed("qcow2-refcount1", Make("rc1", "refcount_bits=1,cluster_size=4096", "2M", "write -P 8 0 100k"), "rc1.qcow2"));
+        seeds.Add(Seed("qcow2-refcount64-zstd", Make("rc64", "refcount_bits=64,compression_type=zstd,cluster_size=4096", "2M", "write -c -P 9 0 16k", "write -P 10 64k 8k"), "rc64.qcow2"));
+
+        string snap = Make("snap", "cluster_size=4096", "1M", "write -P 11 0 64k");
+        Run("qemu-img", "snapshot", "-c", "one", snap);
+        Run("qemu-io", "-f", "qcow2", "-c", "write -P 12 32k 64k", snap);
+        Run("qemu-img", "snapshot", "-c", "two", snap);
+        Run("qemu-io", "-f", "qcow2", "-c", "write -z 0 16k", snap);
+        seeds.Add(Seed("qcow2-snapshots", snap, snap));
+
+        Run("qemu-img", "create", "-q", "-f", "parallels", "base.hds", "2M");
+        Run("qemu-io", "-f", "parallels", "-c", "write -P 13 0 2M", "base.hds");
+        Run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "-b", "base.hds", "-F", "parallels", "mid.qcow2", "2M");
+        Run("qemu-io", "-f", "qcow2", "-c", "write -P 14 4k 8k", "-c", "write -z 64k 64k", "mid.qcow2");
+        Run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "-b", "mid.qcow2", "-F", "qcow2", "top.qcow2", "2M");
+        Run("qemu-io", "-f", "qcow2", "-c", "write -P 15 6k 20k", "top.qcow2");
+        seeds.Add(Seed("qcow2-chain-over-parallels", "top.qcow2", "top.qcow2", "mid.qcow2", "base.hds"));
+
+        Run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "data_file=ext.data,cluster_size=4096", "ext.qcow2", "1M");
+        Run("qemu-io", "-f", "qcow2", "-c", "write -P 16 0 40k", "ext.qcow2");
+        seeds.Add(Seed("qcow2-external-data", "ext.qcow2", "ext.qcow2", "ext.data"));
+        return seeds;
+    }
 
     private static IReadOnlyList<FuzzSeed> BuildAll()
     {

@@ -31,6 +31,44 @@ public sealed class FuzzTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>Cases of the qcow2 CI run (a share of the 100,000 of a long run: make fuzz FUZZ_FORMAT=qcow2).</summary>
+    public const int Qcow2CiCases = 8000;
+
+    /// <summary>The format of the long run and of a replay: PRLFUSE_FUZZ_FORMAT (parallels by default, or qcow2).</summary>
+    private static IReadOnlyList<FuzzSeed> EnvironmentSeeds => FuzzSeeds.ForFormat(Environment.GetEnvironmentVariable("PRLFUSE_FUZZ_FORMAT"));
+
+    [Trait("Needs", "Qemu")]
+    [Fact]
+    public void Qcow2_seeds_are_valid_and_served()
+    {
+        using var runner = new FuzzRunner();
+        foreach (var seed in FuzzSeeds.Qcow2)
+        {
+            var c = new FuzzCase(0, 0, seed, seed.Files, false, false, 1 << 20, 1, []);
+            var result = runner.Run(c);
+            Assert.True(result.Outcome == CaseOutcome.Served, $"{seed.Name}: {result.Outcome} {result.Finding}");
+            Assert.Equal(0, result.IoErrors);
+        }
+    }
+
+    [Trait("Needs", "Qemu")]
+    [Trait("Needs", "Time")]
+    [Fact]
+    public void Qcow2_ci_run_has_no_findings()
+    {
+        var log = new List<string>();
+        var campaign = FuzzCampaign.Run(CiSeed, Qcow2CiCases, log.Add, seedSet: FuzzSeeds.Qcow2);
+        output.WriteLine(campaign.Summary);
+        foreach (var (sig, (count, first, _)) in campaign.BySignature)
+        {
+            output.WriteLine($"  {count} x {sig} (first: {first.Id})");
+        }
+
+        Assert.True(campaign.Refused > Qcow2CiCases / 10, campaign.Summary);
+        Assert.True(campaign.Served > Qcow2CiCases / 10, campaign.Summary);
+        Assert.True(campaign.Findings == 0, campaign.Summary + "\n" + string.Join("\n", log.Where(l => l.StartsWith("FINDING", StringComparison.Ordinal)).Take(5)));
+    }
+
     [Fact]
     public void Cases_are_deterministic()
     {
@@ -86,7 +124,7 @@ public sealed class FuzzTests(ITestOutputHelper output)
         }
 
         var parts = replay.Split(':');
-        var c = FuzzCase.Generate(FuzzSeeds.All, int.Parse(parts[0], CultureInfo.InvariantCulture), int.Parse(parts[1], CultureInfo.InvariantCulture));
+        var c = FuzzCase.Generate(EnvironmentSeeds, int.Parse(parts[0], CultureInfo.InvariantCulture), int.Parse(parts[1], CultureInfo.InvariantCulture));
         using var runner = new FuzzRunner(TimeSpan.FromMinutes(2));
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var result = runner.Run(c);
@@ -121,8 +159,9 @@ public sealed class FuzzTests(ITestOutputHelper output)
             }
         }
 
-        Log($"fuzz: seed {seed}, cases {first}..{first + count - 1}, {FuzzSeeds.All.Count} seeds");
-        var campaign = FuzzCampaign.Run(seed, count, Log, save, first);
+        var seeds = EnvironmentSeeds;
+        Log($"fuzz: seed {seed}, cases {first}..{first + count - 1}, {seeds.Count} seeds ({seeds[0].Name} ...)");
+        var campaign = FuzzCampaign.Run(seed, count, Log, save, first, seeds);
         Log($"cases run: {campaign.Cases}, findings: {campaign.Findings}");
         Log(campaign.Summary);
         foreach (var (sig, (n, firstCase, _)) in campaign.BySignature)

@@ -254,11 +254,13 @@ public sealed class Qcow2Image : ImageLayer
         uint bit = 1u << sub;
         uint same;
         bool hit;
-        if ((allocated & zero & bit) != 0 || ((allocated & bit) != 0 && (host == 0 || (host & (_clusterBytes - 1)) != 0)))
+        bool noCluster = host == 0 || (host & (_clusterBytes - 1)) != 0;
+        if ((allocated & zero & bit) != 0 || ((allocated & bit) != 0 && noCluster))
         {
-            // Allocated and zero at once, or allocated without a cluster: QEMU refuses to read it too.
+            // Allocated and zero at once, or allocated without a cluster: QEMU refuses to read it too. Without a
+            // cluster every allocated subcluster is damaged; with one, those also marked zero.
             hostOffset = DamagedHostOffset;
-            same = allocated & zero;
+            same = noCluster ? allocated : allocated & zero;
             hit = true;
         }
         else if ((allocated & bit) != 0)

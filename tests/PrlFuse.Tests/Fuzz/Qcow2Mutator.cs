@@ -1,0 +1,398 @@
+using System.Buffers.Binary;
+using PrlFuse.Core.Formats.Qcow2;
+
+namespace PrlFuse.Tests.Fuzz;
+
+/// <summary>
+/// Mutates the bytes of a qcow2 image where its structures are: every header field, header extensions, L1 and L2
+/// entries (found through the L1 table as it is now, so mutations stack), refcount table and block entries, snapshot
+/// table entries, plus bit flips, truncation and splices. Each mutation returns a short description for the report.
+/// </summary>
+public static class Qcow2Mutator
+{
+    /// <summary>(offset, width, name) of the header's fields, from the spec's names in one place.</summary>
+    private static readonly (int Offset, int Width, string Name)[] HeaderFields =
+    [
+        (FieldLocations.Version, 4, "version"), (FieldLocations.BackingFileOffset, 8, "backing_file_offset"),
+        (FieldLocations.BackingFileSize, 4, "backing_file_size"), (FieldLocations.ClusterBits, 4, "cluster_bits"),
+        (FieldLocations.Size, 8, "size"), (FieldLocations.CryptMethod, 4, "crypt_method"), (FieldLocations.L1Size, 4, "l1_size"),
+        (FieldLocations.L1TableOffset, 8, "l1_table_offset"), (FieldLocations.RefcountTableOffset, 8, "refcount_table_offset"),
+        (FieldLocations.RefcountTableClusters, 4, "refcount_table_clusters"), (FieldLocations.SnapshotCount, 4, "nb_snapshots"),
+        (FieldLocations.SnapshotsOffset, 8, "snapshots_offset"), (FieldLocations.IncompatibleFeatures, 8, "incompatible_features"),
+        (FieldLocations.CompatibleFeatures, 8, "compatible_features"), (FieldLocations.AutoclearFeatures, 8, "autoclear_features"),
+        (FieldLocations.RefcountOrder, 4, "refcount_order"), (FieldLocations.HeaderLength, 4, "header_length"),
+        (FieldLocations.CompressionType, 1, "compression_type"),
+    ];
+
+    private static readonly (int Offset, int Width, string Name)[] SnapshotFields =
+    [
+        (FieldLocations.SnapshotL1TableOffset, 8, "l1_table_offset"), (FieldLocations.SnapshotL1Size, 4, "l1_size"),
+        (FieldLocations.SnapshotIdSize, 2, "id_str_size"), (FieldLocations.SnapshotNameSize, 2, "name_size"),
+        (FieldLocations.SnapshotDateSeconds, 4, "date_sec"), (FieldLocations.SnapshotVmStateSize, 4, "vm_state_size"),
+        (FieldLocations.SnapshotExtraDataSize, 4, "extra_data_size"), (FieldLocations.SnapshotFixedSize + FieldLocations.SnapshotExtraDiskSize, 8, "extra.disk_size"),
+    ];
+
+    private static readonly ulong[] Interesting =
+    [
+        0, 1, 2, 3, 7, 8, 9, 16, 20, 21, 22, 31, 32, 63, 64, 0x7F, 0x80, 0xFF, 0x100, 511, 512, 513, 4096, 0xFFFF, 0x10000,
+        0x7FFF_FFFF, 0x8000_0000, 0xFFFF_FFFF, 0x1_0000_0000, 0x00FF_FFFF_FFFF_FE00, 0x0100_0000_0000_0000,
+        0x4000_0000_0000_0000, 0x7FFF_FFFF_FFFF_FFFF, 0x8000_0000_0000_0000, ulong.MaxValue, long.MaxValue / 512,
+    ];
+
+    public static string Mutate(ref byte[] data, Random r)
+    {
+        int pick = r.Next(100);
+        return pick switch
+        {
+            < 8 => BitFlips(data, r),
+            < 30 => HeaderField(data, r),
+            < 37 => Extension(data, r),
+            < 50 => L1Entry(data, r),
+            < 72 => L2Entry(data, r),
+            < 82 => Refcount(data, r),
+            < 92 => SnapshotEntry(data, r),
+            < 97 => Resize(ref data, r),
+            _ => Splice(data, r),
+        };
+    }
+
+    private readonly record struct Layout(int ClusterBits, long L1Offset, long L1Size, long RefcountTableOffset, long RefcountClusters, long SnapshotsOffset, long SnapshotCount, bool Extended, long Length)
+    {
+        public long ClusterBytes => 1L << ClusterBits;
+
+        public long Clusters => Math.Max(1, Length >> ClusterBits);
+    }
+
+    private static Layout Read(byte[] d)
+    {
+        if (d.Length < FieldLocations.Version3MinimumHeaderSize)
+        {
+            return new Layout(16, 0, 0, 0, 0, 0, 0, false, d.Length);
+        }
+
+        int bits = (int)Math.Clamp(U32(d, FieldLocations.ClusterBits), 9, 21);
+        bool extended = (U64(d, FieldLocations.IncompatibleFeatures) & Qcow2Header.IncompatibleExtendedL2) != 0 && U32(d, FieldLocations.Version) >= 3;
+        return new Layout(
+            bits,
+            (long)Math.Min(U64(d, FieldLocations.L1TableOffset), (ulong)d.Length),
+            U32(d, FieldLocations.L1Size),
+            (long)Math.Min(U64(d, FieldLocations.RefcountTableOffset), (ulong)d.Length),
+            U32(d, FieldLocations.RefcountTableClusters),
+            (long)Math.Min(U64(d, FieldLocations.SnapshotsOffset), (ulong)d.Length),
+            U32(d, FieldLocations.SnapshotCount),
+            extended,
+            d.Length);
+    }
+
+    /// <summary>Values worth trying in a field of an image with this layout: caps, cluster offsets in and past the file, neighbours.</summary>
+    private static ulong Value(Random r, Layout l, ulong current) => r.Next(12) switch
+    {
+        < 4 => Interesting[r.Next(Interesting.Length)],
+        4 => (ulong)(r.NextInt64(l.Clusters + 2) << l.ClusterBits),
+        5 => (ulong)l.Length + (ulong)r.Next(-2, 3),
+        6 => current + (ulong)r.Next(-3, 4),
+        7 => r.Next(2) == 0 ? current * 2 : current / 2,
+        8 => current ^ (1UL << r.Next(64)),
+        9 => (ulong)(r.NextInt64(l.Clusters) << l.ClusterBits) + (ulong)r.Next(1, 512),
+        _ => (ulong)r.NextInt64() ^ ((ulong)r.Next() << 40),
+    };
+
+    private static string BitFlips(byte[] d, Random r)
+    {
+        if (d.Length == 0)
+        {
+            return "bitflip: empty";
+        }
+
+        int n = r.Next(1, 9);
+        var where = new List<long>();
+        for (int i = 0; i < n; i++)
+        {
+            // Half in the first clusters (header, extensions, and in small images the tables), half anywhere.
+            long limit = r.Next(2) == 0 ? Math.Min(d.Length, 4 << 16) : d.Length;
+            long pos = r.NextInt64(Math.Max(1, limit));
+            d[pos] ^= (byte)(1 << r.Next(8));
+            where.Add(pos);
+        }
+
+        return $"bitflip at {string.Join(",", where)}";
+    }
+
+    private static string HeaderField(byte[] d, Random r)
+    {
+        var l = Read(d);
+        var (offset, width, name) = HeaderFields[r.Next(HeaderFields.Length)];
+        if (d.Length < offset + width)
+        {
+            return "header: too short";
+        }
+
+        ulong v = name switch
+        {
+            "version" => (ulong)r.Next(0, 5),
+            "cluster_bits" => (ulong)r.Next(7, 24),
+            "refcount_order" => (ulong)r.Next(0, 8),
+            "compression_type" => (ulong)r.Next(0, 4),
+            "header_length" => (ulong)(r.Next(2) == 0 ? r.Next(64, 200) : (int)Value(r, l, Read(d, offset, width))),
+            "incompatible_features" or "compatible_features" or "autoclear_features" => Read(d, offset, width) ^ (1UL << r.Next(r.Next(2) == 0 ? 6 : 64)),
+            _ => Value(r, l, Read(d, offset, width)),
+        };
+        Write(d, offset, width, v);
+        return $"header {name} = 0x{v:x}";
+    }
+
+    /// <summary>A header extension's type or length, or an extension written past the header.</summary>
+    private static string Extension(byte[] d, Random r)
+    {
+        if (d.Length < FieldLocations.Version3MinimumHeaderSize)
+        {
+            return "extension: too short";
+        }
+
+        int start = U32(d, FieldLocations.Version) >= 3 ? (int)Math.Clamp(U32(d, FieldLocations.HeaderLength), FieldLocations.Version3MinimumHeaderSize, 1024) : FieldLocations.Version2HeaderSize;
+        var found = new List<int>();
+        for (int at = start, i = 0; at + 8 <= Math.Min(d.Length, 1 << 16) && i < 16; i++)
+        {
+            found.Add(at);
+            uint type = BinaryPrimitives.ReadUInt32BigEndian(d.AsSpan(at));
+            if (type == FieldLocations.ExtensionEnd)
+            {
+                break;
+            }
+
+            long next = at + 8 + ((BinaryPrimitives.ReadUInt32BigEndian(d.AsSpan(at + 4)) + 7L) & ~7L);
+            if (next > 1 << 16)
+            {
+                break;
+            }
+
+            at = (int)next;
+        }
+
+        int ext = found.Count == 0 ? start : found[r.Next(found.Count)];
+        if (ext + 8 > d.Length)
+        {
+            return "extension: past the end";
+        }
+
+        uint[] types = [FieldLocations.ExtensionEnd, FieldLocations.ExtensionBackingFormat, FieldLocations.ExtensionFeatureNames, FieldLocations.ExtensionBitmaps, FieldLocations.ExtensionFullDiskEncryption, FieldLocations.ExtensionDataFile, 0x12345678];
+        switch (r.Next(3))
+        {
+            case 0:
+                uint type = types[r.Next(types.Length)];
+                BinaryPrimitives.WriteUInt32BigEndian(d.AsSpan(ext), type);
+                return $"extension at {ext}: type 0x{type:x8}";
+            case 1:
+                uint length = (uint)Value(new Random(r.Next()), Read(d), BinaryPrimitives.ReadUInt32BigEndian(d.AsSpan(ext + 4)));
+                BinaryPrimitives.WriteUInt32BigEndian(d.AsSpan(ext + 4), length);
+                return $"extension at {ext}: length {length}";
+            default:
+                int pos = ext + 8 + r.Next(0, 64);
+                if (pos + 8 > d.Length)
+                {
+                    return "extension data: past the end";
+                }
+
+                ulong v = Value(r, Read(d), 0);
+                Write(d, pos, 8, v);
+                return $"extension data at {pos} = 0x{v:x}";
+        }
+    }
+
+    private static string L1Entry(byte[] d, Random r)
+    {
+        var l = Read(d);
+        long entries = Math.Min(l.L1Size, (l.Length - l.L1Offset) / 8);
+        if (l.L1Offset == 0 || entries <= 0)
+        {
+            return "l1: none";
+        }
+
+        long i = r.NextInt64(entries);
+        int pos = (int)(l.L1Offset + (i * 8));
+        ulong current = U64(d, pos);
+        ulong v = r.Next(3) == 0 ? current | (1UL << r.Next(1, 63)) : Value(r, l, current);
+        Write(d, pos, 8, v);
+        return $"l1[{i}] = 0x{v:x}";
+    }
+
+    private static string L2Entry(byte[] d, Random r)
+    {
+        var l = Read(d);
+        var tables = L2Tables(d, l);
+        if (tables.Count == 0)
+        {
+            return "l2: none";
+        }
+
+        long table = tables[r.Next(tables.Count)];
+        int entryBytes = l.Extended ? 16 : 8;
+        long entries = Math.Min(l.ClusterBytes / entryBytes, (l.Length - table) / entryBytes);
+        if (entries <= 0)
+        {
+            return "l2: table past the end";
+        }
+
+        long i = r.NextInt64(entries);
+        int pos = (int)(table + (i * entryBytes));
+        ulong current = U64(d, pos);
+        ulong v;
+        string what;
+        switch (r.Next(l.Extended ? 7 : 6))
+        {
+            case 0:
+                v = current ^ FieldLocations.ZeroFlag;
+                what = "zero flag";
+                break;
+            case 1:
+                // A compressed descriptor: offset and sector count fields of this cluster size.
+                int x = 62 - (l.ClusterBits - 8);
+                v = FieldLocations.CompressedFlag | ((ulong)r.Next(0, 1 << Math.Min(20, 62 - x)) << x) | (ulong)r.NextInt64(l.Length + 4096);
+                what = "compressed";
+                break;
+            case 2:
+                v = current ^ FieldLocations.CopiedFlag;
+                what = "copied flag";
+                break;
+            case 3:
+                v = current | (1UL << r.Next(1, 9));
+                what = "reserved bit";
+                break;
+            case 6:
+                pos += 8;
+                current = U64(d, pos);
+                v = r.Next(2) == 0 ? (ulong)r.NextInt64() : current ^ (1UL << r.Next(64));
+                what = "subcluster bitmap";
+                break;
+            default:
+                v = (current & (FieldLocations.CopiedFlag | FieldLocations.ZeroFlag)) | (Value(r, l, current & FieldLocations.OffsetMask) & ~(FieldLocations.CopiedFlag | FieldLocations.CompressedFlag));
+                what = "offset";
+                break;
+        }
+
+        Write(d, pos, 8, v);
+        return $"l2 at {table} [{i}] {what} = 0x{v:x}";
+    }
+
+    /// <summary>The L2 tables the L1 table points at now (within the file, cluster-aligned).</summary>
+    private static List<long> L2Tables(byte[] d, Layout l)
+    {
+        var tables = new List<long>();
+        long entries = Math.Min(l.L1Size, (l.Length - l.L1Offset) / 8);
+        for (long i = 0; l.L1Offset != 0 && i < entries && tables.Count < 256; i++)
+        {
+            long offset = (long)(U64(d, (int)(l.L1Offset + (i * 8))) & FieldLocations.OffsetMask);
+            if (offset != 0 && offset % l.ClusterBytes == 0 && offset < l.Length)
+            {
+                tables.Add(offset);
+            }
+        }
+
+        return tables;
+    }
+
+    private static string Refcount(byte[] d, Random r)
+    {
+        var l = Read(d);
+        if (l.RefcountTableOffset == 0 || l.RefcountTableOffset + 8 > l.Length)
+        {
+            return "refcount: none";
+        }
+
+        long tableEntries = Math.Min(l.RefcountClusters * l.ClusterBytes / 8, (l.Length - l.RefcountTableOffset) / 8);
+        long i = r.NextInt64(Math.Max(1, Math.Min(tableEntries, 64)));
+        int pos = (int)(l.RefcountTableOffset + (i * 8));
+        ulong block = U64(d, pos);
+        if (r.Next(2) == 0 || block == 0 || block % (ulong)l.ClusterBytes != 0 || block >= (ulong)l.Length)
+        {
+            ulong v = Value(r, l, block);
+            Write(d, pos, 8, v);
+            return $"refcount table[{i}] = 0x{v:x}";
+        }
+
+        int at = (int)block + r.Next((int)Math.Min(l.ClusterBytes, l.Length - (long)block) - 1);
+        byte b = (byte)r.Next(256);
+        d[at] = b;
+        return $"refcount block at {block}: byte {at} = 0x{b:x2}";
+    }
+
+    private static string SnapshotEntry(byte[] d, Random r)
+    {
+        var l = Read(d);
+        if (l.SnapshotsOffset == 0 || l.SnapshotCount == 0)
+        {
+            return "snapshot: none";
+        }
+
+        // Walks to a random entry as the reader does, padded to 8 bytes each.
+        long at = l.SnapshotsOffset;
+        long index = r.NextInt64(Math.Min(l.SnapshotCount, 16));
+        for (long i = 0; i < index && at + FieldLocations.SnapshotFixedSize <= l.Length; i++)
+        {
+            long extra = U32(d, (int)at + FieldLocations.SnapshotExtraDataSize);
+            long length = FieldLocations.SnapshotFixedSize + Math.Min(extra, 1 << 20) + BinaryPrimitives.ReadUInt16BigEndian(d.AsSpan((int)at + FieldLocations.SnapshotIdSize)) + BinaryPrimitives.ReadUInt16BigEndian(d.AsSpan((int)at + FieldLocations.SnapshotNameSize));
+            at += (length + 7) & ~7L;
+        }
+
+        var (offset, width, name) = SnapshotFields[r.Next(SnapshotFields.Length)];
+        if (at + offset + width > l.Length)
+        {
+            return "snapshot: entry past the end";
+        }
+
+        ulong v = Value(r, l, Read(d, (int)at + offset, width));
+        Write(d, (int)at + offset, width, v);
+        return $"snapshot {index} {name} = 0x{v:x}";
+    }
+
+    private static string Resize(ref byte[] d, Random r)
+    {
+        int length = r.Next(4) switch
+        {
+            0 => r.Next(0, Math.Min(d.Length + 1, 512)),
+            1 => Math.Max(0, d.Length - r.Next(1, 1 << 16)),
+            2 => d.Length + r.Next(1, 1 << 16),
+            _ => (int)(r.NextInt64(Math.Max(1, d.Length)) & ~511L),
+        };
+        Array.Resize(ref d, length);
+        return $"resize to {length}";
+    }
+
+    private static string Splice(byte[] d, Random r)
+    {
+        var l = Read(d);
+        if (l.Length < 2 * l.ClusterBytes)
+        {
+            return "splice: too short";
+        }
+
+        long from = r.NextInt64(l.Clusters) << l.ClusterBits;
+        long to = r.NextInt64(l.Clusters) << l.ClusterBits;
+        int n = (int)Math.Min(l.ClusterBytes, Math.Min(l.Length - from, l.Length - to));
+        Array.Copy(d, from, d, to, n);
+        return $"splice cluster at {from} over {to}";
+    }
+
+    private static uint U32(byte[] d, int at) => at + 4 <= d.Length ? BinaryPrimitives.ReadUInt32BigEndian(d.AsSpan(at)) : 0;
+
+    private static ulong U64(byte[] d, int at) => at + 8 <= d.Length ? BinaryPrimitives.ReadUInt64BigEndian(d.AsSpan(at)) : 0;
+
+    private static ulong Read(byte[] d, int at, int width) => width switch
+    {
+        1 => d[at],
+        2 => BinaryPrimitives.ReadUInt16BigEndian(d.AsSpan(at)),
+        4 => BinaryPrimitives.ReadUInt32BigEndian(d.AsSpan(at)),
+        _ => BinaryPrimitives.ReadUInt64BigEndian(d.AsSpan(at)),
+    };
+
+    private static void Write(byte[] d, int at, int width, ulong v)
+    {
+        switch (width)
+        {
+            case 1: d[at] = (byte)v; break;
+            case 2: BinaryPrimitives.WriteUInt16BigEndian(d.AsSpan(at), (ushort)v); break;
+            case 4: BinaryPrimitives.WriteUInt32BigEndian(d.AsSpan(at), (uint)v); break;
+            default: BinaryPrimitives.WriteUInt64BigEndian(d.AsSpan(at), v); break;
+        }
+    }
+}
