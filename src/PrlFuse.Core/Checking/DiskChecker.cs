@@ -49,7 +49,11 @@ public static class DiskChecker
         }
 
         var images = new List<string>();
-        if (kind == DiskSourceKind.ExpandableImage)
+        if (kind == DiskSourceKind.QedImage)
+        {
+            images.Add(source);
+        }
+        else if (kind == DiskSourceKind.ExpandableImage)
         {
             images.Add(source);
         }
@@ -66,7 +70,20 @@ public static class DiskChecker
             starting?.Invoke(images[i], i, images.Count);
             try
             {
-                if (repair)
+                if (kind == DiskSourceKind.QedImage)
+                {
+                    if (repair)
+                    {
+                        var result = Formats.Qed.QedChecker.Repair(images[i], options);
+                        reports.Add(result.Repair);
+                        after!.Add(result.After);
+                    }
+                    else
+                    {
+                        reports.Add(Formats.Qed.QedChecker.Check(images[i], options));
+                    }
+                }
+                else if (repair)
                 {
                     var result = ImageChecker.Repair(images[i], options);
                     reports.Add(result.Repair);

@@ -57,7 +57,7 @@ public static class ImageChecker
     }
 
     /// <summary>Who holds the image when it is in use by another writer (then locked force-share), else null.</summary>
-    private static string? LockForCheck(ImageFile file, bool forceShare)
+    internal static string? LockForCheck(ImageFile file, bool forceShare)
     {
         if (!forceShare)
         {
@@ -132,7 +132,7 @@ public static class ImageChecker
         return new ImageRepairResult(repair, Check(path, options with { Progress = null }));
     }
 
-    private static ImageFile Open(string path, bool writable, ImageCheckOptions options)
+    internal static ImageFile Open(string path, bool writable, ImageCheckOptions options)
     {
         if (!File.Exists(path))
         {

@@ -191,6 +191,11 @@ public sealed partial class VirtualDisk : IDisposable
             return DescribeQcow2Image(path, options);
         }
 
+        if (kind == DiskSourceKind.QedImage)
+        {
+            return DescribeQedImage(path, options);
+        }
+
         using var file = options.OpenFile(path, false);
 
         // Locked like any read-only open before its header is read: a writer's half-written header is not taken for
@@ -284,14 +289,14 @@ public sealed partial class VirtualDisk : IDisposable
                     }
 
                     ImageLayer layer;
-                    if (kind == DiskSourceKind.Qcow2Image)
+                    if (kind is DiskSourceKind.Qcow2Image or DiskSourceKind.QedImage)
                     {
-                        if (writable)
+                        if (writable && kind == DiskSourceKind.Qcow2Image)
                         {
                             readOnlyPlace ??= $"{file}: qcow2 images are served read-only (prlfuse does not write them yet)";
                         }
 
-                        var chain = OpenQcow2Chain(file, options, warnings, opened);
+                        var chain = OpenBackingChain(file, kind == DiskSourceKind.QedImage ? "qed" : "qcow2", writable && kind == DiskSourceKind.QedImage, options, warnings, opened);
                         layer = chain[0];
                         backing[layer] = chain[1..];
                     }
