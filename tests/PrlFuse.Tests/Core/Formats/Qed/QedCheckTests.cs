@@ -13,10 +13,11 @@ namespace PrlFuse.Tests.Core.Formats.Qed;
 [Trait("Needs", "Qemu")]
 public sealed class QedCheckTests
 {
-    private static string Build(TempFolder temp)
+    /// <summary>An image of 4 KiB clusters and 16 KiB tables (each maps 8 MiB); the last write is at <paramref name="last"/>.</summary>
+    private static string Build(TempFolder temp, string last = "15M")
     {
-        Img(temp.Path, "create", "-q", "-f", "qed", "-o", "cluster_size=4096", "a.qed", "16M");
-        Io(temp.Path, "qed", "a.qed", "write -P 1 0 200k", "write -z 1M 64k", "write -P 2 5M 100k", "write -P 3 15M 4k");
+        Img(temp.Path, "create", "-q", "-f", "qed", "-o", "cluster_size=4096", "a.qed", "24M");
+        Io(temp.Path, "qed", "a.qed", "write -P 1 0 200k", "write -z 1M 64k", "write -P 2 5M 100k", "write -P 4 9M 40k", $"write -P 3 {last} 4k");
         return temp.Combine("a.qed");
     }
 
@@ -33,26 +34,41 @@ public sealed class QedCheckTests
         Assert.True(cli.ExitCode == 0, cli.Stdout + cli.Stderr);
     }
 
-    [Fact]
-    public void LeaksAtTheEndAndInsideAreFoundAndRepaired()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void LeaksAtTheEndAndInsideAreFoundAndRepaired(bool leakATable)
     {
         using var temp = new TempFolder();
-        string image = Build(temp);
-        byte[] before;
-        long entry = QedTestImage.FirstDataEntryOffset(image);
 
-        // A cluster inside the file that nothing references, and two more at the end.
-        QedTestImage.WriteUInt64(image, entry, 0);
+        // Without a leaked table the last write goes into the first table, so a data cluster ends the file; with one,
+        // a new table does (QEMU writes a table after the data it maps), and only a leaked table makes room to move it.
+        string image = Build(temp, leakATable ? "20M" : "7M");
+        var header = QedTestImage.Header(image);
+        long leaked;
+        if (leakATable)
+        {
+            // L1 entry 1: its table (4 clusters) and the 10 data clusters of the 40k written at 9M.
+            QedTestImage.WriteUInt64(image, header.L1TableOffset + 8, 0);
+            leaked = 4 + 10 + 2;
+        }
+        else
+        {
+            QedTestImage.WriteUInt64(image, QedTestImage.FirstDataEntryOffset(image), 0);
+            leaked = 1 + 2;
+        }
+
+        // And two more clusters at the end.
         using (var f = new FileStream(image, FileMode.Open))
         {
             f.SetLength(f.Length + 8192);
         }
 
-        before = QemuView(temp.Path, "a.qed");
+        byte[] before = QemuView(temp.Path, "a.qed");
         Assert.Equal(3, QemuCheck(image));
         var report = QedChecker.Check(image);
         Assert.Equal(3, report.ExitCode);
-        Assert.Equal(3, report.LeakedClusters);
+        Assert.Equal(leaked, report.LeakedClusters);
         var cli = PrlFuseCli.Run("check", image);
         Assert.True(cli.ExitCode == 3, cli.Stdout + cli.Stderr);
 
@@ -60,7 +76,7 @@ public sealed class QedCheckTests
         var repaired = PrlFuseCli.Run("check", "--repair", image);
         Assert.True(repaired.ExitCode == 0, repaired.Stdout + repaired.Stderr);
         Assert.Equal(0, QemuCheck(image));
-        Assert.Equal(length - (3 * 4096), new FileInfo(image).Length);
+        Assert.Equal(length - (leaked * 4096), new FileInfo(image).Length);
         Assert.Equal(before, QemuView(temp.Path, "a.qed"));
     }
 
