@@ -6,6 +6,7 @@ using PrlFuse.Core.Descriptor;
 using PrlFuse.Core.Engine;
 using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.Formats.Qcow2;
+using PrlFuse.Core.Formats.Qed;
 using PrlFuse.Core.Images;
 using Spectre.Console;
 
@@ -127,6 +128,15 @@ internal static class InfoCommand
                     continue;
                 }
 
+                if (layer is QedImage qed)
+                {
+                    string state = qed.InUseByOtherWriter ? "[yellow]in use by another writer[/]" : qed.Header.NeedsCheck ? "[red]need-check set[/]" : "clean";
+                    var features = qed.Header.FeatureList().ToList();
+                    console.MarkupLine($"      {state}, features: {Markup.Escape(features.Count == 0 ? "none" : string.Join(", ", features))}");
+                    WriteBackingLines(console, disk, qed);
+                    continue;
+                }
+
                 console.MarkupLine($"      {(layer.InUseByOtherWriter ? "[yellow]in use by another writer[/]" : i.Clean ? "clean" : "[red]not closed cleanly[/]")}{Markup.Escape(i.InUse)}, extension: {Markup.Escape(i.Extension)}");
             }
         }
@@ -188,11 +198,17 @@ internal static class InfoCommand
         }
 
         console.MarkupLine($"      {state}, features: {Markup.Escape(features.Count == 0 ? "none" : string.Join(", ", features))}");
+        WriteBackingLines(console, disk, q);
+    }
+
+    /// <summary>The backing chain below <paramref name="layer"/>, one image a line.</summary>
+    private static void WriteBackingLines(IAnsiConsole console, VirtualDisk disk, ImageLayer layer)
+    {
         int depth = 0;
-        foreach (var below in BackingChain(disk, q))
+        foreach (var below in BackingChain(disk, layer))
         {
             depth++;
-            string kind = below is Qcow2Image bq ? $"qcow2 version {bq.Header.Version}" : below is ExpandableImage ? "parallels" : "raw";
+            string kind = below is Qcow2Image bq ? $"qcow2 version {bq.Header.Version}" : below is QedImage ? "qed" : below is ExpandableImage ? "parallels" : "raw";
             console.MarkupLine($"      backing {depth}: {Markup.Escape(below.Path)} ({Markup.Escape(kind)}, {below.VirtualSize} bytes, cluster {Sizes.Human(below.ClusterBytes)})");
         }
     }
@@ -248,6 +264,11 @@ internal static class InfoCommand
         if (layer is Qcow2Image q)
         {
             return new ImageFacts($"qcow2 version {q.Header.Version}", !q.Header.IsDirty && !q.Header.IsCorrupt, "none", "");
+        }
+
+        if (layer is QedImage qed)
+        {
+            return new ImageFacts("qed", !qed.Header.NeedsCheck, "none", "");
         }
 
         if (layer is not ExpandableImage e)
@@ -375,7 +396,7 @@ internal static class InfoCommand
                     ["allocatedClusters"] = layer.CountAllocatedClusters(),
                     ["virtualSize"] = layer.VirtualSize,
                     ["fileSize"] = layer.File.Length,
-                    ["clean"] = layer is Qcow2Image q ? Describe(q).Clean && !q.InUseByOtherWriter : e is null || (!e.WasUnclean && !e.InUseByOtherWriter),
+                    ["clean"] = layer is Qcow2Image or QedImage ? Describe(layer).Clean && !layer.InUseByOtherWriter : e is null || (!e.WasUnclean && !e.InUseByOtherWriter),
                     ["inUseByOtherWriter"] = layer.InUseByOtherWriter,
 
                     // Every image has every key; what a raw image has not got is null.

@@ -45,7 +45,7 @@ public static class DiskChecker
         // A qcow2 image is checked alone, as 'qemu-img check' does: its backing files are not part of it.
         bool qcow2 = kind == DiskSourceKind.Qcow2Image;
         var images = new List<string>();
-        if (kind is DiskSourceKind.ExpandableImage or DiskSourceKind.Qcow2Image)
+        if (kind is DiskSourceKind.ExpandableImage or DiskSourceKind.Qcow2Image or DiskSourceKind.QedImage)
         {
             images.Add(source);
         }
@@ -62,7 +62,20 @@ public static class DiskChecker
             starting?.Invoke(images[i], i, images.Count);
             try
             {
-                if (repair)
+                if (kind == DiskSourceKind.QedImage)
+                {
+                    if (repair)
+                    {
+                        var result = Formats.Qed.QedChecker.Repair(images[i], options);
+                        reports.Add(result.Repair);
+                        after!.Add(result.After);
+                    }
+                    else
+                    {
+                        reports.Add(Formats.Qed.QedChecker.Check(images[i], options));
+                    }
+                }
+                else if (repair)
                 {
                     var result = qcow2 ? Qcow2Checker.Repair(images[i], options) : ImageChecker.Repair(images[i], options);
                     reports.Add(result.Repair);

@@ -18,6 +18,9 @@ public enum DiskSourceKind
 
     /// <summary>A qcow2 image: a one-image disk over its backing chain.</summary>
     Qcow2Image,
+
+    /// <summary>A QED image: a one-image disk over its backing chain.</summary>
+    QedImage,
 }
 
 /// <summary>What a bare image file is: recognised from its content, or as the user said (--format).</summary>
@@ -98,7 +101,6 @@ public static class DiskSource
     /// <summary>Magics of formats prlfuse does not read, at offset 0: a clear refusal beats serving their metadata as data.</summary>
     private static readonly (byte[] Magic, string Name)[] ForeignFormats =
     [
-        ([0x51, 0x45, 0x44, 0x00], "QED"), // "QED\0"
         ("conectix"u8.ToArray(), "VHD"),
         ("vhdxfile"u8.ToArray(), "VHDX"),
         ("KDMV"u8.ToArray(), "VMDK"),
@@ -128,6 +130,11 @@ public static class DiskSource
         if (format == DiskFormat.Auto && Formats.Qcow2.Qcow2Header.HasMagic(head[..n]))
         {
             return DiskSourceKind.Qcow2Image;
+        }
+
+        if (format == DiskFormat.Auto && Formats.Qed.QedHeader.HasMagic(head[..n]))
+        {
+            return DiskSourceKind.QedImage;
         }
 
         if (format == DiskFormat.Parallels)

@@ -2,12 +2,13 @@ using System.Collections.Immutable;
 using PrlFuse.Core.Descriptor;
 using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.Formats.Qcow2;
+using PrlFuse.Core.Formats.Qed;
 using PrlFuse.Core.IO;
 using PrlFuse.Core.Images;
 
 namespace PrlFuse.Core.Engine;
 
-/// <summary>Opening a bare qcow2 image: a one-image disk whose layers are the image and its backing chain.</summary>
+/// <summary>Opening a bare qcow2 or QED image: a one-image disk whose layers are the image and its backing chain.</summary>
 public sealed partial class VirtualDisk
 {
     /// <summary>Deepest backing chain opened: deeper is refused (a loop that escaped detection, or a hostile chain).</summary>
@@ -30,20 +31,29 @@ public sealed partial class VirtualDisk
         return DescribeOneImage(path, header.Size / 512, header.ClusterBytes / 512, ImageType.Compressed);
     }
 
+    private static DiskDescriptor DescribeQedImage(string path, DiskOpenOptions options)
+    {
+        using var file = options.OpenFile(path, false);
+        ImageLock.Acquire(file, ReadOnlyLockMode(options));
+        var header = QedImage.ReadHeader(file);
+        return DescribeOneImage(path, header.ImageSize / 512, header.ClusterBytes / 512, ImageType.Compressed);
+    }
+
     /// <summary>
-    /// Opens the qcow2 image <paramref name="path"/> with its backing chain, top first (the top for writing when
-    /// <paramref name="writable"/>, unless <see cref="Qcow2Image.WriteBlockedReason"/> says otherwise, in
-    /// <paramref name="readOnlyReason"/>; the rest read-only): each backing file
-    /// named relative to the folder of the image that names it, in the format its backing_fmt says or its magic shows
-    /// (qcow2, Parallels, else raw). Every layer opened is added to <paramref name="opened"/> (so a failure disposes it).
+    /// Opens the qcow2 or QED image <paramref name="path"/> (in <paramref name="format"/>) with its backing chain, top
+    /// first: each backing file named relative to the folder of the image that names it, in the format its header says
+    /// or its magic shows (qcow2, QED, Parallels, else raw). Only the top is opened for writing, and only with
+    /// <paramref name="writable"/> (and unless <see cref="Qcow2Image.WriteBlockedReason"/> says otherwise, in
+    /// <paramref name="readOnlyReason"/>). Every layer opened is added to <paramref name="opened"/> (so a failure
+    /// disposes it).
     /// </summary>
-    private static ImageLayer[] OpenQcow2Chain(string path, bool writable, DiskOpenOptions options, ImmutableArray<DiskWarning>.Builder warnings, List<ImageLayer> opened, out string? readOnlyReason)
+    private static ImageLayer[] OpenBackingChain(string path, string format, bool writable, DiskOpenOptions options, ImmutableArray<DiskWarning>.Builder warnings, List<ImageLayer> opened, out string? readOnlyReason)
     {
         readOnlyReason = null;
         var chain = new List<ImageLayer>();
         var seen = new HashSet<(ulong, ulong)>();
         string current = path;
-        string? format = "qcow2";
+        string? currentFormat = format;
         string? namedBy = null;
         while (true)
         {
@@ -57,7 +67,7 @@ public sealed partial class VirtualDisk
                 throw new ImageFormatException(namedBy ?? path, $"backing chain loops back to {current}; refused");
             }
 
-            var layer = OpenChainLayer(current, format, writable && chain.Count == 0, options, warnings);
+            var layer = OpenChainLayer(current, currentFormat, writable && chain.Count == 0, options, warnings);
             opened.Add(layer);
             if (writable && chain.Count == 0 && layer is Qcow2Image { WriteBlockedReason: { } blocked })
             {
@@ -69,16 +79,24 @@ public sealed partial class VirtualDisk
             layer.CacheId = opened.Count;
             warnings.AddRange(layer.DiskWarnings);
             chain.Add(layer);
-            if (layer is not Qcow2Image { Header.BackingFile: { } backingName } qcow2)
+            if (BackingOf(layer) is not var (backingName, backingFormat))
             {
                 return [.. chain];
             }
 
             namedBy = current;
             current = ResolveNamedFile(current, backingName, "backing file");
-            format = qcow2.Header.BackingFormat;
+            currentFormat = backingFormat;
         }
     }
+
+    /// <summary>The backing file a layer names and the format its header fixes for it (null: probe it), or null without one.</summary>
+    private static (string Name, string? Format)? BackingOf(ImageLayer layer) => layer switch
+    {
+        Qcow2Image { Header.BackingFile: { } name } q => (name, q.Header.BackingFormat),
+        QedImage { Header.BackingFile: { } name } q => (name, q.Header.BackingFormat),
+        _ => null,
+    };
 
     /// <summary>
     /// The file that <paramref name="name"/>, stored in image <paramref name="image"/>, names: relative to the image's
@@ -122,9 +140,10 @@ public sealed partial class VirtualDisk
             ImageLayer layer = format switch
             {
                 "qcow2" => Qcow2Image.Open(file, name => OpenDataFile(path, name, options, warnings)),
+                "qed" => QedImage.Open(file),
                 "parallels" => ExpandableImage.Open(file, locked.OtherWriter),
                 "raw" => new PlainImage(file, file.Length),
-                _ => throw new ImageFormatException(path, $"backing format \"{format}\" is not one prlfuse reads (qcow2, parallels, raw)"),
+                _ => throw new ImageFormatException(path, $"backing format \"{format}\" is not one prlfuse reads (qcow2, qed, parallels, raw)"),
             };
             if (locked.OtherWriter && layer is not ExpandableImage)
             {
@@ -156,12 +175,12 @@ public sealed partial class VirtualDisk
         }
     }
 
-    /// <summary>A backing file without backing_fmt: qcow2 or Parallels by magic, else raw.</summary>
+    /// <summary>A backing file without a format given: qcow2, QED or Parallels by magic, else raw.</summary>
     private static string ProbeFormat(ImageFile file)
     {
         Span<byte> head = stackalloc byte[64];
         int n = file.Read(head, 0);
-        return Qcow2Header.HasMagic(head[..n]) ? "qcow2" : ParallelsHeader.HasMagic(head[..n]) ? "parallels" : "raw";
+        return Qcow2Header.HasMagic(head[..n]) ? "qcow2" : QedHeader.HasMagic(head[..n]) ? "qed" : ParallelsHeader.HasMagic(head[..n]) ? "parallels" : "raw";
     }
 
     /// <summary>

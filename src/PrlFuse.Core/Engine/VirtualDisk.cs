@@ -226,6 +226,11 @@ public sealed partial class VirtualDisk : IDisposable
             return DescribeQcow2Image(path, options);
         }
 
+        if (kind == DiskSourceKind.QedImage)
+        {
+            return DescribeQedImage(path, options);
+        }
+
         using var file = options.OpenFile(path, false);
 
         // Locked like any read-only open before its header is read: a writer's half-written header is not taken for
@@ -319,10 +324,10 @@ public sealed partial class VirtualDisk : IDisposable
                     }
 
                     ImageLayer layer;
-                    if (kind == DiskSourceKind.Qcow2Image)
+                    if (kind is DiskSourceKind.Qcow2Image or DiskSourceKind.QedImage)
                     {
-                        var chain = OpenQcow2Chain(file, writable, options, warnings, opened, out string? qcow2ReadOnly);
-                        readOnlyPlace ??= qcow2ReadOnly;
+                        var chain = OpenBackingChain(file, kind == DiskSourceKind.QedImage ? "qed" : "qcow2", writable, options, warnings, opened, out string? chainReadOnly);
+                        readOnlyPlace ??= chainReadOnly;
                         layer = chain[0];
                         backing[layer] = chain[1..];
                     }

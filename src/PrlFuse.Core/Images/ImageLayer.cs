@@ -12,6 +12,9 @@ public enum ImageKind
 
     /// <summary>A qcow2 image (versions 2 and 3).</summary>
     Qcow2,
+
+    /// <summary>A QED image.</summary>
+    Qed,
 }
 
 /// <summary>
