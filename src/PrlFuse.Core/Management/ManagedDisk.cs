@@ -96,13 +96,17 @@ internal sealed class ManagedDisk : IDisposable
         }
     }
 
+    /// <summary>
+    /// After a crash in an operation an image may be unclean, or clean with space leaked past its end (the trim of a
+    /// clean close not yet durable when the header was): each one the checker finds anything in is repaired.
+    /// </summary>
     private static void RepairUnclean(Dictionary<Guid, string>[] paths, DiskDescriptor descriptor)
     {
         for (int s = 0; s < paths.Length; s++)
         {
             foreach (var (guid, path) in paths[s])
             {
-                if (descriptor.Storages[s].FindImage(guid)!.Type == ImageType.Compressed && IsUnclean(path))
+                if (descriptor.Storages[s].FindImage(guid)!.Type == ImageType.Compressed && File.Exists(path) && ImageChecker.Check(path).Problems.Count > 0)
                 {
                     var result = ImageChecker.Repair(path);
                     if (result.ExitCode != 0)
@@ -112,14 +116,6 @@ internal sealed class ManagedDisk : IDisposable
                 }
             }
         }
-    }
-
-    private static bool IsUnclean(string path)
-    {
-        using var file = PositionalImageFile.Open(path, writable: false);
-        Span<byte> head = stackalloc byte[FieldLocations.HeaderSize];
-        int n = file.Read(head, 0);
-        return ParallelsHeader.TryRead(head[..n], out var header, out _) && header.IsUnclean;
     }
 
     private static ImageLayer OpenImage(BundleFiles files, string path, StorageDescriptor sd, ImageType type)
