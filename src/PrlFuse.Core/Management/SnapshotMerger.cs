@@ -31,7 +31,7 @@ public static class SnapshotMerger
     public static void Delete(string disk, Guid guid, BundleFiles? files = null, OperationProgress? progress = null)
     {
         files ??= BundleFiles.Real;
-        string descriptorPath = ManagedDisk.DescriptorOf(disk);
+        string descriptorPath = MergingDisk.DescriptorOf(disk);
         FinishInterrupted(descriptorPath, files, progress);
         var tree = SnapshotTree.Build(DescriptorParser.ParseFile(descriptorPath), descriptorPath);
         if (!tree.Contains(guid))
@@ -51,7 +51,7 @@ public static class SnapshotMerger
     public static int Merge(string disk, BundleFiles? files = null, OperationProgress? progress = null)
     {
         files ??= BundleFiles.Real;
-        string descriptorPath = ManagedDisk.DescriptorOf(disk);
+        string descriptorPath = MergingDisk.DescriptorOf(disk);
         FinishInterrupted(descriptorPath, files, progress);
         var descriptor = DescriptorParser.ParseFile(descriptorPath);
         var tree = SnapshotTree.Build(descriptor, descriptorPath);
@@ -62,7 +62,7 @@ public static class SnapshotMerger
         }
 
         // Every doomed snapshot is marked at once: whatever stops the merge, the next operation finishes all of it.
-        using (ManagedDisk.Open(descriptorPath, files, repairUnclean: false))
+        using (MergingDisk.Open(descriptorPath, files, repairUnclean: false))
         {
             files.StoreDescriptor(descriptorPath, IntentMark.Mark(descriptor, doomed));
         }
@@ -93,7 +93,7 @@ public static class SnapshotMerger
             if (candidates.Count == 0)
             {
                 // Only a top can be left marked by hand: the current state is never deleted, so the mark goes.
-                using (ManagedDisk.Open(descriptorPath, files, repairUnclean: true))
+                using (MergingDisk.Open(descriptorPath, files, repairUnclean: true))
                 {
                     files.StoreDescriptor(descriptorPath, Unmarked(descriptor));
                 }
@@ -114,7 +114,7 @@ public static class SnapshotMerger
     private static void DeleteOne(string descriptorPath, BundleFiles files, Guid guid, OperationProgress? progress)
     {
         var before = DescriptorParser.ParseFile(descriptorPath);
-        using var disk = ManagedDisk.Open(descriptorPath, files, repairUnclean: IntentMark.Marked(before).Count > 0);
+        using var disk = MergingDisk.Open(descriptorPath, files, repairUnclean: IntentMark.Marked(before).Count > 0);
         var tree = disk.Tree;
         var children = tree.ChildrenOf(guid).ToList();
         string name = DiskDescriptor.FormatGuid(guid);
@@ -176,7 +176,7 @@ public static class SnapshotMerger
     /// then serves the child) when that copies less than up (the doomed image's clusters into the child); with several
     /// children, up into each. A raw root is never copied up: it is all data.
     /// </summary>
-    private static List<MergeStep> Plan(ManagedDisk disk, Guid guid, List<Guid> children)
+    private static List<MergeStep> Plan(MergingDisk disk, Guid guid, List<Guid> children)
     {
         var steps = new List<MergeStep>();
         for (int s = 0; s < disk.Images.Length; s++)
@@ -206,7 +206,7 @@ public static class SnapshotMerger
     /// Copies every cluster <paramref name="child"/>'s image holds into the image of <paramref name="doomed"/>, which then
     /// reads as the child. Only the doomed view changes: the child reads those ranges from its own image throughout.
     /// </summary>
-    private static void CopyDown(ManagedDisk disk, int storage, Guid doomed, Guid child, Action<long> report)
+    private static void CopyDown(MergingDisk disk, int storage, Guid doomed, Guid child, Action<long> report)
     {
         var source = disk.Images[storage][child];
         var childView = disk.ChainOf(storage, child);
@@ -244,7 +244,7 @@ public static class SnapshotMerger
     /// <paramref name="doomed"/> has data in: the child then reads the same without the doomed snapshot. Nothing any view
     /// reads changes: the clusters written hold what the child read through them before.
     /// </summary>
-    private static void CopyUp(ManagedDisk disk, int storage, Guid doomed, Guid child, Action<long> report)
+    private static void CopyUp(MergingDisk disk, int storage, Guid doomed, Guid child, Action<long> report)
     {
         var source = disk.Images[storage][doomed];
         var target = disk.WritableChainOf(storage, child);

@@ -17,9 +17,9 @@ public static class SnapshotSwitcher
     public static SwitchResult Switch(string disk, Guid guid, bool keepCurrent, BundleFiles? files = null)
     {
         files ??= BundleFiles.Real;
-        string descriptorPath = ManagedDisk.DescriptorOf(disk);
+        string descriptorPath = MergingDisk.DescriptorOf(disk);
         SnapshotMerger.FinishInterrupted(descriptorPath, files);
-        using var opened = ManagedDisk.Open(descriptorPath, files, repairUnclean: false);
+        using var opened = MergingDisk.Open(descriptorPath, files, repairUnclean: false);
         var tree = opened.Tree;
         var d = opened.Descriptor;
         string name = DiskDescriptor.FormatGuid(guid);
