@@ -14,11 +14,11 @@ public sealed record SwitchResult(Guid Top, Guid? Kept);
 /// </summary>
 public static class SnapshotSwitcher
 {
-    public static SwitchResult Switch(string disk, Guid guid, bool keepCurrent, BundleFiles? files = null)
+    public static SwitchResult Switch(string disk, Guid guid, bool keepCurrent, BundleFiles? files = null, OperationProgress? progress = null)
     {
         files ??= BundleFiles.Real;
         string descriptorPath = MergingDisk.DescriptorOf(disk);
-        SnapshotMerger.FinishInterrupted(descriptorPath, files);
+        SnapshotMerger.FinishInterrupted(descriptorPath, files, progress);
         using var opened = MergingDisk.Open(descriptorPath, files, repairUnclean: false);
         var tree = opened.Tree;
         var d = opened.Descriptor;
