@@ -1,6 +1,5 @@
 using PrlFuse.Core.Descriptor;
 using PrlFuse.Core.Formats.Parallels;
-using PrlFuse.Core.Management;
 
 namespace PrlFuse.Core.Checking;
 
@@ -47,11 +46,6 @@ public static class DiskChecker
         {
             // "No errors" over a format the checker cannot read would be a false all-clear.
             throw new PrlFuseException(source, "prlfuse does not check qcow2 images yet; use 'qemu-img check'");
-        }
-
-        if (kind == DiskSourceKind.Descriptor)
-        {
-            FinishInterruptedOperation(source, repair, diskProblems);
         }
 
         var images = new List<string>();
@@ -177,46 +171,6 @@ public static class DiskChecker
 
                 images.Add(file);
             }
-        }
-    }
-
-    /// <summary>
-    /// A snapshot deletion that a crash interrupted (its intent mark in the descriptor, see <see cref="IntentMark"/>) is
-    /// finished by a repair, before the images are checked; a plain check only says so.
-    /// </summary>
-    private static void FinishInterruptedOperation(string descriptorPath, bool repair, List<CheckProblem> problems)
-    {
-        IReadOnlyList<Guid> marked;
-        try
-        {
-            marked = IntentMark.Marked(DescriptorParser.ParseFile(descriptorPath));
-        }
-        catch (PrlFuseException)
-        {
-            // The descriptor's own problems are reported with the images'.
-            return;
-        }
-
-        if (marked.Count == 0)
-        {
-            return;
-        }
-
-        string which = string.Join(", ", marked.Select(DiskDescriptor.FormatGuid));
-        if (!repair)
-        {
-            problems.Add(new CheckProblem(descriptorPath, CheckProblemKind.BadDescriptor, CheckSeverity.Warning, "descriptor", $"an interrupted operation is deleting snapshot {which}; 'prlfuse check --repair' or the next snapshot command finishes it"));
-            return;
-        }
-
-        try
-        {
-            SnapshotMerger.FinishInterrupted(descriptorPath);
-            problems.Add(new CheckProblem(descriptorPath, CheckProblemKind.BadDescriptor, CheckSeverity.Warning, "descriptor", $"finished the interrupted deletion of snapshot {which}") { Repaired = true });
-        }
-        catch (PrlFuseException e)
-        {
-            problems.Add(Error(descriptorPath, CheckProblemKind.BadDescriptor, $"could not finish the interrupted deletion of snapshot {which}: {e.Problem}"));
         }
     }
 
