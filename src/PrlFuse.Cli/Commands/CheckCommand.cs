@@ -1,5 +1,6 @@
 using PrlFuse.Core.Checking;
 using PrlFuse.Core.Descriptor;
+using PrlFuse.Core.Management;
 using Spectre.Console;
 
 namespace PrlFuse.Cli.Commands;
@@ -23,6 +24,7 @@ internal static class CheckCommand
             throw new Core.PrlFuseException(disk, "--repair writes the images, so it does not go with --force-share");
         }
 
+        FinishInterruptedOperation(disk, repair, output);
         var (source, images) = FilesOf(disk, allowOutsideImages);
         foreach (var user in Output.InUse.OurMounts([disk, .. source is null ? Array.Empty<string>() : [source], .. images]))
         {
@@ -69,6 +71,47 @@ internal static class CheckCommand
 
         Print(report, output);
         return report.ExitCode;
+    }
+
+    /// <summary>
+    /// A snapshot deletion a crash interrupted (its intent mark in the descriptor, see <see cref="IntentMark"/>): a repair
+    /// finishes it before the images are checked; a plain check says so.
+    /// </summary>
+    private static void FinishInterruptedOperation(string disk, bool repair, TextWriter output)
+    {
+        string descriptor;
+        IReadOnlyList<Guid> marked;
+        try
+        {
+            var (full, kind) = DiskSource.Resolve(disk);
+            if (kind != DiskSourceKind.Descriptor)
+            {
+                return;
+            }
+
+            descriptor = full;
+            marked = IntentMark.Marked(DescriptorParser.ParseFile(full));
+        }
+        catch (Core.PrlFuseException)
+        {
+            // The checker says what is wrong with the descriptor.
+            return;
+        }
+
+        if (marked.Count == 0)
+        {
+            return;
+        }
+
+        string which = string.Join(", ", marked.Select(DiskDescriptor.FormatGuid));
+        if (!repair)
+        {
+            output.WriteLine($"{descriptor}: an interrupted operation is deleting snapshot {which}; 'prlfuse check --repair' or the next snapshot command finishes it");
+            return;
+        }
+
+        SnapshotMerger.FinishInterrupted(descriptor);
+        output.WriteLine($"{descriptor}: finished the interrupted deletion of snapshot {which}");
     }
 
     /// <summary>The disk's descriptor (or bare image) and its image files as Core maps them, as far as they can be read.</summary>

@@ -197,7 +197,7 @@ internal static class CommandTable
         new CommandSpec
         {
             Name = "snapshot",
-            Summary = "List a disk's snapshots, or take one (the disk offline).",
+            Summary = "List a disk's snapshots, take one, delete one, or switch to one (the disk offline).",
             Options = [],
             Examples = ["prlfuse snapshot list disk.hdd", "prlfuse snapshot create disk.hdd --name \"before upgrade\""],
             Subcommands =
@@ -236,9 +236,58 @@ internal static class CommandTable
                     Create = () => new SnapshotCreateOptions(),
                     Run = o => SnapshotCommands.Create((SnapshotCreateOptions)o),
                 },
+                new CommandSpec
+                {
+                    Name = "snapshot delete",
+                    Summary = "Delete a snapshot (any but the current state) of a disk that is not in use; every other snapshot reads as before.",
+                    Description =
+                    [
+                        "A snapshot with one child is merged with it (the child's data copied down into the snapshot's image, or the snapshot's data up into the child's, whichever copies less); with several children each child gets the data it read from it; a leaf is dropped.",
+                        "The snapshot is first marked <Temporary/> in the descriptor; its data is then merged and made durable, the descriptor rewritten without it, and its image removed last. A crash at any point is finished by the next snapshot command or 'prlfuse check --repair'. Refused while the disk is mounted or another program uses it.",
+                    ],
+                    Positionals =
+                    [
+                        Positional<SnapshotDeleteOptions>("disk", "A bundle folder (NAME.hdd) or its DiskDescriptor.xml.", (o, v) => o.Disk = v),
+                        Positional<SnapshotDeleteOptions>("guid", "The snapshot, with or without braces, any case ('prlfuse snapshot list' shows them).", (o, v) => o.Guid = v),
+                    ],
+                    Options = [Debug<SnapshotDeleteOptions>()],
+                    Examples = ["prlfuse snapshot delete disk.hdd {986476cf-d62e-45d1-b355-86feca91376e}"],
+                    Create = () => new SnapshotDeleteOptions(),
+                    Run = o => SnapshotChangeCommands.Delete((SnapshotDeleteOptions)o),
+                },
+                new CommandSpec
+                {
+                    Name = "snapshot switch",
+                    Summary = "Make a snapshot's content the current state of a disk that is not in use: a new empty image over it. The old current state is dropped, or kept as a snapshot with --keep-current.",
+                    Description = ["The new image is durable before the descriptor is rewritten, and the dropped image is removed last: a crash leaves the old disk or the new one. Refused while the disk is mounted or another program uses it."],
+                    Positionals =
+                    [
+                        Positional<SnapshotSwitchOptions>("disk", "A bundle folder (NAME.hdd) or its DiskDescriptor.xml.", (o, v) => o.Disk = v),
+                        Positional<SnapshotSwitchOptions>("guid", "The snapshot, with or without braces, any case.", (o, v) => o.Guid = v),
+                    ],
+                    Options =
+                    [
+                        Flag<SnapshotSwitchOptions>("keep-current", null, "Keep the current state as a snapshot (a new GUID, printed) instead of dropping it.", o => o.KeepCurrent = true),
+                        Debug<SnapshotSwitchOptions>(),
+                    ],
+                    Examples = ["prlfuse snapshot switch disk.hdd {986476cf-d62e-45d1-b355-86feca91376e}", "prlfuse snapshot switch --keep-current disk.hdd {986476cf-d62e-45d1-b355-86feca91376e}"],
+                    Create = () => new SnapshotSwitchOptions(),
+                    Run = o => SnapshotChangeCommands.Switch((SnapshotSwitchOptions)o),
+                },
             ],
             Create = () => new GroupOptions(),
             Run = _ => Program.ExitUsage,
+        },
+        new CommandSpec
+        {
+            Name = "merge",
+            Summary = "Merge every snapshot of a disk that is not in use into one image that holds the current state (as 'prl_disk_tool merge').",
+            Description = ["Every snapshot but the current state is marked <Temporary/> in the descriptor first, then deleted one by one from the root up (see 'snapshot delete'); a crash is finished by the next snapshot command or 'prlfuse check --repair'. Refused while the disk is mounted or another program uses it."],
+            Positionals = [Positional<MergeOptions>("disk", "A bundle folder (NAME.hdd) or its DiskDescriptor.xml.", (o, v) => o.Disk = v)],
+            Options = [Debug<MergeOptions>()],
+            Examples = ["prlfuse merge disk.hdd"],
+            Create = () => new MergeOptions(),
+            Run = o => SnapshotChangeCommands.Merge((MergeOptions)o),
         },
         new CommandSpec
         {

@@ -151,3 +151,24 @@ internal sealed class RestoreDescriptorOptions : CommonOptions
 {
     public string Folder { get; set; } = "";
 }
+
+internal sealed class SnapshotDeleteOptions : CommonOptions
+{
+    public string Disk { get; set; } = "";
+
+    public string Guid { get; set; } = "";
+}
+
+internal sealed class SnapshotSwitchOptions : CommonOptions
+{
+    public string Disk { get; set; } = "";
+
+    public string Guid { get; set; } = "";
+
+    public bool KeepCurrent { get; set; }
+}
+
+internal sealed class MergeOptions : CommonOptions
+{
+    public string Disk { get; set; } = "";
+}
