@@ -115,3 +115,14 @@ internal sealed class StatusOptions : CommonOptions
 {
     public bool Json { get; set; }
 }
+
+internal sealed class ResizeOptions : DiskOptions
+{
+    public string? Size { get; set; }
+
+    public bool Shrink { get; set; }
+}
+
+internal sealed class CompactOptions : DiskOptions
+{
+}
