@@ -30,7 +30,7 @@ public static class DiskResizer
             throw new PrlFuseException(null, $"the new size must be a positive whole number of 512-byte sectors (got {newBytes} bytes)");
         }
 
-        using var disk = ManagedDisk.Open(path, options.AllowImagesOutsideBundle, options.OpenFile);
+        using var disk = LockedImageChain.Open(path, options.AllowImagesOutsideBundle, options.OpenFile);
         long oldBytes = disk.SizeBytes;
         if (disk.Descriptor is { } d)
         {
@@ -105,7 +105,7 @@ public static class DiskResizer
     private static (long Heads, long Sectors) TrackShape(DiskParameters p) =>
         p.Heads is > 0 and <= 255 && p.Sectors is > 0 and <= 255 ? (p.Heads, p.Sectors) : (DiskGeometry.DefaultHeads, DiskGeometry.DefaultSectors);
 
-    private static void WriteDescriptor(ManagedDisk disk, long newBytes)
+    private static void WriteDescriptor(LockedImageChain disk, long newBytes)
     {
         if (disk.Descriptor is not { } d || d.DiskSizeBytes == newBytes)
         {

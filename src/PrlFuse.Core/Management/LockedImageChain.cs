@@ -7,7 +7,7 @@ using PrlFuse.Core.IO;
 namespace PrlFuse.Core.Management;
 
 /// <summary>One image of a disk under management, opened for writing and locked as a QEMU writer locks it.</summary>
-public sealed record ManagedImage(Guid Guid, Guid ParentGuid, ImageLayer Layer)
+public sealed record LockedImage(Guid Guid, Guid ParentGuid, ImageLayer Layer)
 {
     public string Path => Layer.Path;
 
@@ -22,11 +22,11 @@ public sealed record ManagedImage(Guid Guid, Guid ParentGuid, ImageLayer Layer)
 /// open them while the operation runs. Images that must not be written (not closed cleanly, damaged, an unknown
 /// NECESSARY extension) are refused with what to do.
 /// </summary>
-public sealed class ManagedDisk : IDisposable
+public sealed class LockedImageChain : IDisposable
 {
     private readonly List<ImageLayer> _opened;
 
-    private ManagedDisk(string source, DiskDescriptor? descriptor, SnapshotTree? tree, List<ManagedImage> images, List<ImageLayer> opened)
+    private LockedImageChain(string source, DiskDescriptor? descriptor, SnapshotTree? tree, List<LockedImage> images, List<ImageLayer> opened)
     {
         SourcePath = source;
         Descriptor = descriptor;
@@ -44,13 +44,13 @@ public sealed class ManagedDisk : IDisposable
     public SnapshotTree? Tree { get; }
 
     /// <summary>Every image, parents before children.</summary>
-    public IReadOnlyList<ManagedImage> Images { get; }
+    public IReadOnlyList<LockedImage> Images { get; }
 
     /// <summary>The disk's size in bytes: Disk_size, or a bare image's own size.</summary>
     public long SizeBytes => Descriptor?.DiskSizeBytes ?? Images[0].Layer.VirtualSize;
 
     /// <summary>The images below <paramref name="image"/>, nearest first (empty for the root).</summary>
-    public ImageLayer[] ParentsOf(ManagedImage image)
+    public ImageLayer[] ParentsOf(LockedImage image)
     {
         var byGuid = Images.ToDictionary(i => i.Guid);
         var chain = new List<ImageLayer>();
@@ -66,7 +66,7 @@ public sealed class ManagedDisk : IDisposable
     /// Opens <paramref name="path"/> (a bundle folder, its DiskDescriptor.xml, or a bare image) for management.
     /// <paramref name="openFile"/> opens image files (tests record what is written); files with a handle are locked.
     /// </summary>
-    public static ManagedDisk Open(string path, bool allowImagesOutsideBundle = false, Func<string, bool, ImageFile>? openFile = null)
+    public static LockedImageChain Open(string path, bool allowImagesOutsideBundle = false, Func<string, bool, ImageFile>? openFile = null)
     {
         openFile ??= PositionalImageFile.Open;
         var (full, kind) = DiskSource.Resolve(path);
@@ -92,7 +92,7 @@ public sealed class ManagedDisk : IDisposable
                     }
 
                     opened.Add(layer);
-                    return new ManagedDisk(full, null, null, [new ManagedImage(DiskDescriptor.PredefinedTopGuid, Guid.Empty, layer)], opened);
+                    return new LockedImageChain(full, null, null, [new LockedImage(DiskDescriptor.PredefinedTopGuid, Guid.Empty, layer)], opened);
                 default:
                     throw new PrlFuseException(full, "qcow2 images are not managed by prlfuse (use qemu-img)");
             }
@@ -108,7 +108,7 @@ public sealed class ManagedDisk : IDisposable
         }
     }
 
-    private static ManagedDisk OpenBundle(string descriptorPath, bool allowOutside, Func<string, bool, ImageFile> openFile, List<ImageLayer> opened)
+    private static LockedImageChain OpenBundle(string descriptorPath, bool allowOutside, Func<string, bool, ImageFile> openFile, List<ImageLayer> opened)
     {
         var descriptor = DescriptorParser.ParseFile(descriptorPath);
         var tree = SnapshotTree.Build(descriptor, descriptorPath);
@@ -119,7 +119,7 @@ public sealed class ManagedDisk : IDisposable
 
         var storage = descriptor.Storages[0];
         var resolver = new ImagePathResolver(descriptorPath, allowOutside);
-        var images = new List<ManagedImage>();
+        var images = new List<LockedImage>();
         foreach (var guid in Ordered(tree))
         {
             var id = storage.FindImage(guid)!;
@@ -142,10 +142,10 @@ public sealed class ManagedDisk : IDisposable
             }
 
             opened.Add(layer);
-            images.Add(new ManagedImage(guid, tree.ParentOf(guid), layer));
+            images.Add(new LockedImage(guid, tree.ParentOf(guid), layer));
         }
 
-        return new ManagedDisk(descriptorPath, descriptor, tree, images, opened);
+        return new LockedImageChain(descriptorPath, descriptor, tree, images, opened);
     }
 
     /// <summary>The snapshots, every parent before its children.</summary>
