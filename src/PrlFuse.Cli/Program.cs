@@ -31,7 +31,7 @@ internal static class Program
                 Console.Out.WriteLine($"prlfuse {Version}");
                 return ExitOk;
             case "help":
-                return Help(args.Length > 1 ? args[1] : null);
+                return Help(args.Length > 1 ? args[1] : null, args.Length > 2 ? args[2] : null);
         }
 
         var command = CommandTable.Find(verb);
@@ -40,10 +40,29 @@ internal static class Program
             return UsageError(null, verb.StartsWith('-') ? $"unknown option \"{verb}\" (options follow the command)" : $"unknown command \"{verb}\"");
         }
 
+        string[] rest = args[1..];
+        if (command.Subcommands.Count > 0)
+        {
+            var sub = rest.Length > 0 ? command.FindSubcommand(rest[0]) : null;
+            if (sub is null)
+            {
+                if (rest.TakeWhile(a => a != "--").Any(a => a is "-h" or "--help"))
+                {
+                    Console.Out.Write(command.HelpText());
+                    return ExitOk;
+                }
+
+                return UsageError(command, rest.Length == 0 ? "missing subcommand" : $"unknown subcommand \"{rest[0]}\"");
+            }
+
+            command = sub;
+            rest = rest[1..];
+        }
+
         object options;
         try
         {
-            options = command.Parse(args[1..], out bool help);
+            options = command.Parse(rest, out bool help);
             if (help)
             {
                 Console.Out.Write(command.HelpText());
@@ -58,7 +77,7 @@ internal static class Program
         return Run((CommonOptions)options, () => command.Run(options));
     }
 
-    private static int Help(string? verb)
+    private static int Help(string? verb, string? subcommand)
     {
         if (verb is null)
         {
@@ -70,6 +89,11 @@ internal static class Program
         if (command is null)
         {
             return UsageError(null, $"unknown command \"{verb}\"");
+        }
+
+        if (subcommand is not null && command.Subcommands.Count > 0)
+        {
+            command = command.FindSubcommand(subcommand) ?? command;
         }
 
         Console.Out.Write(command.HelpText());

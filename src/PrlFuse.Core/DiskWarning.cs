@@ -62,4 +62,7 @@ public static class WarningCodes
 
     /// <summary>An image has a NECESSARY format extension feature PrlFuse does not know; it is served read-only.</summary>
     public const string UnknownNecessaryFeature = "unknown-necessary-feature";
+
+    /// <summary>DiskDescriptor.xml is missing or unreadable; its previous version, DiskDescriptor.xml.Backup, was read instead.</summary>
+    public const string DescriptorFromBackup = "descriptor-from-backup";
 }

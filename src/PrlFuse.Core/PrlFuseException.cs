@@ -53,6 +53,13 @@ public class PrlFuseException : Exception
 public sealed class DescriptorException(string file, string message, Exception? inner = null)
     : PrlFuseException(file, message, inner);
 
+/// <summary>
+/// The disk is encrypted (its descriptor's &lt;Encryption&gt; names an engine and holds key data): its images hold
+/// ciphertext, which must never be served as the disk's content.
+/// </summary>
+public sealed class EncryptedDiskException(string file, string message)
+    : PrlFuseException(file, message);
+
 /// <summary>An image file is not a valid Parallels image (or not a usable raw image).</summary>
 public sealed class ImageFormatException(string file, string message, Exception? inner = null)
     : PrlFuseException(file, message, inner);

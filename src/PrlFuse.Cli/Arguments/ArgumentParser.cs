@@ -39,11 +39,20 @@ internal sealed class CommandSpec
 
     public IReadOnlyList<string> Examples { get; init; } = [];
 
+    /// <summary>
+    /// The subcommands of a command group ("snapshot list", "snapshot create"): each a command of its own, named with
+    /// the group's name in front. A group itself only shows its help.
+    /// </summary>
+    public IReadOnlyList<CommandSpec> Subcommands { get; init; } = [];
+
     public required Func<object> Create { get; init; }
 
     public required Func<object, int> Run { get; init; }
 
-    public string UsageLine =>
+    /// <summary>The subcommand <paramref name="word"/> of this group, or null.</summary>
+    public CommandSpec? FindSubcommand(string word) => Subcommands.FirstOrDefault(s => s.Name == $"{Name} {word}");
+
+    public string UsageLine => Subcommands.Count > 0 ? $"prlfuse {Name} <{string.Join('|', Subcommands.Select(s => s.Name[(Name.Length + 1)..]))}> [options] ..." :
         $"prlfuse {Name}" + (Options.Any(o => !o.Hidden) ? " [options]" : "") + string.Concat(Positionals.Select(p => $" <{p.Name}>"));
 
     /// <summary>Parses the arguments after the verb into a fresh options object.</summary>
@@ -195,6 +204,18 @@ internal sealed class CommandSpec
             {
                 Row(sb, "  <" + p.Name + ">", p.Help, width);
             }
+        }
+
+        if (Subcommands.Count > 0)
+        {
+            sb.AppendLine().AppendLine("Subcommands:");
+            int width = Subcommands.Max(c => c.Name.Length) + 4;
+            foreach (var c in Subcommands)
+            {
+                Row(sb, "  " + c.Name, c.Summary, width);
+            }
+
+            sb.AppendLine().AppendLine($"'prlfuse {Name} <subcommand> --help' shows a subcommand's options and examples.");
         }
 
         var visible = Options.Where(o => !o.Hidden).ToList();

@@ -216,6 +216,83 @@ internal static class CommandTable
         },
         new CommandSpec
         {
+            Name = "create",
+            Summary = "Create a new empty disk bundle as Parallels Desktop writes one: NAME.hdd with DiskDescriptor.xml and one image, expandable by default.",
+            Description =
+            [
+                "The bundle is built in a hidden temporary folder beside the target and renamed into place once complete and durable, so a crash leaves no disk or the whole one. An existing target is never overwritten.",
+                "An expandable image (the default) grows as data is written; --plain preallocates the whole size as a raw image, as Parallels does for plain disks.",
+            ],
+            Positionals = [Positional<CreateOptions>("disk", "The bundle folder to create (NAME.hdd); it must not exist.", (o, v) => o.Disk = v)],
+            Options =
+            [
+                Value<CreateOptions>("size", null, "SIZE", "The disk's size: bytes, or with K, M, G, T; a multiple of 512 bytes (required).", (o, v) => o.SizeBytes = CreateCommand.ParseSize(v)),
+                Flag<CreateOptions>("plain", null, "Make a plain (preallocated raw) image instead of an expandable one.", o => o.Plain = true),
+                Value<CreateOptions>("cluster", null, "SIZE", "Cluster size of the expandable image, a power of two from 4K to 64M (default 1M, as Parallels).", (o, v) => o.ClusterBytes = CreateCommand.ParseCluster(v)),
+                Debug<CreateOptions>(),
+            ],
+            Examples = ["prlfuse create disk.hdd --size 10G", "prlfuse create --plain --size 512M small.hdd"],
+            Create = () => new CreateOptions(),
+            Run = o => CreateCommand.Run((CreateOptions)o),
+        },
+        new CommandSpec
+        {
+            Name = "snapshot",
+            Summary = "List a disk's snapshots, or take one (the disk offline).",
+            Options = [],
+            Examples = ["prlfuse snapshot list disk.hdd", "prlfuse snapshot create disk.hdd --name \"before upgrade\""],
+            Subcommands =
+            [
+                new CommandSpec
+                {
+                    Name = "snapshot list",
+                    Summary = "Show the snapshot tree: each snapshot's GUID, its name and description where the descriptor has them, and its image files with the data they hold.",
+                    Positionals = [Positional<SnapshotListOptions>("disk", DiskHelp, (o, v) => o.Disk = v)],
+                    Options =
+                    [
+                        Flag<SnapshotListOptions>("json", null, "Print the same as JSON.", o => o.Json = true),
+                        .. DiskSourceOptions<SnapshotListOptions>(),
+                        Debug<SnapshotListOptions>(),
+                    ],
+                    Examples = ["prlfuse snapshot list disk.hdd", "prlfuse snapshot list --json disk.hdd"],
+                    Create = () => new SnapshotListOptions(),
+                    Run = o => SnapshotCommands.List((SnapshotListOptions)o),
+                },
+                new CommandSpec
+                {
+                    Name = "snapshot create",
+                    Summary = "Take a snapshot of a disk that is not in use: the current state becomes the snapshot, and goes on in a new empty image. Prints the new snapshot's GUID.",
+                    Description =
+                    [
+                        "The new image is made durable before the descriptor is rewritten (atomically, the previous one kept as DiskDescriptor.xml.Backup), so a crash leaves the disk as it was or with the snapshot. Refused while the disk is mounted or another program writes it.",
+                    ],
+                    Positionals = [Positional<SnapshotCreateOptions>("disk", "A bundle folder (NAME.hdd) or its DiskDescriptor.xml.", (o, v) => o.Disk = v)],
+                    Options =
+                    [
+                        Value<SnapshotCreateOptions>("name", null, "TEXT", "A name for the snapshot, kept in the descriptor.", (o, v) => o.Name = SnapshotCommands.ParseName(v)),
+                        Flag<SnapshotCreateOptions>("allow-outside-images", null, "Let relative image paths in DiskDescriptor.xml lead outside the bundle folder.", o => o.AllowOutsideImages = true),
+                        Debug<SnapshotCreateOptions>(),
+                    ],
+                    Examples = ["prlfuse snapshot create disk.hdd", "prlfuse snapshot create disk.hdd --name \"before upgrade\""],
+                    Create = () => new SnapshotCreateOptions(),
+                    Run = o => SnapshotCommands.Create((SnapshotCreateOptions)o),
+                },
+            ],
+            Create = () => new GroupOptions(),
+            Run = _ => Program.ExitUsage,
+        },
+        new CommandSpec
+        {
+            Name = "restore-descriptor",
+            Summary = "Write a lost DiskDescriptor.xml back when the bundle's images leave no doubt (exactly one image); otherwise list what was found and write nothing.",
+            Positionals = [Positional<RestoreDescriptorOptions>("folder", "The bundle folder (NAME.hdd) whose DiskDescriptor.xml is lost or unreadable.", (o, v) => o.Folder = v)],
+            Options = [Debug<RestoreDescriptorOptions>()],
+            Examples = ["prlfuse restore-descriptor disk.hdd"],
+            Create = () => new RestoreDescriptorOptions(),
+            Run = o => RestoreDescriptorCommand.Run((RestoreDescriptorOptions)o),
+        },
+        new CommandSpec
+        {
             Name = "unmount",
             Aliases = ["umount"],
             Summary = "Unmount a prlfuse mount and wait until its images are closed cleanly; refused while a loop device or an open file still uses it.",

@@ -126,3 +126,39 @@ internal sealed class ResizeOptions : DiskOptions
 internal sealed class CompactOptions : DiskOptions
 {
 }
+
+/// <summary>A command group's own (empty) options: it only shows its help.</summary>
+internal sealed class GroupOptions : CommonOptions
+{
+}
+
+internal sealed class CreateOptions : CommonOptions
+{
+    public string Disk { get; set; } = "";
+
+    /// <summary>--size in bytes; null when not given.</summary>
+    public long? SizeBytes { get; set; }
+
+    public bool Plain { get; set; }
+
+    public long ClusterBytes { get; set; } = Core.Formats.Parallels.ParallelsImageCreator.DefaultClusterBytes;
+}
+
+internal sealed class SnapshotListOptions : DiskOptions
+{
+    public bool Json { get; set; }
+}
+
+internal sealed class SnapshotCreateOptions : CommonOptions
+{
+    public string Disk { get; set; } = "";
+
+    public string? Name { get; set; }
+
+    public bool AllowOutsideImages { get; set; }
+}
+
+internal sealed class RestoreDescriptorOptions : CommonOptions
+{
+    public string Folder { get; set; } = "";
+}

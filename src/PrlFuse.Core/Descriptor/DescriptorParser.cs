@@ -123,6 +123,7 @@ public static class DescriptorParser
 
     private static DiskParameters ReadParameters(Context ctx, XElement element)
     {
+        RefuseEncryption(ctx.FileName, element);
         var c = ctx.Split(element, "Disk_size", "Cylinders", "Heads", "Sectors", "Padding");
         long padding = ctx.Number(c, "Padding", "Disk_Parameters");
         if (padding != 0)
@@ -143,6 +144,25 @@ public static class DescriptorParser
             ctx.Number(c, "Sectors", "Disk_Parameters"),
             padding,
             c.Extras);
+    }
+
+    /// <summary>
+    /// Parallels Desktop writes &lt;Encryption&gt; on every disk: a zero Engine GUID and empty Data mean "not encrypted".
+    /// Any engine or key data means the images hold ciphertext, so the disk is refused rather than served as garbage.
+    /// </summary>
+    private static void RefuseEncryption(string fileName, XElement parameters)
+    {
+        foreach (var encryption in parameters.Elements("Encryption"))
+        {
+            string engine = encryption.Element("Engine")?.Value.Trim() ?? string.Empty;
+            string data = encryption.Element("Data")?.Value.Trim() ?? string.Empty;
+            bool noEngine = engine.Length == 0 || (Guid.TryParse(engine, out var id) && id == Guid.Empty);
+            if (!noEngine || data.Length != 0)
+            {
+                string shown = engine.Length <= 60 ? engine : engine[..57] + "...";
+                throw new EncryptedDiskException(fileName, $"the disk is encrypted (Encryption engine {(shown.Length == 0 ? "unnamed" : shown)}); prlfuse cannot read encrypted Parallels disks: decrypt it in Parallels Desktop first");
+            }
+        }
     }
 
     private static StorageDescriptor ReadStorage(Context ctx, XElement element, int index)

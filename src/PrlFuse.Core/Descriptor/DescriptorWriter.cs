@@ -1,6 +1,7 @@
 using System.Collections.Immutable;
 using System.Globalization;
 using System.Text;
+using System.Xml;
 using System.Xml.Linq;
 
 namespace PrlFuse.Core.Descriptor;
@@ -59,11 +60,13 @@ public static class DescriptorWriter
             Leaf(shot, s.Extras, "ParentGUID", DiskDescriptor.FormatGuid(s.ParentGuid));
         }
 
-        var doc = new XDocument(new XDeclaration("1.0", "UTF-8", null), root);
-        var sb = new StringBuilder();
-        using (var writer = new Utf8StringWriter(sb))
+        // Laid out as Parallels Desktop writes it (its declaration, four-space indents), so a rewritten descriptor
+        // differs from the one it replaces only where the disk changed.
+        var settings = new XmlWriterSettings { Indent = true, IndentChars = "    ", NewLineChars = "\n", OmitXmlDeclaration = true, Encoding = new UTF8Encoding(false) };
+        var sb = new StringBuilder("<?xml version='1.0' encoding='UTF-8'?>\n");
+        using (var writer = XmlWriter.Create(new StringWriter(sb, CultureInfo.InvariantCulture), settings))
         {
-            doc.Save(writer, SaveOptions.None);
+            root.Save(writer);
         }
 
         return sb.ToString() + "\n";
@@ -97,10 +100,5 @@ public static class DescriptorWriter
                 parent.Add(XElement.Parse(extra.Xml, LoadOptions.None));
             }
         }
-    }
-
-    private sealed class Utf8StringWriter(StringBuilder sb) : StringWriter(sb, CultureInfo.InvariantCulture)
-    {
-        public override Encoding Encoding => Encoding.UTF8;
     }
 }

@@ -1,5 +1,6 @@
 using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.IO;
+using PrlFuse.Core.Management;
 
 namespace PrlFuse.Core.Descriptor;
 
@@ -38,7 +39,13 @@ public static class DiskSource
         string full = System.IO.Path.GetFullPath(path);
         if (Directory.Exists(full))
         {
-            string xml = System.IO.Path.Combine(full, "DiskDescriptor.xml");
+            string xml = System.IO.Path.Combine(full, DescriptorStore.FileName);
+            if (!File.Exists(xml) && File.Exists(DescriptorStore.BackupPath(xml)))
+            {
+                // Lost in a crash or by hand: opening reads the backup and says so (DescriptorStore.Load).
+                return (xml, DiskSourceKind.Descriptor);
+            }
+
             if (!File.Exists(xml))
             {
                 throw new PrlFuseException(full, "folder has no DiskDescriptor.xml; give a Parallels disk bundle (NAME.hdd) or an .hds image");
@@ -80,7 +87,7 @@ public static class DiskSource
         }
 
         var resolver = new ImagePathResolver(source, allowImagesOutsideBundle);
-        var images = DescriptorParser.ParseFile(source).Storages
+        var images = DescriptorStore.Load(source, out _).Storages
             .SelectMany(s => s.Images)
             .Select(i => resolver.TryResolve(i.File))
             .OfType<string>()

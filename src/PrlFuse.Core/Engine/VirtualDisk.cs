@@ -3,6 +3,7 @@ using PrlFuse.Core.Descriptor;
 using PrlFuse.Core.Formats.Parallels;
 using PrlFuse.Core.IO;
 using PrlFuse.Core.Images;
+using PrlFuse.Core.Management;
 
 namespace PrlFuse.Core.Engine;
 
@@ -118,7 +119,20 @@ public sealed partial class VirtualDisk : IDisposable
         var (full, kind) = DiskSource.Resolve(path, options.Format);
         bool bare = kind != DiskSourceKind.Descriptor;
         var extra = ImmutableArray.CreateBuilder<DiskWarning>();
-        DiskDescriptor descriptor = bare ? DescribeBareImage(full, kind, options, extra) : DescriptorParser.ParseFile(full);
+        DiskDescriptor descriptor;
+        if (bare)
+        {
+            descriptor = DescribeBareImage(full, kind, options, extra);
+        }
+        else
+        {
+            descriptor = DescriptorStore.Load(full, out var fromBackup);
+            if (fromBackup is not null)
+            {
+                extra.Add(fromBackup);
+            }
+        }
+
         if (kind == DiskSourceKind.ExpandableImage && OverlayParentNote(full) is { } note)
         {
             extra.Add(new(WarningCodes.OverlayWithoutParents, note));

@@ -153,6 +153,13 @@ public sealed class PositionalImageFile : ImageFile
         return new PositionalImageFile(path, handle, writable) { _directAllowed = directWrites };
     }
 
+    /// <summary>Creates a new empty file, read-write, shared with readers only; fails when the path exists.</summary>
+    public static PositionalImageFile CreateNew(string path)
+    {
+        var handle = File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.Read, FileOptions.None);
+        return new PositionalImageFile(path, handle, writable: true);
+    }
+
     public override long Length => Volatile.Read(ref _length);
 
     public override SafeFileHandle? Handle => _handle;

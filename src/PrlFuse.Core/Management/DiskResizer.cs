@@ -112,6 +112,6 @@ public static class DiskResizer
             return;
         }
 
-        DescriptorUpdate.Write(disk.SourcePath, Resized(d, newBytes));
+        DescriptorStore.Write(disk.SourcePath, Resized(d, newBytes));
     }
 }

@@ -110,7 +110,7 @@ public sealed class LockedImageChain : IDisposable
 
     private static LockedImageChain OpenBundle(string descriptorPath, bool allowOutside, Func<string, bool, ImageFile> openFile, List<ImageLayer> opened)
     {
-        var descriptor = DescriptorParser.ParseFile(descriptorPath);
+        var descriptor = DescriptorStore.Load(descriptorPath, out _);
         var tree = SnapshotTree.Build(descriptor, descriptorPath);
         if (descriptor.Storages.Length != 1)
         {

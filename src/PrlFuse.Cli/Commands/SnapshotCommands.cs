@@ -1,0 +1,95 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using PrlFuse.Core.Descriptor;
+using PrlFuse.Core.Engine;
+using PrlFuse.Core.Management;
+
+namespace PrlFuse.Cli.Commands;
+
+/// <summary>'prlfuse snapshot list' and 'prlfuse snapshot create': present <see cref="SnapshotLister"/> and <see cref="SnapshotCreator"/>.</summary>
+internal static class SnapshotCommands
+{
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+
+    public static int List(SnapshotListOptions o) => List(o, Console.Out);
+
+    public static int List(SnapshotListOptions o, TextWriter output)
+    {
+        using var disk = VirtualDisk.Open(o.Disk, new DiskOpenOptions { AllowImagesOutsideBundle = o.AllowOutsideImages, ForceShare = o.ForceShare, Format = o.DiskFormat });
+        var entries = SnapshotLister.List(disk);
+        if (o.Json)
+        {
+            var root = new JsonObject
+            {
+                ["disk"] = disk.SourcePath,
+                ["current"] = DiskDescriptor.FormatGuid(disk.Tree.Top),
+                ["snapshots"] = new JsonArray([.. entries.Select(e => (JsonNode?)new JsonObject
+                {
+                    ["guid"] = DiskDescriptor.FormatGuid(e.Guid),
+                    ["parent"] = e.Parent == Guid.Empty ? null : DiskDescriptor.FormatGuid(e.Parent),
+                    ["depth"] = e.Depth,
+                    ["current"] = e.IsCurrent,
+                    ["name"] = e.Name,
+                    ["description"] = e.Description,
+                    ["images"] = new JsonArray([.. e.Images.Select(i => (JsonNode?)new JsonObject
+                    {
+                        ["storage"] = i.Storage,
+                        ["file"] = i.File,
+                        ["type"] = i.Type.ToString(),
+                        ["allocatedBytes"] = i.AllocatedBytes,
+                    })]),
+                })]),
+            };
+            output.WriteLine(root.ToJsonString(Indented));
+            return Program.ExitOk;
+        }
+
+        foreach (var e in entries)
+        {
+            string indent = new(' ', 2 * e.Depth);
+            string label = e.IsCurrent ? "  (current state)" : e.Name is { Length: > 0 } n ? $"  \"{n}\"" : "";
+            output.WriteLine($"{indent}{DiskDescriptor.FormatGuid(e.Guid)}{label}");
+            if (e.Description is { Length: > 0 } description)
+            {
+                output.WriteLine($"{indent}    description: {description}");
+            }
+
+            foreach (var i in e.Images)
+            {
+                output.WriteLine($"{indent}    {i.File} ({i.Type}, {Sizes.Human(i.AllocatedBytes)} allocated)");
+            }
+        }
+
+        return Program.ExitOk;
+    }
+
+    public static int Create(SnapshotCreateOptions o)
+    {
+        var guid = SnapshotCreator.Create(o.Disk, o.Name, allowImagesOutsideBundle: o.AllowOutsideImages);
+        Console.Out.WriteLine(DiskDescriptor.FormatGuid(guid));
+        return Program.ExitOk;
+    }
+
+    /// <summary>--name: one line of text a descriptor can hold.</summary>
+    public static string ParseName(string text) =>
+        text.Any(char.IsControl) || !IsValidUtf16(text)
+            ? throw new FormatException("must be one line of text without control characters")
+            : text;
+
+    private static bool IsValidUtf16(string text)
+    {
+        for (int i = 0; i < text.Length; i++)
+        {
+            if (char.IsHighSurrogate(text[i]) && i + 1 < text.Length && char.IsLowSurrogate(text[i + 1]))
+            {
+                i++;
+            }
+            else if (char.IsSurrogate(text[i]))
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+}
