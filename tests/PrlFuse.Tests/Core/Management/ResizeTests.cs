@@ -34,6 +34,7 @@ public sealed class ResizeTests
         Assert.Equal(size / 512, d.Storages[0].EndSector);
         Assert.Equal(d.Parameters.DiskSizeSectors, d.Parameters.Cylinders * d.Parameters.Heads * d.Parameters.Sectors);
         Assert.Contains("<Name>oracle</Name>", File.ReadAllText(Path.Combine(chain.Bundle, "DiskDescriptor.xml")), StringComparison.Ordinal);
+        Assert.Equal(16L << 20, DescriptorParser.ParseFile(Path.Combine(chain.Bundle, "DiskDescriptor.xml.Backup")).DiskSizeBytes);
     }
 
     [Fact]
