@@ -28,7 +28,7 @@ public sealed class ResizeCompactTests
         Assert.Equal(1, overData.ExitCode);
         Assert.Matches(@"^prlfuse: .*\.hds: cannot shrink to 8388608 bytes: the image holds data .*past the new end; the disk was not changed\n$", overData.Stderr);
 
-        var odd = PrlFuseCli.Run("resize", chain.Bundle, "--size", "1000000");
+        var odd = PrlFuseCli.Run("resize", chain.Bundle, "--size", "1000448");
         Assert.Equal(1, odd.ExitCode);
         Assert.Contains("whole number of cylinders", odd.Stderr, StringComparison.Ordinal);
 

@@ -62,6 +62,43 @@ public sealed class ResizeTests
     }
 
     [Fact]
+    public void TheParallelsDesktopSampleGrowsPastItsDataAreaAndShrinksBack()
+    {
+        using var temp = new TempFolder();
+        string bundle = Samples.Extract("expanding", temp.Path);
+        string image = Path.Combine(bundle, "expanding.hdd.0.{5fbaabe3-6958-40ff-92a7-860e329aab41}.hds");
+        string raw = temp.Combine("before.raw");
+        Qemu.Convert(image, raw);
+        var header = ReadHeader(image);
+
+        // 300 GiB of 1 MiB clusters: a BAT of 1.2 MB, past the 1 MiB data_off, where the first data cluster lies.
+        long size = 300L << 30;
+        DiskResizer.Resize(bundle, size, shrink: false);
+
+        var after = ReadHeader(image);
+        Assert.Equal(header.DataOffsetSectors + 2048, after.DataOffsetSectors);
+        Assert.Equal(header.InUse, after.InUse);
+        Assert.Equal(16u, after.Heads);
+        Assert.Equal((uint)(size / 512 / 16 / 32), after.Cylinders);
+        Qemu.AssertClean(image);
+        Assert.Equal(size, QemuVirtualSize(image));
+        var compare = Qemu.Img("compare", "-f", "parallels", "-F", "raw", image, raw);
+        Assert.True(compare.ExitCode == 0, compare.Stdout + compare.Stderr);
+        string xml = File.ReadAllText(Path.Combine(bundle, "DiskDescriptor.xml"));
+        Assert.Contains($"<Disk_size>{size / 512}</Disk_size>", xml, StringComparison.Ordinal);
+        Assert.Contains($"<Cylinders>{size / 512 / 512}</Cylinders>", xml, StringComparison.Ordinal);
+        Assert.Contains("<PhysicalSectorSize>4096</PhysicalSectorSize>", xml, StringComparison.Ordinal);
+
+        DiskResizer.Resize(bundle, 100L << 20, shrink: true);
+
+        Qemu.AssertClean(image);
+        Assert.Equal(100L << 20, QemuVirtualSize(image));
+        compare = Qemu.Img("compare", "-f", "parallels", "-F", "raw", image, raw);
+        Assert.True(compare.ExitCode == 0, compare.Stdout + compare.Stderr);
+        Assert.Contains("<Cylinders>400</Cylinders>", File.ReadAllText(Path.Combine(bundle, "DiskDescriptor.xml")), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void ABareImageGrowsAndAPlainRootGrowsByItsFile()
     {
         using var temp = new TempFolder();
