@@ -97,6 +97,47 @@ internal static class CommandTable
         },
         new CommandSpec
         {
+            Name = "resize",
+            Summary = "Give a disk a new size, offline: every image of its chain and the descriptor (Disk_size, geometry) get it.",
+            Description =
+            [
+                "Growing: where an image's larger BAT needs the room, the data clusters in its way are moved to the end of the file first, crash-safely (copied and made durable before their BAT entries are repointed); the new space reads as zeros. Grow the filesystem inside afterwards (resize2fs, growpart).",
+                "Shrinking needs --shrink and is refused, before anything is written, when any image holds data past the new end: shrink the filesystem and partitions inside first. The size is a whole number of cylinders (256 KiB with Parallels' 16 heads and 32 sectors).",
+                "Refused while the disk is mounted or any image is in use (QEMU's image locks). A crash leaves every snapshot as it was or as it is after; running the same command again finishes the job.",
+            ],
+            Positionals = [Positional<ResizeOptions>("disk", "A bundle folder (NAME.hdd), its DiskDescriptor.xml, or a bare image (.hds, or a raw disk file).", (o, v) => o.Disk = v)],
+            Options =
+            [
+                Value<ResizeOptions>("size", null, "SIZE", "The new size: bytes, or with K, M, G, T (required).", (o, v) => o.Size = v),
+                Flag<ResizeOptions>("shrink", null, "Allow a smaller size (refused when data lies past the new end).", o => o.Shrink = true),
+                Flag<ResizeOptions>("allow-outside-images", null, "Let relative image paths in DiskDescriptor.xml lead outside the bundle folder.", o => o.AllowOutsideImages = true),
+                Debug<ResizeOptions>(),
+            ],
+            Examples = ["prlfuse resize disk.hdd --size 64G", "prlfuse resize disk.hdd --size 20G --shrink"],
+            Create = () => new ResizeOptions(),
+            Run = o => ResizeCommand.Run((ResizeOptions)o),
+        },
+        new CommandSpec
+        {
+            Name = "compact",
+            Summary = "Release the space of clusters that read as zeros and of leaked space, offline; image files shrink and every snapshot reads the same.",
+            Description =
+            [
+                "In the root image every cluster that reads as zeros is released; in a snapshot's image only where the images below read zeros too (elsewhere it keeps hiding their data). The remaining clusters are moved down into the freed places, crash-safely, and each file is cut after its last cluster. Discard (fstrim) inside the mounted disk first, so that deleted files read as zeros.",
+                "Refused while the disk is mounted or any image is in use (QEMU's image locks).",
+            ],
+            Positionals = [Positional<CompactOptions>("disk", "A bundle folder (NAME.hdd), its DiskDescriptor.xml, or a bare image (.hds).", (o, v) => o.Disk = v)],
+            Options =
+            [
+                Flag<CompactOptions>("allow-outside-images", null, "Let relative image paths in DiskDescriptor.xml lead outside the bundle folder.", o => o.AllowOutsideImages = true),
+                Debug<CompactOptions>(),
+            ],
+            Examples = ["prlfuse compact disk.hdd"],
+            Create = () => new CompactOptions(),
+            Run = o => CompactCommand.Run((CompactOptions)o),
+        },
+        new CommandSpec
+        {
             Name = "mount",
             Summary = "Mount a disk: MOUNTPOINT/current.raw is the top snapshot (the current state, read-write), MOUNTPOINT/snapshots/{GUID}.raw every other one (read-only).",
             Description =

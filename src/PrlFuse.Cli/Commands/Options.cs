@@ -116,6 +116,17 @@ internal sealed class StatusOptions : CommonOptions
     public bool Json { get; set; }
 }
 
+internal sealed class ResizeOptions : DiskOptions
+{
+    public string? Size { get; set; }
+
+    public bool Shrink { get; set; }
+}
+
+internal sealed class CompactOptions : DiskOptions
+{
+}
+
 /// <summary>A command group's own (empty) options: it only shows its help.</summary>
 internal sealed class GroupOptions : CommonOptions
 {
