@@ -139,9 +139,10 @@ internal static class InfoCommand
         }
 
         console.MarkupLine("[bold]Allocated[/] (bytes of each snapshot that its images hold; the rest reads as zeros)");
+        var allocatedBytes = disk.CountAllocatedBytesOfEveryView();
         foreach (var g in SnapshotsByDepth(disk.Tree))
         {
-            long allocated = disk.Views[g].CountAllocatedBytes();
+            long allocated = allocatedBytes[g];
             output.WriteLine($"  {DiskDescriptor.FormatGuid(g)}{(g == disk.Tree.Top ? " *" : "  ")}  {allocated} bytes ({Sizes.Human(allocated)})");
         }
 
@@ -372,10 +373,10 @@ internal static class InfoCommand
                     ["extension"] = e is null ? null : ExtensionJson(e),
                     ["qcow2"] = Qcow2Json(disk, layer),
                 };
-                images.Add(image);
+                images.Add((JsonNode)image);
             }
 
-            storages.Add(new JsonObject
+            storages.Add((JsonNode)new JsonObject
             {
                 ["index"] = storage.Index,
                 ["startSector"] = storage.Descriptor.StartSector,
@@ -386,16 +387,17 @@ internal static class InfoCommand
         }
 
         var snapshots = new JsonArray();
+        var allocatedBytes = disk.CountAllocatedBytesOfEveryView();
         foreach (var g in SnapshotsByDepth(disk.Tree))
         {
             var parent = disk.Tree.ParentOf(g);
-            snapshots.Add(new JsonObject
+            snapshots.Add((JsonNode)new JsonObject
             {
                 ["guid"] = DiskDescriptor.FormatGuid(g),
                 ["parent"] = parent == Guid.Empty ? null : DiskDescriptor.FormatGuid(parent),
                 ["top"] = g == disk.Tree.Top,
                 ["depth"] = disk.Tree.ChainOf(g).Length - 1,
-                ["allocatedBytes"] = disk.Views[g].CountAllocatedBytes(),
+                ["allocatedBytes"] = allocatedBytes[g],
             });
         }
 

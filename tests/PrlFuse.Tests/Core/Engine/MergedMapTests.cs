@@ -25,11 +25,13 @@ public sealed class MergedMapTests
         using var temp = new TempFolder();
         var chain = QemuChain.Build(temp.Path, depth, storages, seed);
         using var disk = VirtualDisk.Open(chain.Bundle);
+        var allocated = disk.CountAllocatedBytesOfEveryView();
         for (int level = 0; level < depth; level++)
         {
             var view = disk.Views[chain.Levels[level].Guid];
             Assert.Equal(chain.OracleView(level, temp.Path), ReadAll(view));
             AssertResolvesAsWalk(view, new Random(seed + level));
+            Assert.Equal(chain.DataRanges(level).Sum(r => r.End - r.Start), allocated[view.Id]);
         }
     }
 
@@ -144,6 +146,9 @@ public sealed class MergedMapTests
         using (var disk = VirtualDisk.Open(bundle.Path, new DiskOpenOptions { CacheBytes = 0 }))
         {
             Assert.Equal(Depth, disk.Views.Count);
+            var allocated = disk.CountAllocatedBytesOfEveryView();
+            Assert.Equal(disk.Top.CountAllocatedBytes(), allocated[disk.Top.Id]);
+            Assert.Equal(bundle.Expected(Depth - 1).Chunk(64 * 1024).Count(c => c[0] != 0) * 64L * 1024, allocated[disk.Top.Id]);
             foreach (int level in new[] { Depth - 1, Depth / 2, 0 })
             {
                 var view = disk.Views[bundle.Guids[level]];
