@@ -379,7 +379,7 @@ XML
   row info_2tib_8snap_dll "s" lower "$(median "${itd[@]}")" "$(median "${qi[@]}")" null "-" "the same with 'dotnet prlfuse.dll' (JIT)"
 fi
 
-# --- cost by depth: a chain 1,000 snapshots deep (scripts/make-deep-chain.py, 2 GiB, 64 KiB clusters) ------------------
+# --- cost by depth: a chain 1,000 snapshots deep (scripts/make-deep-chain.py: 2 GiB, 1 MiB clusters) -------------------
 # No peer: qemu-storage-daemon's --blockdev cannot chain parallels images. The read rows compare the top (1,000 layers)
 # with the root snapshot of the same mount (1 layer): per-cluster cost must not grow with depth.
 if want depth; then

@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
 """Writes a Parallels bundle whose snapshots form one chain DEPTH images deep, fast (qemu-img create -b per level is
-slow): expandable images (magic WithoutFreeSpace, 64 KiB clusters) written directly as the format specification
-(shared/specs/parallels.rst) lays them out, and a DiskDescriptor.xml naming them.
+slow): expandable images (magic WithoutFreeSpace, 1 MiB clusters as Parallels Desktop makes them) written directly as
+the format specification (shared/specs/parallels.rst) lays them out, and a DiskDescriptor.xml naming them.
   scripts/make-deep-chain.py BUNDLE DEPTH [SIZE_MIB]
-Level i (0 = root) fills two clusters with the byte (i % 250) + 1: cluster (37 i + 11) and cluster (101 i), modulo the
-disk's cluster count. So the view of level L holds, in each cluster, the byte of the last level up to L that wrote it.
+Level i (0 = root) allocates two clusters, (37 i + 11) and (101 i) modulo the disk's cluster count, and writes the byte
+(i % 250) + 1 into their first 4 KiB (the rest is a hole of the image file: zeros, no disk space). So the view of level
+L holds, in each cluster, what the last level up to L that allocated it wrote.
 """
 import os
 import struct
 import sys
 import uuid
 
-CLUSTER_SECTORS = 128
+CLUSTER_SECTORS = 2048
+WRITTEN = 4096
 CLUSTER = CLUSTER_SECTORS * 512
 
 
@@ -33,8 +35,10 @@ def write_image(path, size_bytes, level):
     with open(path, "wb") as f:
         f.write(header)
         f.write(struct.pack(f"<{count}I", *bat))
-        f.seek(data_off * 512)
-        f.write(bytes([level % 250 + 1]) * CLUSTER * len(owned))
+        for slot in range(len(owned)):
+            f.seek(data_off * 512 + slot * CLUSTER)
+            f.write(bytes([level % 250 + 1]) * WRITTEN)
+        f.truncate(data_off * 512 + len(owned) * CLUSTER)
 
 
 def main():
