@@ -150,7 +150,7 @@ if want start; then
   for f in "$SAMPLE_SRC"/*; do
     case $f in *.gz) gunzip -c "$f" > "$SAMPLE/$(basename "${f%.gz}")" ;; *) cp "$f" "$SAMPLE/" ;; esac
   done
-  SAMPLE_HDS=$(ls "$SAMPLE"/*.hds | head -1)
+  SAMPLE_HDS=$(ls "$SAMPLE"/*.hds | awk 'NR == 1')
   warm "$SAMPLE_HDS"
   rt=(); qt=(); it=(); qi=(); ri=(); qri=()
   for ((i = 0; i < RUNS + 2; i++)); do
@@ -386,7 +386,7 @@ if want depth; then
   deep=$W/deep.hdd
   [ -s "$deep/DiskDescriptor.xml" ] || { log "depth: writing a 1,000-deep chain"; rm -rf "$deep"; python3 scripts/make-deep-chain.py "$deep" 1000 2048; }
   warm "$deep"/*.hds
-  root=$(grep -o '{[0-9a-f-]*}' "$deep/DiskDescriptor.xml" | head -1)
+  root=$(grep -o '{[0-9a-f-]*}' "$deep/DiskDescriptor.xml" | awk 'NR == 1')
   dt=(); di=(); dr=(); top=(); rootv=()
   for ((i = 0; i < RUNS; i++)); do
     t0=$(now); "$PRL" info "$deep" > /dev/null; t1=$(now); di+=("$(elapsed "$t0" "$t1")")
