@@ -19,9 +19,10 @@ test: setup
 demo: setup
 	bash scripts/demo.sh
 
-# One self-contained file: it runs copied alone into any folder (no native helper beside it).
+# One native executable (Native AOT, linked with gcc): it runs copied alone into any folder, and starts without a
+# runtime to load or code to compile, which is most of the time to a mounted disk and of the daemon's memory.
 publish:
-	$(DOTNET) publish src/PrlFuse.Cli -c Release -r linux-x64 --self-contained -p:PublishSingleFile=true -p:PublishReadyToRun=true -p:IncludeNativeLibrariesForSelfExtract=true -p:DebugType=none -o artifacts/publish -nologo -v quiet
+	$(DOTNET) publish src/PrlFuse.Cli -c Release -r linux-x64 -p:PublishAot=true -p:CppCompilerAndLinker=gcc -p:DebugType=none -o artifacts/publish -nologo -v quiet
 
 # The binary, the manual page prlfuse(1) and bash completion; `make uninstall` removes exactly these.
 INSTALLED = $(PREFIX)/bin/prlfuse $(PREFIX)/share/man/man1/prlfuse.1 $(PREFIX)/share/bash-completion/completions/prlfuse

@@ -7,9 +7,9 @@
 # Environment:
 #   PRLFUSE_BENCH_DATA   bench data from scripts/bench-data.sh (default /tmp/prlfuse-bench); scratch goes in $DATA/fuse
 #   PRLFUSE_FUSE_RUNS    runs per figure, the median is reported (default 3)
-#   PRLFUSE_BIN          the prlfuse binary (default: publish single-file ReadyToRun to artifacts/publish, as `make install`)
-#   PRLFUSE_FUSE_ONLY    space-separated subset of: read write rand ext4 chain big cache sparse nbd (default: all);
-#                        rand is the small random I/O alone: 4 KiB reads QD32 x 4 and QD1 (p50/p99) on base.hds and
+#   PRLFUSE_BIN          the prlfuse binary (default: `make publish` to artifacts/publish, what `make install` installs)
+#   PRLFUSE_FUSE_ONLY    space-separated subset of: start read write rand ext4 chain big depth cache sparse nbd (default:
+#                        all); rand is the small random I/O alone: 4 KiB reads QD32 x 4 and QD1 (p50/p99) on base.hds and
 #                        the Parallels Desktop sample, cache on and off, and 4 KiB writes, every side in turn run by run
 #   PRLFUSE_SAMPLES      the real bundles (default /work/shared/samples/parallels-desktop; rand skips them if absent)
 #   PRLFUSE_SPARSE_TIMEOUT  seconds one copy of the sparse subset may take before it is reported as a timeout (300)
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 DATA=${PRLFUSE_BENCH_DATA:-/tmp/prlfuse-bench}
 RUNS=${PRLFUSE_FUSE_RUNS:-3}
-ONLY=${PRLFUSE_FUSE_ONLY:-read write rand ext4 chain big cache sparse nbd}
+ONLY=${PRLFUSE_FUSE_ONLY:-start read write rand ext4 chain big depth cache sparse nbd}
 RESULTS=$repo/bench/results
 W=$DATA/fuse
 # tmpfs scratch named after the data folder: two benches with their own data never share (or remove) it
@@ -38,15 +38,14 @@ for tool in fio qemu-img qemu-io qemu-storage-daemon mkfs.ext4 losetup python3; 
 done
 [ -s "$BASE" ] || bash scripts/bench-data.sh "$DATA"
 
-# --- the binary: the published single-file ReadyToRun build (what `make install` installs) --------------------------
+# --- the binary: the published native build (what `make install` installs) -----------------------------------------
 if [ -n "${PRLFUSE_BIN:-}" ]; then
   PRL=$PRLFUSE_BIN
 else
   PRL=$repo/artifacts/publish/prlfuse
   if [ ! -x "$PRL" ] || [ -n "$(find src -name '*.cs' -newer "$PRL" -print -quit)" ]; then
-    echo "bench-fuse: publishing $PRL (single-file ReadyToRun)"
-    dotnet publish src/PrlFuse.Cli -c Release -r linux-x64 --self-contained -p:PublishSingleFile=true \
-      -p:PublishReadyToRun=true -o artifacts/publish -nologo -v quiet >/dev/null
+    echo "bench-fuse: publishing $PRL (make publish: Native AOT)"
+    make -s publish >/dev/null
   fi
 fi
 DLL=$repo/src/PrlFuse.Cli/bin/Release/net10.0/prlfuse.dll
@@ -134,6 +133,7 @@ nbd_stop_all() {
   NBD_PIDS=()
 }
 hwm_mib() { awk '/VmHWM/ {printf "%.0f\n", $2 / 1024}' "/proc/$1/status"; }
+rss_mib() { awk '/VmRSS/ {printf "%.1f\n", $2 / 1024}' "/proc/$1/status"; }
 
 LOOPS=()
 cleanup() {
@@ -151,6 +151,51 @@ want() { [[ " $ONLY " == *" $1 "* ]]; }
 SIZE=2G
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(now)
+
+# --- time to ready, info time and memory: the real Parallels Desktop sample (../shared/samples) ---------------------
+# Ready: from the command until 4 KiB of the disk are read through the mount (prlfuse mount returns once the mount
+# answers; qsd --daemonize once its export is set up). The sides take turns run by run. Memory: the daemon's VmRSS
+# once idle after that first read, and its VmHWM after random and sequential reads of base.hds (2 GiB).
+if want start; then
+  SAMPLE_SRC=$repo/../shared/samples/parallels-desktop/expanding.hdd
+  [ -d "$SAMPLE_SRC" ] || { echo "bench-fuse: $SAMPLE_SRC not found (the samples belong in ../shared/samples)" >&2; exit 1; }
+  SAMPLE=$W/sample.hdd; rm -rf "$SAMPLE"; mkdir -p "$SAMPLE"
+  for f in "$SAMPLE_SRC"/*; do
+    case $f in *.gz) gunzip -c "$f" > "$SAMPLE/$(basename "${f%.gz}")" ;; *) cp "$f" "$SAMPLE/" ;; esac
+  done
+  SAMPLE_HDS=$(ls "$SAMPLE"/*.hds | awk 'NR == 1')
+  warm "$SAMPLE_HDS"
+  rt=(); qt=(); it=(); qi=(); ri=(); qri=()
+  for ((i = 0; i < RUNS + 2; i++)); do
+    t0=$(now); prl_mount "$SAMPLE" "$W/m-start" --read-only; head -c 4096 "$W/m-start/current.raw" > /dev/null; t1=$(now)
+    rt+=("$(elapsed "$t0" "$t1")"); sleep 0.5; ri+=("$(rss_mib "$PRL_PID")"); prl_unmount "$W/m-start"
+    mapfile -t bd < <(qsd_image "$SAMPLE_HDS" off)
+    t0=$(now); qsd_start "$W/qsd-start" off "${bd[@]}"; head -c 4096 "$W/qsd-start" > /dev/null; t1=$(now)
+    qt+=("$(elapsed "$t0" "$t1")"); sleep 0.5; qri+=("$(rss_mib "$QSD_PID")"); qsd_stop
+    t0=$(now); "$PRL" info "$SAMPLE" > /dev/null; t1=$(now); it+=("$(elapsed "$t0" "$t1")")
+    t0=$(now); qemu-img info "$SAMPLE_HDS" > /dev/null; t1=$(now); qi+=("$(elapsed "$t0" "$t1")")
+  done
+  log "  ready: prlfuse ${rt[*]} s, qsd ${qt[*]} s; info: prlfuse ${it[*]} s, qemu-img info ${qi[*]} s"
+  log "  idle RSS: prlfuse ${ri[*]} MiB, qsd ${qri[*]} MiB"
+  row ready_sample "s" lower "$(median "${rt[@]}")" "$(median "${qt[@]}")" null "value<0.15" "from 'prlfuse mount --read-only' of the Parallels Desktop sample (expanding.hdd) to 4 KiB read from current.raw; peer: qemu-storage-daemon --daemonize exporting its image, to 4 KiB read"
+  row info_sample "s" lower "$(median "${it[@]}")" "$(median "${qi[@]}")" null "value<0.1" "prlfuse info of the sample; peer: qemu-img info of its image"
+  row rss_idle "MiB" lower "$(median "${ri[@]}")" "$(median "${qri[@]}")" $((CACHE_MIB + 20)) "limit>=1" "daemon VmRSS idle after the first read of the sample; limit column = cache ($CACHE_MIB MiB) + 20 MiB"
+  # Loaded: the same reads on both sides (base.hds), then the high-water mark.
+  warm "$BASE"
+  declare -A LH
+  for side in prl peer; do
+    case $side in
+      prl) prl_mount "$BASE" "$W/m-load" --read-only; f=$W/m-load/current.raw; pid=$PRL_PID ;;
+      peer) mapfile -t bd < <(qsd_image "$BASE" off); qsd_start "$W/qsd-load" off "${bd[@]}"; f=$W/qsd-load; pid=$QSD_PID ;;
+    esac
+    fio_run riops --filename="$f" --rw=randread --bs=4k --direct=1 --ioengine=libaio --iodepth=32 --numjobs=4 --size=$SIZE --time_based --runtime=5 --randrepeat=0 > /dev/null
+    fio_run rbw --filename="$f" --rw=read --bs=1M --direct=1 --ioengine=psync --size=$SIZE > /dev/null
+    LH[$side]=$(hwm_mib "$pid")
+    case $side in prl) prl_unmount "$W/m-load" ;; peer) qsd_stop ;; esac
+  done
+  log "  loaded VmHWM: prlfuse ${LH[prl]} MiB, qsd ${LH[peer]} MiB"
+  row rss_loaded "MiB" lower "${LH[prl]}" "${LH[peer]}" $((CACHE_MIB + 40)) "limit>=1" "daemon VmHWM after 5 s of random 4 KiB reads (libaio QD32 x 4) and a sequential 1 MiB read of base.hds; limit column = cache ($CACHE_MIB MiB) + 40 MiB"
+fi
 
 # --- reads of one image: prlfuse current.raw vs qsd export vs raw in tmpfs ---------------------------------------------
 # The image stays in the host page cache (warmed), so the figures are the FUSE stacks, not the disk. fio's default
@@ -416,10 +461,34 @@ XML
   done
   log "  mount: prlfuse ${mt[*]} s, dotnet prlfuse.dll ${mtd[*]} s, qsd ${qm[*]} s"
   log "  info: prlfuse ${it[*]} s, dotnet prlfuse.dll ${itd[*]} s, qemu-img info ${qi[*]} s"
-  row mount_2tib_8snap "s" lower "$(median "${mt[@]}")" "$(median "${qm[@]}")" null "value<1" "prlfuse mount of a 2 TiB disk with 8 snapshots until ready (published binary, warm cache); peer: qemu-storage-daemon --daemonize exporting the top 2 TiB image alone (it cannot take a parallels chain)"
+  row mount_2tib_8snap "s" lower "$(median "${mt[@]}")" "$(median "${qm[@]}")" null "value<0.3" "prlfuse mount of a 2 TiB disk with 8 snapshots until ready (published binary, warm cache); peer: qemu-storage-daemon --daemonize exporting the top 2 TiB image alone (it cannot take a parallels chain)"
   row mount_2tib_8snap_dll "s" lower "$(median "${mtd[@]}")" "$(median "${qm[@]}")" null "-" "the same with 'dotnet prlfuse.dll' (JIT)"
-  row info_2tib_8snap "s" lower "$(median "${it[@]}")" "$(median "${qi[@]}")" null "value<0.3" "prlfuse info (published binary); peer: qemu-img info of the top image alone"
+  row info_2tib_8snap "s" lower "$(median "${it[@]}")" "$(median "${qi[@]}")" null "value<0.1" "prlfuse info (published binary); peer: qemu-img info of the top image alone"
   row info_2tib_8snap_dll "s" lower "$(median "${itd[@]}")" "$(median "${qi[@]}")" null "-" "the same with 'dotnet prlfuse.dll' (JIT)"
+fi
+
+# --- cost by depth: a chain 1,000 snapshots deep (scripts/make-deep-chain.py: 2 GiB, 1 MiB clusters) -------------------
+# No peer: qemu-storage-daemon's --blockdev cannot chain parallels images. The read rows compare the top (1,000 layers)
+# with the root snapshot of the same mount (1 layer): per-cluster cost must not grow with depth.
+if want depth; then
+  deep=$W/deep.hdd
+  [ -s "$deep/DiskDescriptor.xml" ] || { log "depth: writing a 1,000-deep chain"; rm -rf "$deep"; python3 scripts/make-deep-chain.py "$deep" 1000 2048; }
+  warm "$deep"/*.hds
+  root=$(grep -o '{[0-9a-f-]*}' "$deep/DiskDescriptor.xml" | awk 'NR == 1')
+  dt=(); di=(); dr=(); top=(); rootv=()
+  for ((i = 0; i < RUNS; i++)); do
+    t0=$(now); "$PRL" info "$deep" > /dev/null; t1=$(now); di+=("$(elapsed "$t0" "$t1")")
+    t0=$(now); prl_mount "$deep" "$W/m-deep" --read-only; head -c 4096 "$W/m-deep/current.raw" > /dev/null; t1=$(now); dt+=("$(elapsed "$t0" "$t1")")
+    top+=("$(fio_run riops --filename="$W/m-deep/current.raw" --rw=randread --bs=4k --direct=1 --ioengine=psync --size=$SIZE --time_based --runtime=5 --randrepeat=0)")
+    rootv+=("$(fio_run riops --filename="$W/m-deep/snapshots/$root.raw" --rw=randread --bs=4k --direct=1 --ioengine=psync --size=$SIZE --time_based --runtime=5 --randrepeat=0)")
+    dr+=("$(hwm_mib "$PRL_PID")"); prl_unmount "$W/m-deep"
+  done
+  log "  1,000 deep: info ${di[*]} s; ready ${dt[*]} s; VmHWM ${dr[*]} MiB; 4k QD1 top ${top[*]} IOPS, root ${rootv[*]} IOPS"
+  row depth_info_1000 "s" lower "$(median "${di[@]}")" null null "value<1" "prlfuse info of a chain 1,000 snapshots deep (draws the whole tree)"
+  row depth_ready_1000 "s" lower "$(median "${dt[@]}")" null null "value<1" "prlfuse mount --read-only of the 1,000-deep chain to 4 KiB read from current.raw"
+  row depth_rss_1000 "MiB" lower "$(median "${dr[@]}")" null null "value<100" "daemon VmHWM of the 1,000-deep mount after the read rows"
+  row depth_read_root "IOPS" higher "$(median "${rootv[@]}")" null null "-" "random 4 KiB reads, O_DIRECT QD1, of the 1,000-deep chain's root snapshot (1 layer)"
+  row depth_read_top "IOPS" higher "$(median "${top[@]}")" null null "row:depth_read_root>=0.9" "the same on current.raw, the top (1,000 layers): per cluster the same cost whatever the depth"
 fi
 
 # --- block cache on (default 64 MiB) vs off (--cache-size 0) ------------------------------------------------------------

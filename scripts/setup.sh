@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(qemu-utils fuse3 libfuse3-dev e2fsprogs xfsprogs fio qemu-system-common gcc util-linux mount procps man-db groff-base libnbd-bin)
+packages=(qemu-utils fuse3 libfuse3-dev e2fsprogs xfsprogs fio qemu-system-common gcc zlib1g-dev util-linux mount procps man-db groff-base libnbd-bin)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -88,17 +88,18 @@ public static class MountRegistry
         var result = new List<PrlFuseMountInfo>();
         foreach (var m in mounts)
         {
-            var info = Describe(m, processes);
+            // Only a mount that matches is described: its users come from every process's descriptors, which is the
+            // slow part, and other mounts on the machine must not slow down a command about this disk.
             bool match = wanted.Contains(DiskIdentity(m.Disk));
-            if (!match && info.DaemonPid is { } pid)
+            if (!match && processes.FirstOrDefault(p => ServesMount(p, m.Mountpoint)) is { } daemon)
             {
                 // The daemon holds every image of its disk open: its descriptors name exactly the files in use.
-                match = FdTargets(pid).Any(fd => wanted.Contains(PathRules.Identity($"/proc/{pid}/fd/{fd.Fd}")));
+                match = FdTargets(daemon.Pid).Any(fd => wanted.Contains(PathRules.Identity($"/proc/{daemon.Pid}/fd/{fd.Fd}")));
             }
 
             if (match)
             {
-                result.Add(info);
+                result.Add(Describe(m, processes));
             }
         }
 

@@ -162,9 +162,10 @@ internal static class InfoCommand
         }
 
         console.MarkupLine("[bold]Allocated[/] (bytes of each snapshot that its images hold; the rest reads as zeros)");
+        var allocatedBytes = disk.CountAllocatedBytesOfEveryView();
         foreach (var g in SnapshotsByDepth(disk.Tree))
         {
-            long allocated = disk.Views[g].CountAllocatedBytes();
+            long allocated = allocatedBytes[g];
             output.WriteLine($"  {DiskDescriptor.FormatGuid(g)}{(g == disk.Tree.Top ? " *" : "  ")}  {allocated} bytes ({Sizes.Human(allocated)})");
         }
 
@@ -406,10 +407,10 @@ internal static class InfoCommand
                     ["extension"] = e is null ? null : ExtensionJson(e),
                     ["qcow2"] = Qcow2Json(disk, layer),
                 };
-                images.Add(image);
+                images.Add((JsonNode)image);
             }
 
-            storages.Add(new JsonObject
+            storages.Add((JsonNode)new JsonObject
             {
                 ["index"] = storage.Index,
                 ["startSector"] = storage.Descriptor.StartSector,
@@ -420,16 +421,17 @@ internal static class InfoCommand
         }
 
         var snapshots = new JsonArray();
+        var allocatedBytes = disk.CountAllocatedBytesOfEveryView();
         foreach (var g in SnapshotsByDepth(disk.Tree))
         {
             var parent = disk.Tree.ParentOf(g);
-            snapshots.Add(new JsonObject
+            snapshots.Add((JsonNode)new JsonObject
             {
                 ["guid"] = DiskDescriptor.FormatGuid(g),
                 ["parent"] = parent == Guid.Empty ? null : DiskDescriptor.FormatGuid(parent),
                 ["top"] = g == disk.Tree.Top,
                 ["depth"] = disk.Tree.ChainOf(g).Length - 1,
-                ["allocatedBytes"] = disk.Views[g].CountAllocatedBytes(),
+                ["allocatedBytes"] = allocatedBytes[g],
             });
         }
 
@@ -437,7 +439,7 @@ internal static class InfoCommand
         foreach (var view in disk.InternalSnapshots)
         {
             var q = view.Internal!;
-            internalSnapshots.Add(new JsonObject
+            internalSnapshots.Add((JsonNode)new JsonObject
             {
                 ["id"] = q.Id,
                 ["name"] = q.Name,

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text;
 using System.Text.Encodings.Web;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using PrlFuse.Core.Engine;
 using PrlFuse.Core.Images;
 
@@ -141,7 +142,7 @@ internal static class MapCommand
 
                 if (!names.TryGetValue(layer, out string? name))
                 {
-                    name = JsonSerializer.Serialize(layer.Path, FileNameJson);
+                    name = JsonValue.Create(layer.Path)!.ToJsonString(FileNameJson);
                     names.Add(layer, name);
                 }
 

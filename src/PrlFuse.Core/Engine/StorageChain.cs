@@ -18,6 +18,12 @@ public sealed class StorageChain
     // then follows each offset's answer through the chain instead of taking allocation layer by layer.
     private readonly bool _zerosHide;
 
+    // Which layer answers where, for chains deep enough that walking the layers per cluster costs; null otherwise.
+    private readonly MergedMap? _map;
+
+    /// <summary>Chains of at least this many layers resolve through a <see cref="MergedMap"/> instead of walking their layers.</summary>
+    internal const int MergedMapMinDepth = 4;
+
     /// <summary>
     /// A chain over <paramref name="layers"/> (top first). <paramref name="writable"/>: the top is opened for writing
     /// over the content of the layers below it (<see cref="ImageLayer.OpenWriter"/>); the top layer owns that writer.
@@ -30,6 +36,7 @@ public sealed class StorageChain
         _layers = layers;
         _cache = cache;
         _zerosHide = layers.Any(l => l.MayHoldZeros);
+        _map = layers.Length >= MergedMapMinDepth ? MergedMap.Create(layers, lengthBytes) : null;
         if (writable)
         {
             _writer = layers[0].OpenWriter(new BelowTop(this));
@@ -55,6 +62,32 @@ public sealed class StorageChain
     public int Resolve(long offset, long limit, out long hostOffset, out long run) => Resolve(0, offset, limit, out hostOffset, out run);
 
     private int Resolve(int firstLayer, long offset, long limit, out long hostOffset, out long run)
+    {
+        if (firstLayer == 0 && _map is { } map)
+        {
+            int owner = map.OwnerOf(offset, limit, out long sameUntil);
+            if (owner != MergedMap.Mixed)
+            {
+                // Every layer above the owner misses up to sameUntil: only the owner is asked.
+                limit = Math.Min(limit, sameUntil - offset);
+                if (owner == MergedMap.None)
+                {
+                    hostOffset = 0;
+                    run = limit;
+                    return -1;
+                }
+
+                _layers[owner].TryMap(offset, out hostOffset, out long ownerRun);
+                run = Math.Min(limit, ownerRun);
+                return owner;
+            }
+        }
+
+        return Walk(firstLayer, offset, limit, out hostOffset, out run);
+    }
+
+    /// <summary><see cref="Resolve(int, long, long, out long, out long)"/> by asking each layer from <paramref name="firstLayer"/> down in turn.</summary>
+    internal int Walk(int firstLayer, long offset, long limit, out long hostOffset, out long run)
     {
         for (int i = firstLayer; i < _layers.Length; i++)
         {
@@ -228,6 +261,8 @@ public sealed class StorageChain
             int n = (int)Math.Min(source.Length - pos, clusterBytes - (guest % clusterBytes));
             var (host, length) = writer.Write(guest, source.Slice(pos, n));
             Invalidate(top, host, length);
+            // The writer allocates whole top clusters (filled from below): every granule of the cluster changes owner.
+            _map?.Refresh(guest - (guest % clusterBytes), clusterBytes);
             pos += n;
         }
     }
@@ -449,6 +484,7 @@ public sealed class StorageChain
             bool hideParent = _layers.Length > 1 && NextData(clusterStart, firstLayer: 1) < clusterEnd;
             var outcome = writer.Discard(pos, (int)(stop - pos), whole, hideParent);
             Invalidate(top, outcome.Host, outcome.Length);
+            _map?.Refresh(clusterStart, clusterEnd - clusterStart);
             punchUnsupported |= outcome.PunchUnsupported;
             pos = stop;
         }
