@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Buffers.Binary;
 using PrlFuse.Core.Formats.Qcow2;
 using PrlFuse.Core.IO;
@@ -31,6 +32,20 @@ public static class Qcow2Checker
         using var file = ImageChecker.Open(path, writable: false, options);
         string? holder = ImageChecker.LockForCheck(file, options.ForceShare);
         return Analyze(file, path, holder).ToReport();
+    }
+
+    /// <summary>
+    /// What makes the open image <paramref name="file"/> unsafe to write, in a few words, or null: the errors
+    /// <c>qemu-img check</c> would report (clusters used twice, refcounts below their references, wrong COPIED flags,
+    /// references past the end). Leaks are no hazard. Run once, before an image is opened for writing: an in-place
+    /// write trusts the COPIED flags and the refcounts, and a hostile or damaged image must not turn that trust into
+    /// overwritten tables or data of another guest cluster.
+    /// </summary>
+    public static string? WriteHazard(ImageFile file)
+    {
+        var a = Analyze(file, file.Path, holder: null);
+        var errors = a.Problems.Where(p => p.Severity is CheckSeverity.Corruption or CheckSeverity.Error).ToList();
+        return errors.Count == 0 ? null : $"{errors.Count} error{(errors.Count == 1 ? "" : "s")}, the first: {errors[0].What}";
     }
 
     /// <summary>Repairs leaks, refcount errors and COPIED flags, then checks again; locked as a QEMU writer locks it.</summary>
@@ -170,7 +185,7 @@ public static class Qcow2Checker
                 return;
             }
 
-            if (offset + length - FileLength >= (1L << ClusterBits))
+            if (offset < 0 || offset + length - FileLength >= (1L << ClusterBits))
             {
                 // As QEMU: a reference a cluster or more past the end is an error, and not counted.
                 Add(CheckProblemKind.ClusterOutsideImage, CheckSeverity.Corruption, $"offset {offset}", $"{length} bytes used at offset {offset} lie a cluster or more past the end of the file ({FileLength} bytes)");
@@ -300,79 +315,88 @@ public static class Qcow2Checker
         long cb = h.ClusterBytes;
         int words = h.HasExtendedL2 ? 2 : 1;
         long entries = h.L2Entries;
-        byte[] raw = new byte[cb];
-        file.ReadZeroFilled(raw, l2Offset);
-        int x = 62 - (h.ClusterBits - 8);
-        for (int j = 0; j < entries; j++)
+        // One table at a time from the pool: a check reads every table, and 2 MiB clusters make 2 MiB tables.
+        byte[] raw = ArrayPool<byte>.Shared.Rent((int)cb);
+        try
         {
-            ulong entry = BinaryPrimitives.ReadUInt64BigEndian(raw.AsSpan(j * words * 8));
-            ulong bitmap = words == 2 ? BinaryPrimitives.ReadUInt64BigEndian(raw.AsSpan((j * 16) + 8)) : 0;
-            long guestCluster = (l1Index * entries) + j;
-            string where = $"L2 table at {l2Offset}, entry {j}";
-            if ((entry & FieldLocations.CompressedFlag) != 0)
+            file.ReadZeroFilled(raw.AsSpan(0, (int)cb), l2Offset);
+            int x = 62 - (h.ClusterBits - 8);
+            for (int j = 0; j < entries; j++)
             {
-                if (bitmap != 0)
+                ulong entry = BinaryPrimitives.ReadUInt64BigEndian(raw.AsSpan(j * words * 8));
+                ulong bitmap = words == 2 ? BinaryPrimitives.ReadUInt64BigEndian(raw.AsSpan((j * 16) + 8)) : 0;
+                long guestCluster = (l1Index * entries) + j;
+                if ((entry & FieldLocations.CompressedFlag) != 0)
                 {
-                    a.Add(CheckProblemKind.ClusterMisaligned, CheckSeverity.Corruption, where, "compressed cluster with a non-zero subcluster bitmap");
+                    if (bitmap != 0)
+                    {
+                        a.Add(CheckProblemKind.ClusterMisaligned, CheckSeverity.Corruption, Where(l2Offset, j), "compressed cluster with a non-zero subcluster bitmap");
+                    }
+
+                    if ((entry & FieldLocations.CopiedFlag) != 0)
+                    {
+                        a.Add(CheckProblemKind.CopiedFlag, CheckSeverity.Corruption, Where(l2Offset, j), "COPIED flag set on a compressed cluster");
+                    }
+
+                    long offset = (long)(entry & ((1UL << x) - 1));
+                    long sectors = (long)((entry >> x) & ((1UL << (62 - x)) - 1)) + 1;
+                    a.Count(offset & ~511L, sectors * 512);
+                    if (active && guestCluster < a.GuestClusters)
+                    {
+                        a.Allocated++;
+                    }
+
+                    continue;
                 }
 
-                if ((entry & FieldLocations.CopiedFlag) != 0)
+                long host = (long)(entry & OffsetMask);
+                if (words == 2)
                 {
-                    a.Add(CheckProblemKind.CopiedFlag, CheckSeverity.Corruption, where, "COPIED flag set on a compressed cluster");
+                    uint allocated = (uint)bitmap;
+                    uint zero = (uint)(bitmap >> 32);
+                    if ((allocated & zero) != 0 || (allocated != 0 && host == 0))
+                    {
+                        a.Add(CheckProblemKind.ClusterMisaligned, CheckSeverity.Corruption, Where(l2Offset, j), $"invalid subcluster bitmap 0x{bitmap:x16}");
+                    }
                 }
 
-                long offset = (long)(entry & ((1UL << x) - 1));
-                long sectors = (long)((entry >> x) & ((1UL << (62 - x)) - 1)) + 1;
-                a.Count(offset & ~511L, sectors * 512);
+                if (host == 0)
+                {
+                    continue;
+                }
+
+                if ((host & (cb - 1)) != 0)
+                {
+                    a.Add(CheckProblemKind.ClusterMisaligned, CheckSeverity.Corruption, Where(l2Offset, j), $"cluster offset {host} is not cluster aligned");
+                    continue;
+                }
+
                 if (active && guestCluster < a.GuestClusters)
                 {
                     a.Allocated++;
                 }
 
-                continue;
-            }
-
-            long host = (long)(entry & OffsetMask);
-            if (words == 2)
-            {
-                uint allocated = (uint)bitmap;
-                uint zero = (uint)(bitmap >> 32);
-                if ((allocated & zero) != 0 || (allocated != 0 && host == 0))
+                if (h.HasDataFile)
                 {
-                    a.Add(CheckProblemKind.ClusterMisaligned, CheckSeverity.Corruption, where, $"invalid subcluster bitmap 0x{bitmap:x16}");
+                    continue;
+                }
+
+                a.Count(host, cb);
+                if (active)
+                {
+                    a.ActiveEntries.Add((l2Offset + (j * words * 8), entry, host));
                 }
             }
-
-            if (host == 0)
-            {
-                continue;
-            }
-
-            if ((host & (cb - 1)) != 0)
-            {
-                a.Add(CheckProblemKind.ClusterMisaligned, CheckSeverity.Corruption, where, $"cluster offset {host} is not cluster aligned");
-                continue;
-            }
-
-            if (active && guestCluster < a.GuestClusters)
-            {
-                a.Allocated++;
-            }
-
-            if (h.HasDataFile)
-            {
-                continue;
-            }
-
-            a.Count(host, cb);
-            if (active)
-            {
-                a.ActiveEntries.Add((l2Offset + (j * words * 8), entry, host));
-            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(raw);
         }
     }
 
-    /// <summary>The snapshot table, and each snapshot's L1 table with the L2 tables and clusters it uses.</summary>
+    /// <summary>Where an L2 entry is, in words; made only for a problem (a table has up to 262,144 entries).</summary>
+    private static string Where(long l2Offset, int entry) => $"L2 table at {l2Offset}, entry {entry}";
+
     private static void CountSnapshots(ImageFile file, Analysis a)
     {
         var h = a.Header;
@@ -468,7 +492,7 @@ public static class Qcow2Checker
                 continue;
             }
 
-            if (offset > a.FileLength - cb)
+            if (offset < 0 || offset > a.FileLength - cb)
             {
                 a.Add(CheckProblemKind.ClusterOutsideImage, CheckSeverity.Corruption, $"refcount table entry {i}", $"refcount block at {offset} is outside the file ({a.FileLength} bytes)");
                 a.RefcountTableDamaged = true;

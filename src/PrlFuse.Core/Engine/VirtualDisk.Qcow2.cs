@@ -69,6 +69,11 @@ public sealed partial class VirtualDisk
 
             var layer = OpenChainLayer(current, currentFormat, writable && chain.Count == 0, options, warnings);
             opened.Add(layer);
+            if (writable && chain.Count == 0 && layer is Qcow2Image { WriteBlockedReason: null } checkedFirst && Checking.Qcow2Checker.WriteHazard(checkedFirst.File) is { } hazard)
+            {
+                checkedFirst.BlockWrites(hazard);
+            }
+
             if (writable && chain.Count == 0 && layer is Qcow2Image { WriteBlockedReason: { } blocked })
             {
                 // Served read-only: hold what a reader holds, so QEMU readers are not kept out for nothing.

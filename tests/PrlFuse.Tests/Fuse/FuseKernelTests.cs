@@ -40,6 +40,9 @@ public sealed class FuseKernelTests
             }
         }
 
+        // The kernel sends RELEASE after close() returns, in the background: a worker thread may still be on its way
+        // to it when another takes the DESTROY of an unmount. Every open must get its release, so wait for that first.
+        Assert.True(SpinWait.SpinUntil(() => m.Fs.OpenHandles.IsEmpty, TimeSpan.FromSeconds(10)), $"not released: {string.Join(", ", m.Fs.OpenHandles.Values)}");
         Assert.Equal(0, m.UnmountWhenIdle());
         Assert.Equal(0, m.WaitForRun());
         Assert.True(m.Fs.DestroyCalled);

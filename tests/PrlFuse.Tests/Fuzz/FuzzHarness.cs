@@ -203,9 +203,10 @@ public sealed class FuzzRunner : IDisposable
         }
 
         long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-        if (allocated > AllocationLimit)
+        long limit = Math.Max(AllocationLimit, c.Seed.AllocationBudget);
+        if (allocated > limit)
         {
-            findings.Add(($"allocated {allocated >> 20} MiB (limit {AllocationLimit >> 20} MiB)", "allocation"));
+            findings.Add(($"allocated {allocated >> 20} MiB (limit {limit >> 20} MiB)", "allocation"));
         }
 
         if (findings.Count > 0)

@@ -36,6 +36,7 @@ public sealed class Qcow2Image : ImageLayer
     private readonly bool _extended;
     private readonly L2Table?[] _l2Cache;
     private readonly CompressedClusterCache _decompressed;
+    private string? _inconsistency;
 
     private Qcow2Image(ImageFile file, ImageFile dataFile, Qcow2Header header, long[] l1, Qcow2Snapshot? snapshot = null)
         : base(file, dataFile, ownsFiles: snapshot is null)
@@ -78,9 +79,16 @@ public sealed class Qcow2Image : ImageLayer
     /// <summary>Read-only when opened so, or when <see cref="WriteBlockedReason"/> says it must not be written.</summary>
     public override bool IsImmutable => !File.Writable || WriteBlockedReason is not null;
 
+    /// <summary>
+    /// Keeps the image from being written: a check before the first write found metadata a write could make worse
+    /// (clusters used twice, refcounts lower than their references, tables that overlap).
+    /// </summary>
+    public void BlockWrites(string inconsistency) => _inconsistency = inconsistency;
+
     /// <summary>Why this image is served read-only though opened for writing, in words, or null when it can be written.</summary>
     public string? WriteBlockedReason =>
-        Header.IsCorrupt ? "the corrupt bit is set ('prlfuse check --repair' or 'qemu-img check -r all' first)"
+        _inconsistency is not null ? $"its metadata is inconsistent ({_inconsistency}); run 'prlfuse check --repair' first"
+        : Header.IsCorrupt ? "the corrupt bit is set ('prlfuse check --repair' or 'qemu-img check -r all' first)"
         : Header.IsDirty ? "the dirty bit is set: its refcounts may be wrong ('prlfuse check --repair' first)"
         : Header.HasDataFile ? "prlfuse does not write images with an external data file"
         : DamagedL2Tables > 0 ? $"{DamagedL2Tables} damaged L1 entries ('prlfuse check' shows them)"
