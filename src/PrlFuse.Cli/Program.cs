@@ -74,7 +74,41 @@ internal static class Program
             return UsageError(e.Command, e.Message);
         }
 
-        return Run((CommonOptions)options, () => command.Run(options));
+        return Run((CommonOptions)options, () =>
+        {
+            if (options is DiskArgumentOptions disk)
+            {
+                ChooseVmDisk(disk);
+            }
+
+            return command.Run(options);
+        });
+    }
+
+    /// <summary>
+    /// A VM bundle stands for its chosen disk (--disk N, or its only one) from here on; the bundle and its disks are
+    /// kept for 'info'. With several disks and no --disk the argument stays the VM bundle, which the disk resolver
+    /// refuses with the list of its disks.
+    /// </summary>
+    private static void ChooseVmDisk(DiskArgumentOptions o)
+    {
+        string full = Path.GetFullPath(o.Disk);
+        if (!Core.Descriptor.VmBundle.IsVmBundle(full))
+        {
+            if (o.DiskNumber is not null)
+            {
+                throw new Core.PrlFuseException(full, "--disk chooses a disk of a VM bundle (NAME.pvm), and this is not one; drop --disk");
+            }
+
+            return;
+        }
+
+        o.VmBundlePath = full;
+        o.VmDisks = Core.Descriptor.VmBundle.ReadDisks(full);
+        if (o.DiskNumber is not null || o.VmDisks.Count == 1)
+        {
+            o.Disk = Core.Descriptor.VmBundle.SelectDisk(full, o.DiskNumber);
+        }
     }
 
     private static int Help(string? verb, string? subcommand)

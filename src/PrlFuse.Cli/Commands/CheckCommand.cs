@@ -25,6 +25,7 @@ internal static class CheckCommand
         }
 
         FinishInterruptedOperation(disk, repair, output);
+        ReportOrphanImages(disk, repair, output);
         var (source, images) = FilesOf(disk, allowOutsideImages);
         foreach (var user in Output.InUse.OurMounts([disk, .. source is null ? Array.Empty<string>() : [source], .. images]))
         {
@@ -112,6 +113,40 @@ internal static class CheckCommand
 
         SnapshotMerger.FinishInterrupted(descriptor);
         output.WriteLine($"{descriptor}: finished the interrupted deletion of snapshot {which}");
+    }
+
+    /// <summary>
+    /// Image files in the bundle folder that the descriptor does not name (left by an interrupted snapshot command): a
+    /// warning each, which leaves the exit code alone; a repair removes those that are unused Parallels images.
+    /// </summary>
+    private static void ReportOrphanImages(string disk, bool repair, TextWriter output)
+    {
+        IReadOnlyList<OrphanImage> orphans;
+        try
+        {
+            var (full, kind) = DiskSource.Resolve(disk);
+            orphans = kind == DiskSourceKind.Descriptor ? OrphanImages.Find(full) : [];
+        }
+        catch (Core.PrlFuseException)
+        {
+            // The checker says what is wrong with the disk itself.
+            return;
+        }
+
+        if (!repair)
+        {
+            foreach (var orphan in orphans)
+            {
+                output.WriteLine($"{orphan.Path}: warning: orphan image ({orphan.Bytes} bytes), not named by the descriptor; 'prlfuse check --repair' removes it");
+            }
+
+            return;
+        }
+
+        foreach (var (orphan, kept) in OrphanImages.Remove(orphans))
+        {
+            output.WriteLine(kept is null ? $"{orphan.Path}: removed orphan image ({orphan.Bytes} bytes)" : $"{orphan.Path}: warning: orphan image ({orphan.Bytes} bytes) {kept}");
+        }
     }
 
     /// <summary>The disk's descriptor (or bare image) and its image files as Core maps them, as far as they can be read.</summary>

@@ -8,7 +8,7 @@ internal static class CommandTable
 {
     public const int MaxThreads = 64;
 
-    private const string DiskHelp = "A bundle folder (NAME.hdd), its DiskDescriptor.xml, or a bare image (.hds, or a raw disk file).";
+    private const string DiskHelp = "A bundle folder (NAME.hdd), its DiskDescriptor.xml, a bare image (.hds, or a raw disk file), or a VM bundle (NAME.pvm, NAME.macvm).";
 
     public static readonly IReadOnlyList<CommandSpec> Commands =
     [
@@ -111,6 +111,7 @@ internal static class CommandTable
                 Value<ResizeOptions>("size", null, "SIZE", "The new size: bytes, or with K, M, G, T (required).", (o, v) => o.Size = v),
                 Flag<ResizeOptions>("shrink", null, "Allow a smaller size (refused when data lies past the new end).", o => o.Shrink = true),
                 Flag<ResizeOptions>("allow-outside-images", null, "Let relative image paths in DiskDescriptor.xml lead outside the bundle folder.", o => o.AllowOutsideImages = true),
+                VmDisk<ResizeOptions>(),
                 Debug<ResizeOptions>(),
             ],
             Examples = ["prlfuse resize disk.hdd --size 64G", "prlfuse resize disk.hdd --size 20G --shrink"],
@@ -130,6 +131,7 @@ internal static class CommandTable
             Options =
             [
                 Flag<CompactOptions>("allow-outside-images", null, "Let relative image paths in DiskDescriptor.xml lead outside the bundle folder.", o => o.AllowOutsideImages = true),
+                VmDisk<CompactOptions>(),
                 Debug<CompactOptions>(),
             ],
             Examples = ["prlfuse compact disk.hdd"],
@@ -271,6 +273,7 @@ internal static class CommandTable
                     [
                         Value<SnapshotCreateOptions>("name", null, "TEXT", "A name for the snapshot, kept in the descriptor.", (o, v) => o.Name = SnapshotCommands.ParseName(v)),
                         Flag<SnapshotCreateOptions>("allow-outside-images", null, "Let relative image paths in DiskDescriptor.xml lead outside the bundle folder.", o => o.AllowOutsideImages = true),
+                        VmDisk<SnapshotCreateOptions>(),
                         Debug<SnapshotCreateOptions>(),
                     ],
                     Examples = ["prlfuse snapshot create disk.hdd", "prlfuse snapshot create disk.hdd --name \"before upgrade\""],
@@ -291,7 +294,7 @@ internal static class CommandTable
                         Positional<SnapshotDeleteOptions>("disk", "A bundle folder (NAME.hdd) or its DiskDescriptor.xml.", (o, v) => o.Disk = v),
                         Positional<SnapshotDeleteOptions>("guid", "The snapshot, with or without braces, any case ('prlfuse snapshot list' shows them).", (o, v) => o.Guid = v),
                     ],
-                    Options = [Debug<SnapshotDeleteOptions>()],
+                    Options = [VmDisk<SnapshotDeleteOptions>(), Debug<SnapshotDeleteOptions>()],
                     Examples = ["prlfuse snapshot delete disk.hdd {986476cf-d62e-45d1-b355-86feca91376e}"],
                     Create = () => new SnapshotDeleteOptions(),
                     Run = o => SnapshotChangeCommands.Delete((SnapshotDeleteOptions)o),
@@ -309,6 +312,7 @@ internal static class CommandTable
                     Options =
                     [
                         Flag<SnapshotSwitchOptions>("keep-current", null, "Keep the current state as a snapshot (a new GUID, printed) instead of dropping it.", o => o.KeepCurrent = true),
+                        VmDisk<SnapshotSwitchOptions>(),
                         Debug<SnapshotSwitchOptions>(),
                     ],
                     Examples = ["prlfuse snapshot switch disk.hdd {986476cf-d62e-45d1-b355-86feca91376e}", "prlfuse snapshot switch --keep-current disk.hdd {986476cf-d62e-45d1-b355-86feca91376e}"],
@@ -325,7 +329,7 @@ internal static class CommandTable
             Summary = "Merge every snapshot of a disk that is not in use into one image that holds the current state (as 'prl_disk_tool merge').",
             Description = ["Every snapshot but the current state is marked <Temporary/> in the descriptor first, then deleted one by one from the root up (see 'snapshot delete'); a crash is finished by the next snapshot command or 'prlfuse check --repair'. Refused while the disk is mounted or another program uses it."],
             Positionals = [Positional<MergeOptions>("disk", "A bundle folder (NAME.hdd) or its DiskDescriptor.xml.", (o, v) => o.Disk = v)],
-            Options = [Debug<MergeOptions>()],
+            Options = [VmDisk<MergeOptions>(), Debug<MergeOptions>()],
             Examples = ["prlfuse merge disk.hdd"],
             Create = () => new MergeOptions(),
             Run = o => SnapshotChangeCommands.Merge((MergeOptions)o),
@@ -377,7 +381,13 @@ internal static class CommandTable
             }),
         } : [],
         Flag<T>("allow-outside-images", null, "Let relative image paths in DiskDescriptor.xml lead outside the bundle folder (device nodes, FIFOs and sockets are always refused).", o => o.AllowOutsideImages = true),
+        VmDisk<T>(),
     ];
+
+    /// <summary>--disk N: numbered from 0 in config.pvs order, the numbers 'info' shows for the VM bundle.</summary>
+    private static OptionSpec VmDisk<T>()
+        where T : DiskArgumentOptions =>
+        Value<T>("disk", null, "N", "Which disk of a VM bundle (NAME.pvm) with several: numbered from 0 in config.pvs order, as 'prlfuse info VM.pvm' lists them.", (o, v) => o.DiskNumber = Count(v, 0, int.MaxValue));
 
     private static OptionSpec CacheSize<T>(Action<T, long> set) =>
         Value<T>("cache-size", null, "SIZE", $"Block cache shared by all snapshot files: bytes, or with K, M, G; 0 turns it off (default 64M, at most {Sizes.Human(Sizes.MaxCacheBytes)}).", (o, v) => set(o, Sizes.ParseCacheSize(v)));

@@ -17,13 +17,57 @@ internal static class InfoCommand
     /// <summary>Indentation of the snapshot tree stops growing here; deeper levels show their depth as a number.</summary>
     internal const int TreeIndentCap = 16;
 
-    public static int Run(InfoOptions o) => Run(o.Disk, o.Json, o.AllowOutsideImages, Console.Out, o.ForceShare, o.DiskFormat);
+    public static int Run(InfoOptions o)
+    {
+        if (o.VmBundlePath is not { } vm || o.VmDisks is not { } disks)
+        {
+            return Run(o.Disk, o.Json, o.AllowOutsideImages, Console.Out, o.ForceShare, o.DiskFormat);
+        }
+
+        // A VM bundle: its disks first; then the chosen (or only) disk, unless the user has yet to choose one.
+        bool chosen = o.Disk != vm;
+        if (o.Json)
+        {
+            var vmJson = new JsonObject
+            {
+                ["path"] = vm,
+                ["disks"] = new JsonArray([.. disks.Select(d => (JsonNode)new JsonObject
+                {
+                    ["number"] = d.Number, ["name"] = d.Name, ["configuredPath"] = d.ConfiguredPath, ["path"] = d.Path, ["enabled"] = d.Enabled,
+                })]),
+            };
+            if (!chosen)
+            {
+                Console.Out.WriteLine(new JsonObject { ["vmBundle"] = vmJson }.ToJsonString(Indented));
+                return Program.ExitOk;
+            }
+
+            return Run(o.Disk, json: true, o.AllowOutsideImages, Console.Out, o.ForceShare, o.DiskFormat, vmJson);
+        }
+
+        var console = Output.Terminal.Stdout;
+        console.MarkupLine($"[bold]VM bundle[/] {Markup.Escape(vm)}");
+        foreach (var d in disks)
+        {
+            string state = (d.Path is null ? ", missing" : "") + (d.Enabled ? "" : ", disabled");
+            console.MarkupLine($"  disk {d.Number}  {Markup.Escape(d.Name)}  {Markup.Escape(d.Path ?? d.ConfiguredPath)}{state}");
+        }
+
+        if (!chosen)
+        {
+            console.MarkupLine($"  choose one with --disk N (from 0)");
+            return Program.ExitOk;
+        }
+
+        return Run(o.Disk, json: false, o.AllowOutsideImages, Console.Out, o.ForceShare, o.DiskFormat);
+    }
 
     /// <summary>
     /// Prints the disk's description. With <paramref name="json"/>, an error is JSON on <paramref name="output"/> too
-    /// (exit 1), so a script reading stdout always gets JSON.
+    /// (exit 1), so a script reading stdout always gets JSON; <paramref name="vmBundle"/> describes the VM bundle the
+    /// disk was chosen from.
     /// </summary>
-    public static int Run(string diskPath, bool json, bool allowOutsideImages, TextWriter output, bool forceShare = false, DiskFormat format = DiskFormat.Auto)
+    public static int Run(string diskPath, bool json, bool allowOutsideImages, TextWriter output, bool forceShare = false, DiskFormat format = DiskFormat.Auto, JsonObject? vmBundle = null)
     {
         if (!json)
         {
@@ -37,6 +81,11 @@ internal static class InfoCommand
             using var disk = Open(diskPath, allowOutsideImages, forceShare, format, out var users);
             var root = ToJson(disk);
             root["inUse"] = new JsonArray([.. users.Select(u => (JsonNode?)JsonValue.Create(u))]);
+            if (vmBundle is not null)
+            {
+                root["vmBundle"] = vmBundle;
+            }
+
             output.WriteLine(root.ToJsonString(Indented));
             return Program.ExitOk;
         }

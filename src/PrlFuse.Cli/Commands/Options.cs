@@ -5,10 +5,23 @@ internal abstract class CommonOptions
     public bool Debug { get; set; }
 }
 
-internal abstract class DiskOptions : CommonOptions
+/// <summary>Options of a command that takes a disk: the disk argument, and --disk for a VM bundle with several disks.</summary>
+internal abstract class DiskArgumentOptions : CommonOptions
 {
     public string Disk { get; set; } = "";
 
+    /// <summary>--disk N: which disk of a VM bundle (from 0, as 'info' lists them).</summary>
+    public int? DiskNumber { get; set; }
+
+    /// <summary>The VM bundle the user named, when Disk was one (Disk is then its chosen disk's path).</summary>
+    public string? VmBundlePath { get; set; }
+
+    /// <summary>The VM bundle's disks, when Disk was one.</summary>
+    public IReadOnlyList<Core.Descriptor.VmDisk>? VmDisks { get; set; }
+}
+
+internal abstract class DiskOptions : DiskArgumentOptions
+{
     public bool AllowOutsideImages { get; set; }
 
     /// <summary>--format: null (recognise), "raw" or "parallels".</summary>
@@ -149,10 +162,8 @@ internal sealed class SnapshotListOptions : DiskOptions
     public bool Json { get; set; }
 }
 
-internal sealed class SnapshotCreateOptions : CommonOptions
+internal sealed class SnapshotCreateOptions : DiskArgumentOptions
 {
-    public string Disk { get; set; } = "";
-
     public string? Name { get; set; }
 
     public bool AllowOutsideImages { get; set; }
@@ -163,23 +174,18 @@ internal sealed class RestoreDescriptorOptions : CommonOptions
     public string Folder { get; set; } = "";
 }
 
-internal sealed class SnapshotDeleteOptions : CommonOptions
+internal sealed class SnapshotDeleteOptions : DiskArgumentOptions
 {
-    public string Disk { get; set; } = "";
-
     public string Guid { get; set; } = "";
 }
 
-internal sealed class SnapshotSwitchOptions : CommonOptions
+internal sealed class SnapshotSwitchOptions : DiskArgumentOptions
 {
-    public string Disk { get; set; } = "";
-
     public string Guid { get; set; } = "";
 
     public bool KeepCurrent { get; set; }
 }
 
-internal sealed class MergeOptions : CommonOptions
+internal sealed class MergeOptions : DiskArgumentOptions
 {
-    public string Disk { get; set; } = "";
 }

@@ -38,20 +38,26 @@ public static class DescriptorParser
         return Parse(stream, path);
     }
 
-    public static DiskDescriptor Parse(Stream stream, string fileName)
+    public static DiskDescriptor Parse(Stream stream, string fileName) =>
+        FromDocument(LoadHardened(stream, fileName, "a DiskDescriptor.xml", MaxDescriptorBytes), fileName);
+
+    /// <summary>
+    /// Parses untrusted XML (<paramref name="what"/> names what it should be, for the messages): no DTD, no external
+    /// entities, at most <paramref name="maxCharacters"/> characters and <see cref="MaxDepth"/> levels.
+    /// </summary>
+    internal static XDocument LoadHardened(Stream stream, string fileName, string what, long maxCharacters)
     {
         var settings = new XmlReaderSettings
         {
             DtdProcessing = DtdProcessing.Prohibit,
             XmlResolver = null,
-            MaxCharactersInDocument = MaxDescriptorBytes,
+            MaxCharactersInDocument = maxCharacters,
             MaxCharactersFromEntities = 1024,
             IgnoreComments = true,
             IgnoreProcessingInstructions = true,
             IgnoreWhitespace = false,
         };
 
-        XDocument document;
         try
         {
             // XDocument.Load slows down superlinearly with nesting depth (a 4 MiB file of nested elements takes
@@ -65,25 +71,23 @@ public static class DescriptorParser
                 {
                     if (scan.Depth > MaxDepth)
                     {
-                        throw new DescriptorException(fileName, $"elements are nested more than {MaxDepth} deep; a DiskDescriptor.xml is a few levels deep");
+                        throw new DescriptorException(fileName, $"elements are nested more than {MaxDepth} deep; {what} is a few levels deep");
                     }
                 }
             }
 
             buffered.Position = 0;
             using var reader = XmlReader.Create(buffered, settings);
-            document = XDocument.Load(reader, LoadOptions.None);
+            return XDocument.Load(reader, LoadOptions.None);
         }
         catch (XmlException e) when (e.Message.Contains("DTD", StringComparison.Ordinal))
         {
-            throw new DescriptorException(fileName, "the XML has a DTD (<!DOCTYPE>), which a DiskDescriptor.xml never has; refused", e);
+            throw new DescriptorException(fileName, $"the XML has a DTD (<!DOCTYPE>), which {what} never has; refused", e);
         }
         catch (XmlException e)
         {
             throw new DescriptorException(fileName, $"not well-formed XML: {e.Message}", e);
         }
-
-        return FromDocument(document, fileName);
     }
 
     private static DiskDescriptor FromDocument(XDocument document, string fileName)

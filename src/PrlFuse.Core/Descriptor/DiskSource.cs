@@ -33,13 +33,23 @@ public enum DiskFormat
 
 /// <summary>
 /// The one place that turns what the user typed into a disk source: a bundle folder, the path of its
-/// DiskDescriptor.xml, or a bare .hds image. Used by every command, so they all accept the same inputs.
+/// DiskDescriptor.xml, a bare .hds image, or a VM bundle (NAME.pvm) with one disk. Used by every command, so they all accept the same inputs.
 /// </summary>
 public static class DiskSource
 {
     public static (string Path, DiskSourceKind Kind) Resolve(string path, DiskFormat format = DiskFormat.Auto)
     {
         string full = System.IO.Path.GetFullPath(path);
+        if (VmBundle.IsVmBundle(full))
+        {
+            // The VM's one disk (or a one-line refusal listing its disks); a config naming another VM is not followed.
+            full = VmBundle.SelectDisk(full, null);
+            if (VmBundle.IsVmBundle(full))
+            {
+                throw new PrlFuseException(full, "a VM bundle's disk is itself a VM bundle; give the disk (NAME.hdd) instead");
+            }
+        }
+
         if (Directory.Exists(full))
         {
             string xml = System.IO.Path.Combine(full, DescriptorStore.FileName);

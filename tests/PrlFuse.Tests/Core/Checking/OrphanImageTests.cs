@@ -1,0 +1,56 @@
+using PrlFuse.Core.Checking;
+using PrlFuse.Core.IO;
+using PrlFuse.Tests.Support;
+
+namespace PrlFuse.Tests.Core.Checking;
+
+/// <summary>Images an interrupted snapshot command leaves in the bundle folder, not named by the descriptor.</summary>
+public sealed class OrphanImageTests
+{
+    private const string NamedImage = "expanding.hdd.0.{5fbaabe3-6958-40ff-92a7-860e329aab41}.hds";
+
+    [Fact]
+    public void OnlyUnusedParallelsImagesThatNoDescriptorNamesAreRemoved()
+    {
+        using var temp = new TempFolder();
+        string bundle = Samples.Extract("expanding", temp.Path);
+        string descriptor = Path.Combine(bundle, "DiskDescriptor.xml");
+        string named = Path.Combine(bundle, NamedImage);
+        string orphan = Path.Combine(bundle, "expanding.hdd.0.{11111111-2222-3333-4444-555555555555}.hds");
+        string held = Path.Combine(bundle, "expanding.hdd.0.{66666666-2222-3333-4444-555555555555}.hds");
+        string junk = Path.Combine(bundle, "notes.hds");
+        File.Copy(named, orphan);
+        File.Copy(named, held);
+        File.WriteAllText(junk, "not an image");
+        string backupNamed = Path.Combine(bundle, "expanding.hdd.0.{77777777-2222-3333-4444-555555555555}.hds");
+        File.Copy(named, backupNamed);
+        File.WriteAllText(descriptor + ".Backup", File.ReadAllText(descriptor).Replace("5fbaabe3-6958-40ff-92a7-860e329aab41}.hds", "77777777-2222-3333-4444-555555555555}.hds", StringComparison.Ordinal));
+
+        var found = OrphanImages.Find(descriptor);
+        Assert.Equal([orphan, held, junk], found.Select(o => o.Path));
+        Assert.Equal(new FileInfo(named).Length, found[0].Bytes);
+
+        using (var holder = PositionalImageFile.Open(held, writable: true))
+        {
+            ImageLock.Acquire(holder, ImageLockMode.ReadWrite);
+            var results = OrphanImages.Remove(found);
+            Assert.Null(results.Single(r => r.Orphan.Path == orphan).Kept);
+            Assert.Contains("in use", results.Single(r => r.Orphan.Path == held).Kept, StringComparison.Ordinal);
+            Assert.Contains("not a Parallels image", results.Single(r => r.Orphan.Path == junk).Kept, StringComparison.Ordinal);
+        }
+
+        Assert.False(File.Exists(orphan));
+        Assert.True(File.Exists(held) && File.Exists(junk) && File.Exists(named) && File.Exists(backupNamed));
+    }
+
+    [Fact]
+    public void AnUnreadableDescriptorMakesNoOrphans()
+    {
+        using var temp = new TempFolder();
+        string bundle = Samples.Extract("expanding", temp.Path);
+        string descriptor = Path.Combine(bundle, "DiskDescriptor.xml");
+        File.Copy(Path.Combine(bundle, NamedImage), Path.Combine(bundle, "other.hds"));
+        File.WriteAllText(descriptor, "<Parallels_disk_image");
+        Assert.Empty(OrphanImages.Find(descriptor));
+    }
+}
