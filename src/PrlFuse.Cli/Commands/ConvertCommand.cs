@@ -43,7 +43,7 @@ internal static class ConvertCommand
             throw new Arguments.UsageException(spec, problem);
         }
 
-        using var opened = VirtualDisk.Open(o.Disk, new DiskOpenOptions { AllowImagesOutsideBundle = o.AllowOutsideImages, ForceShare = o.ForceShare });
+        using var opened = VirtualDisk.Open(o.Disk, new DiskOpenOptions { AllowImagesOutsideBundle = o.AllowOutsideImages, ForceShare = o.ForceShare, CacheBytes = 0 });
         var view = o.Snapshot is null ? opened.Top : opened.GetView(o.Snapshot);
         string what = view.Internal is { } q ? $"internal snapshot {q.Id} \"{q.Name}\"" : $"snapshot {DiskDescriptor.FormatGuid(view.Id)}";
         var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
