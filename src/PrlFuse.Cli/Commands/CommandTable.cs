@@ -81,6 +81,43 @@ internal static class CommandTable
         },
         new CommandSpec
         {
+            Name = "convert",
+            Summary = "Write one snapshot of a disk, flattened, as a new image: a Parallels bundle, qcow2 or raw.",
+            Description =
+            [
+                "Sparse: only what the snapshot's images hold is read, and clusters that read as zeros are not written. The image is written under a temporary name beside DST, made durable and renamed; an existing DST is refused.",
+                "The output format is --format, else DST's name: NAME.hdd a Parallels bundle (expandable unless --plain), .qcow2 a qcow2 image, .raw or .img a raw file.",
+            ],
+            Positionals =
+            [
+                Positional<ConvertOptions>("src", DiskHelp, (o, v) => o.Disk = v),
+                Positional<ConvertOptions>("dst", "The new image (it must not exist).", (o, v) => o.Destination = v),
+            ],
+            Options =
+            [
+                Value<ConvertOptions>("format", 'f', "FORMAT", "The output format: parallels, qcow2 or raw (default: from DST's name).", (o, v) => o.OutputFormat = v switch
+                {
+                    "parallels" or "qcow2" or "raw" => v,
+                    _ => throw new FormatException("must be parallels, qcow2 or raw"),
+                }),
+                Value<ConvertOptions>("snapshot", 's', "GUID", "The snapshot by GUID, with or without braces, any case; a qcow2 internal snapshot by file name, ID or name (default: the top, the current state).", (o, v) => o.Snapshot = v),
+                Flag<ConvertOptions>("plain", null, "Parallels output: a plain (preallocated raw) image.", o => o.Plain = true),
+                Flag<ConvertOptions>("expanding", null, "Parallels output: an expandable image (the default).", o => o.Expanding = true),
+                Value<ConvertOptions>("cluster", null, "SIZE", "The output's cluster size (default: 1M for Parallels, 64K for qcow2).", (o, v) => o.ClusterBytes = Sizes.TryParse(v, out long bytes) && bytes > 0 ? bytes : throw new FormatException("is not a size (examples: 64K, 1M)")),
+                .. DiskSourceOptions<ConvertOptions>(format: false),
+                Debug<ConvertOptions>(),
+            ],
+            Examples =
+            [
+                "prlfuse convert disk.hdd disk.qcow2",
+                "prlfuse convert disk.hdd --snapshot {986476cf-d62e-45d1-b355-86feca91376e} old.hdd --plain",
+                "prlfuse convert vm.qcow2 --snapshot before-upgrade before.raw",
+            ],
+            Create = () => new ConvertOptions(),
+            Run = o => ConvertCommand.Run((ConvertOptions)o),
+        },
+        new CommandSpec
+        {
             Name = "check",
             Summary = "Check every image of a disk as 'qemu-img check' does, and the descriptor.",
             Description = ["Exit status: 0 clean, 2 corruptions found, 3 only leaked space, 1 the check itself failed. A plain check never writes."],

@@ -189,3 +189,20 @@ internal sealed class SnapshotSwitchOptions : DiskArgumentOptions
 internal sealed class MergeOptions : DiskArgumentOptions
 {
 }
+
+internal sealed class ConvertOptions : DiskOptions
+{
+    public string Destination { get; set; } = "";
+
+    /// <summary>--format of the output: null when not given (then decided by the destination's name).</summary>
+    public string? OutputFormat { get; set; }
+
+    public string? Snapshot { get; set; }
+
+    public bool Plain { get; set; }
+
+    public bool Expanding { get; set; }
+
+    /// <summary>--cluster in bytes; null: the output format's default.</summary>
+    public long? ClusterBytes { get; set; }
+}

@@ -82,7 +82,7 @@ public static class DescriptorWriter
 
     private static void Leaf(XElement parent, ImmutableArray<ExtraElement> extras, string name, object value)
     {
-        parent.Add(new XElement(name, Convert.ToString(value, CultureInfo.InvariantCulture)));
+        parent.Add(new XElement(name, System.Convert.ToString(value, CultureInfo.InvariantCulture)));
         Add(parent, extras, name);
     }
 

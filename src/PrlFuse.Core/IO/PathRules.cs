@@ -73,7 +73,7 @@ public static class PathRules
         if (Posix.Stat(path, buffer) == 0)
         {
             uint mode = *(uint*)(buffer + StatModeOffset) & 0xFFF;
-            string octal = Convert.ToString(mode, 8).PadLeft(4, '0');
+            string octal = System.Convert.ToString(mode, 8).PadLeft(4, '0');
             if ((mode & 0x92) == 0)
             {
                 return $"the image file is read-only (mode {octal})";
