@@ -88,7 +88,7 @@ internal sealed class Qcow2Refcounts
         return 0;
     }
 
-    private bool BlockReadable(long offset) => (offset & (_clusterBytes - 1)) == 0 && offset <= _file.Length - _clusterBytes;
+    private bool BlockReadable(long offset) => offset > 0 && (offset & (_clusterBytes - 1)) == 0 && offset <= _file.Length - _clusterBytes;
 
     /// <summary>The refcount of the cluster at host <paramref name="host"/>; 0 where no refcount block covers it.</summary>
     public ulong Get(long host)
