@@ -157,6 +157,12 @@ public sealed partial class VirtualDisk
 
             return layer;
         }
+        catch (IOException e)
+        {
+            // A file that opens but cannot be read (a /proc file named as a backing file, a failing disk): refused by name.
+            file.Dispose();
+            throw new ImageFormatException(path, $"cannot be read as an image: {e.Message}", e);
+        }
         catch
         {
             file.Dispose();

@@ -47,6 +47,7 @@ public sealed record FuzzCase(
             var bytes = files[target];
             string note = target == FuzzSeed.DescriptorName ? DescriptorMutator.Mutate(ref bytes, r)
                 : target.EndsWith(".qcow2", StringComparison.Ordinal) ? Qcow2Mutator.Mutate(ref bytes, r)
+                : target.EndsWith(".qed", StringComparison.Ordinal) ? QedMutator.Mutate(ref bytes, r, target)
                 : ImageMutator.Mutate(ref bytes, r);
             files[target] = bytes;
             notes.Add($"{target}: {note}");

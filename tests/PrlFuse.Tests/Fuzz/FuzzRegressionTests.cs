@@ -217,4 +217,72 @@ public sealed class FuzzRegressionTests : IDisposable
         var result = runner.Run(c);
         Assert.True(result.Outcome != CaseOutcome.Finding, $"{c.Id}\n{string.Join("\n", c.Mutations)}\n{result.Finding}");
     }
+
+    /// <summary>
+    /// Found: QED seed 20250101 cases 802, 1350, 2178, 2382, 4145 and more. A QED L2 entry pointing at the L1 table or
+    /// an L2 table, or at a data cluster another entry also maps, let a write through it overwrite the tables (reads
+    /// then failed) or show through the other guest cluster. Fixed: such entries are damaged (EIO), the tables intact.
+    /// </summary>
+    [Trait("Needs", "Qemu")]
+    [Theory]
+    [InlineData("l2-table")]
+    [InlineData("l1-table")]
+    [InlineData("shared")]
+    public void Qed_entry_on_a_table_or_shared_is_damaged_not_written(string target)
+    {
+        string folder = _temp.Path;
+        string image = _temp.Combine($"alias-{target}.qed");
+        PrlFuse.Tests.Core.Formats.Qcow2.Qcow2Oracle.Img(folder, "create", "-q", "-f", "qed", "-o", "cluster_size=4096", image, "4M");
+        PrlFuse.Tests.Core.Formats.Qcow2.Qcow2Oracle.Io(folder, "qed", image, "write -P 1 0 8k");
+        byte[] bytes = File.ReadAllBytes(image);
+        Assert.True(PrlFuse.Core.Formats.Qed.QedHeader.TryRead(bytes, out var header, out _));
+        long l2 = (long)System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(bytes.AsSpan((int)header.L1TableOffset));
+        ulong data0 = System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(bytes.AsSpan((int)l2));
+        ulong aliased = target switch { "l2-table" => (ulong)l2, "l1-table" => (ulong)header.L1TableOffset, _ => data0 };
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(bytes.AsSpan((int)l2 + 8), aliased);
+        File.WriteAllBytes(image, bytes);
+
+        using (var disk = VirtualDisk.Open(image, new DiskOpenOptions { ReadOnly = false, CacheBytes = 0 }))
+        {
+            Assert.ThrowsAny<IOException>(() => disk.Top.Write(new byte[4096], 4096));
+        }
+
+        // Read-only, the tables and the data cluster are as they were: nothing was written through the bad entry.
+
+        using var again = VirtualDisk.Open(image, new DiskOpenOptions { CacheBytes = 0 });
+        var back = new byte[4096];
+        again.Top.Read(back, 0);
+        Assert.All(back, b => Assert.Equal(1, b));
+    }
+
+    /// <summary>
+    /// Found: QED seed 20250101 case 178. A backing file name of /proc/self/mem (a regular file that cannot be read)
+    /// made the open throw a bare IOException. Fixed: refused with a one-line message naming the file.
+    /// </summary>
+    [Trait("Needs", "Qemu")]
+    [Fact]
+    public void Unreadable_backing_file_is_refused_by_name()
+    {
+        string image = _temp.Combine("proc-backed.qed");
+        PrlFuse.Tests.Core.Formats.Qcow2.Qcow2Oracle.Img(_temp.Path, "create", "-q", "-f", "qed", "-o", "cluster_size=4096", "-u", "-b", "/proc/self/mem", "-F", "qed", image, "1M");
+        var e = Assert.ThrowsAny<PrlFuseException>(() => VirtualDisk.Open(image).Dispose());
+        Assert.Contains("/proc/self/mem", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("\n", e.Message, StringComparison.Ordinal);
+    }
+
+    [Trait("Needs", "Qemu")]
+    [Theory]
+    [InlineData(20250101, 178)]
+    [InlineData(20250101, 802)]
+    [InlineData(20250101, 1350)]
+    [InlineData(20250101, 2382)]
+    [InlineData(20250101, 4914)]
+    [InlineData(20250101, 5661)]
+    public void Qed_fuzz_case_that_once_failed(int seed, int index)
+    {
+        var c = FuzzCase.Generate(FuzzSeeds.Qed, seed, index);
+        using var runner = new FuzzRunner();
+        var result = runner.Run(c);
+        Assert.True(result.Outcome != CaseOutcome.Finding, $"{c.Id}\n{string.Join("\n", c.Mutations)}\n{result.Finding}");
+    }
 }

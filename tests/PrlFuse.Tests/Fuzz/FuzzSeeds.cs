@@ -19,8 +19,11 @@ public sealed record FuzzSeed(string Name, string Entry, IReadOnlyDictionary<str
     /// </summary>
     public long AllocationBudget { get; init; }
 
-    /// <summary>The files mutations aim at: images (.hds, .qcow2); a qcow2 external data file (.data) holds only guest bytes.</summary>
-    public IEnumerable<string> ImageNames => Files.Keys.Where(n => n.EndsWith(".hds", StringComparison.Ordinal) || n.EndsWith(".qcow2", StringComparison.Ordinal)).Order(StringComparer.Ordinal);
+    /// <summary>
+    /// The files mutations aim at: images (.hds, .qcow2, .qed); a qcow2 external data file (.data) and a raw backing
+    /// file (.raw) hold only guest bytes.
+    /// </summary>
+    public IEnumerable<string> ImageNames => Files.Keys.Where(n => n.EndsWith(".hds", StringComparison.Ordinal) || n.EndsWith(".qcow2", StringComparison.Ordinal) || n.EndsWith(".qed", StringComparison.Ordinal)).Order(StringComparer.Ordinal);
 
     public Dictionary<string, byte[]> CopyFiles() => Files.ToDictionary(kv => kv.Key, kv => (byte[])kv.Value.Clone(), StringComparer.Ordinal);
 }
@@ -40,19 +43,79 @@ public static class FuzzSeeds
 
     private static readonly Lazy<IReadOnlyList<FuzzSeed>> Qcow2Seeds = new(BuildQcow2);
 
+    private static readonly Lazy<IReadOnlyList<FuzzSeed>> QedSeeds = new(BuildQed);
+
     /// <summary>The Parallels seeds (images and bundles).</summary>
     public static IReadOnlyList<FuzzSeed> All => AllSeeds.Value;
 
     /// <summary>The qcow2 seeds, made by qemu-img and qemu-io (the tests using them need QEMU).</summary>
     public static IReadOnlyList<FuzzSeed> Qcow2 => Qcow2Seeds.Value;
 
-    /// <summary>The seeds of a format named in PRLFUSE_FUZZ_FORMAT: parallels (the default) or qcow2.</summary>
+    /// <summary>The QED seeds, made by qemu-img and qemu-io (the tests using them need QEMU).</summary>
+    public static IReadOnlyList<FuzzSeed> Qed => QedSeeds.Value;
+
+    /// <summary>The seeds of a format named in PRLFUSE_FUZZ_FORMAT: parallels (the default), qcow2 or qed.</summary>
     public static IReadOnlyList<FuzzSeed> ForFormat(string? format) => format switch
     {
         null or "" or "parallels" => All,
         "qcow2" => Qcow2,
-        _ => throw new ArgumentException($"PRLFUSE_FUZZ_FORMAT={format}: parallels or qcow2"),
+        "qed" => Qed,
+        _ => throw new ArgumentException($"PRLFUSE_FUZZ_FORMAT={format}: parallels, qcow2 or qed"),
     };
+
+    /// <summary>
+    /// Small QED images: clusters of 4 KiB and 64 KiB, tables of 2 and 4 clusters (qemu-img cannot open a fresh image of 1-cluster tables), zero clusters (write -z), a QED over a
+    /// QED over a raw file, a QED over a Parallels image, a qcow2 over a QED.
+    /// </summary>
+    private static IReadOnlyList<FuzzSeed> BuildQed()
+    {
+        using var temp = new TempFolder("prlfuse-fuzz-qed-seeds");
+        var seeds = new List<FuzzSeed>();
+        void Run(string tool, params string[] args) => ProcessRunner.Run(tool, args, workingDirectory: temp.Path);
+        FuzzSeed Seed(string name, string entry, params string[] files) =>
+            new(name, entry, files.ToDictionary(f => f, f => File.ReadAllBytes(temp.Combine(f)), StringComparer.Ordinal));
+        void Write(string format, string file, params string[] writes)
+        {
+            foreach (string w in writes)
+            {
+                Run("qemu-io", "-f", format, "-c", w, file);
+            }
+        }
+
+        Run("qemu-img", "create", "-q", "-f", "qed", "-o", "cluster_size=4096,table_size=2", "c4k.qed", "4M");
+        Write("qed", "c4k.qed", "write -P 1 0 20k", "write -z 64k 16k", "write -P 2 3000k 5000");
+        seeds.Add(Seed("qed-4k-table2-zero", "c4k.qed", "c4k.qed"));
+
+        Run("qemu-img", "create", "-q", "-f", "qed", "-o", "cluster_size=65536,table_size=2", "c64k.qed", "6M");
+        Write("qed", "c64k.qed", "write -P 3 0 200k", "write -z 1M 128k", "write -P 4 5M 70000");
+        seeds.Add(Seed("qed-64k-table2-zero", "c64k.qed", "c64k.qed"));
+
+        Run("qemu-img", "create", "-q", "-f", "qed", "-o", "cluster_size=4096,table_size=4", "t4.qed", "40M");
+        Write("qed", "t4.qed", "write -P 5 0 4k", "write -P 6 17M 9000", "write -z 39M 8k");
+        seeds.Add(Seed("qed-4k-table4-sparse", "t4.qed", "t4.qed"));
+
+        var raw = new byte[1 << 20];
+        new Random(11).NextBytes(raw);
+        File.WriteAllBytes(temp.Combine("base.raw"), raw);
+        Run("qemu-img", "create", "-q", "-f", "qed", "-o", "cluster_size=4096", "-b", "base.raw", "-F", "raw", "mid.qed", "1M");
+        Write("qed", "mid.qed", "write -P 7 8k 8k", "write -z 64k 64k");
+        Run("qemu-img", "create", "-q", "-f", "qed", "-o", "cluster_size=4096", "-b", "mid.qed", "-F", "qed", "top.qed", "1M");
+        Write("qed", "top.qed", "write -P 8 6k 20k", "write -z 200k 4k");
+        seeds.Add(Seed("qed-chain-over-qed-over-raw", "top.qed", "top.qed", "mid.qed", "base.raw"));
+
+        Run("qemu-img", "create", "-q", "-f", "parallels", "pbase.hds", "2M");
+        Write("parallels", "pbase.hds", "write -P 9 0 2M");
+        Run("qemu-img", "create", "-q", "-f", "qed", "-o", "cluster_size=4096", "-b", "pbase.hds", "-F", "parallels", "over-prl.qed", "2M");
+        Write("qed", "over-prl.qed", "write -P 10 4k 12k", "write -z 1M 64k");
+        seeds.Add(Seed("qed-over-parallels", "over-prl.qed", "over-prl.qed", "pbase.hds"));
+
+        Run("qemu-img", "create", "-q", "-f", "qed", "-o", "cluster_size=4096", "qbase.qed", "2M");
+        Write("qed", "qbase.qed", "write -P 11 0 1M", "write -z 1M 64k");
+        Run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "-b", "qbase.qed", "-F", "qed", "over-qed.qcow2", "2M");
+        Write("qcow2", "over-qed.qcow2", "write -P 12 512k 16k");
+        seeds.Add(Seed("qcow2-over-qed", "over-qed.qcow2", "over-qed.qcow2", "qbase.qed"));
+        return seeds;
+    }
 
     /// <summary>
     /// Small qcow2 images of every kind the reader and writer handle: versions 2 and 3, clusters of 512 B to 2 MiB,

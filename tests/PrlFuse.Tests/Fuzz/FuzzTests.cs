@@ -34,7 +34,7 @@ public sealed class FuzzTests(ITestOutputHelper output)
     /// <summary>Cases of the qcow2 CI run (a share of the 100,000 of a long run: make fuzz FUZZ_FORMAT=qcow2).</summary>
     public const int Qcow2CiCases = 8000;
 
-    /// <summary>The format of the long run and of a replay: PRLFUSE_FUZZ_FORMAT (parallels by default, or qcow2).</summary>
+    /// <summary>The format of the long run and of a replay: PRLFUSE_FUZZ_FORMAT (parallels by default, qcow2 or qed).</summary>
     private static IReadOnlyList<FuzzSeed> EnvironmentSeeds => FuzzSeeds.ForFormat(Environment.GetEnvironmentVariable("PRLFUSE_FUZZ_FORMAT"));
 
     [Trait("Needs", "Qemu")]
@@ -66,6 +66,46 @@ public sealed class FuzzTests(ITestOutputHelper output)
 
         Assert.True(campaign.Refused > Qcow2CiCases / 10, campaign.Summary);
         Assert.True(campaign.Served > Qcow2CiCases / 10, campaign.Summary);
+        Assert.True(campaign.Findings == 0, campaign.Summary + "\n" + string.Join("\n", log.Where(l => l.StartsWith("FINDING", StringComparison.Ordinal)).Take(5)));
+    }
+
+    /// <summary>Cases of the QED CI run (a share of the 100,000 of a long run: make fuzz FUZZ_FORMAT=qed).</summary>
+    public const int QedCiCases = 6000;
+
+    [Trait("Needs", "Qemu")]
+    [Fact]
+    public void Qed_seeds_are_valid_and_served()
+    {
+        using var runner = new FuzzRunner();
+        foreach (var seed in FuzzSeeds.Qed)
+        {
+            foreach (bool write in new[] { false, true })
+            {
+                var c = new FuzzCase(0, 0, seed, seed.Files, false, write, 1 << 20, 1, []);
+                var result = runner.Run(c);
+                Assert.True(result.Outcome == CaseOutcome.Served, $"{seed.Name} (write={write}): {result.Outcome} {result.Finding}");
+                Assert.Equal(0, result.IoErrors);
+                Assert.Equal(write, result.Wrote);
+            }
+        }
+    }
+
+    [Trait("Needs", "Qemu")]
+    [Trait("Needs", "Time")]
+    [Fact]
+    public void Qed_ci_run_has_no_findings()
+    {
+        var log = new List<string>();
+        var campaign = FuzzCampaign.Run(CiSeed, QedCiCases, log.Add, seedSet: FuzzSeeds.Qed);
+        output.WriteLine(campaign.Summary);
+        foreach (var (sig, (count, first, _)) in campaign.BySignature)
+        {
+            output.WriteLine($"  {count} x {sig} (first: {first.Id})");
+        }
+
+        Assert.True(campaign.Refused > QedCiCases / 10, campaign.Summary);
+        Assert.True(campaign.Served > QedCiCases / 10, campaign.Summary);
+        Assert.True(campaign.Wrote > QedCiCases / 100, campaign.Summary);
         Assert.True(campaign.Findings == 0, campaign.Summary + "\n" + string.Join("\n", log.Where(l => l.StartsWith("FINDING", StringComparison.Ordinal)).Take(5)));
     }
 

@@ -10,7 +10,7 @@ namespace PrlFuse.Core.Formats.Qed;
 /// A QED image: the L1 entries the guest size needs are read at open and judged against the file, L2 tables are read
 /// when first needed and kept in a small bounded cache. A data entry of 1 is a zero cluster
 /// (<see cref="ImageLayer.ZeroHostOffset"/>); an entry that is misaligned, inside the header or past the end of the file
-/// is damaged (reads of it fail, as in QEMU). An image left with the need-check bit set is checked at open: opened for
+/// is damaged (reads of it fail, as in QEMU), and so is one on the L1 table or an L2 table (a write would overwrite the table). An image left with the need-check bit set is checked at open: opened for
 /// writing, its invalid entries are cleared first as QEMU does (<see cref="QedChecker.FixOnOpen"/>); read-only, it gets
 /// a warning. Writes go through <see cref="QedImageWriter"/>, which keeps the tables it changes here
 /// (<see cref="PinTable"/>) so that reads see them before they reach the file.
@@ -30,6 +30,15 @@ public sealed class QedImage : ImageLayer
     private readonly long _headerBytes;
     private readonly L2Table?[] _l2Cache;
 
+    /// <summary>
+    /// The clusters of the L1 table and of the L2 tables it pointed at on open: a data entry on one of them is damaged,
+    /// for a write through it would overwrite the tables (QEMU's check counts such a cluster as referenced twice).
+    /// </summary>
+    private readonly HashSet<long> _tableClusters;
+
+    /// <summary>Data clusters more than one L2 entry points at (found before the first write): damaged, as a write to one would change both.</summary>
+    private HashSet<long>? _sharedDataClusters;
+
     /// <summary>Tables the writer changed, by L1 index: what reads see first, whatever the cache or the file hold.</summary>
     private readonly ConcurrentDictionary<long, ulong[]> _pinned = new();
     private long _fileLength;
@@ -47,6 +56,23 @@ public sealed class QedImage : ImageLayer
         int slots = (int)Math.Clamp(L2CacheBytes / header.TableBytes, 2, 1024);
         _l2Cache = new L2Table?[(int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)slots)];
         DamagedL2Tables = l1.Count(e => e == DamagedL2);
+        _tableClusters = [];
+        AddTableClusters(header.L1TableOffset);
+        foreach (long l2 in l1)
+        {
+            if (l2 > 0)
+            {
+                AddTableClusters(l2);
+            }
+        }
+    }
+
+    private void AddTableClusters(long offset)
+    {
+        for (long c = offset; c < offset + Header.TableBytes; c += _clusterBytes)
+        {
+            _tableClusters.Add(c);
+        }
     }
 
     public QedHeader Header { get; private set; }
@@ -184,7 +210,9 @@ public sealed class QedImage : ImageLayer
                 hostOffset = ZeroHostOffset;
                 return true;
             default:
-                hostOffset = entry <= long.MaxValue && IsClusterOffsetValid(Header, (long)entry, FileLength) ? (long)entry + within : DamagedHostOffset;
+                hostOffset = entry <= long.MaxValue && IsClusterOffsetValid(Header, (long)entry, FileLength) && !_tableClusters.Contains((long)entry) && Volatile.Read(ref _sharedDataClusters)?.Contains((long)entry) != true
+                    ? (long)entry + within
+                    : DamagedHostOffset;
                 return true;
         }
     }
@@ -194,7 +222,7 @@ public sealed class QedImage : ImageLayer
         long l1Index = offset >> (_clusterBits + _l2Bits);
         string problem = _l1[l1Index] == DamagedL2
             ? "its L1 entry points where no L2 table can be"
-            : "its L2 entry is invalid (misaligned, inside the header or past the end of the file)";
+            : "its L2 entry is invalid (misaligned, inside the header or the image's tables, or past the end of the file)";
         return new DamagedClusterException(Path, offset >> _clusterBits, problem, "run 'prlfuse check --repair' on the image");
     }
 
@@ -234,6 +262,50 @@ public sealed class QedImage : ImageLayer
         }
 
         return count;
+    }
+
+    /// <summary>
+    /// Walks every L2 table once and marks the data clusters two entries share as damaged (writer only, before its first
+    /// write): QEMU's check counts them as corruption, and a write through one entry would show through the other. Reads
+    /// are bounded by the file's size (each table is read once).
+    /// </summary>
+    internal void FindSharedDataClusters()
+    {
+        if (_sharedDataClusters is not null)
+        {
+            return;
+        }
+
+        var data = new List<long>();
+        var tables = new HashSet<long>();
+        for (long i = 0; i < _l1.Length; i++)
+        {
+            long l2 = _l1[i];
+            if (l2 <= 0 || !tables.Add(l2))
+            {
+                continue;
+            }
+
+            foreach (ulong entry in _pinned.TryGetValue(i, out var pinned) ? pinned : ReadL2(l2))
+            {
+                if (entry > FieldLocations.ZeroCluster && entry <= long.MaxValue)
+                {
+                    data.Add((long)entry);
+                }
+            }
+        }
+
+        data.Sort();
+        var shared = new HashSet<long>();
+        for (int i = 1; i < data.Count; i++)
+        {
+            if (data[i] == data[i - 1])
+            {
+                shared.Add(data[i]);
+            }
+        }
+
+        Volatile.Write(ref _sharedDataClusters, shared);
     }
 
     protected override LayerWriter CreateWriter(IParentContent parent) => new QedImageWriter(this, parent);

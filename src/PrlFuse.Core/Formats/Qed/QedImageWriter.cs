@@ -55,6 +55,14 @@ public sealed class QedImageWriter : LayerWriter
             throw new IOException($"{_image.Path}: write beyond the image's {_image.VirtualSize} bytes");
         }
 
+        if (!Volatile.Read(ref _opened))
+        {
+            lock (_lock)
+            {
+                EnsureOpen();
+            }
+        }
+
         if (_image.TryMap(guestOffset, out long host, out _) && host >= 0)
         {
             _file.Write(data, host);
@@ -142,10 +150,10 @@ public sealed class QedImageWriter : LayerWriter
 
         lock (_lock)
         {
+            EnsureOpen();
             bool mapped = _image.TryMap(guestOffset, out long host, out _);
             if (mapped && host >= 0)
             {
-                EnsureOpen();
                 long start = host & ~(_clusterBytes - 1);
                 bool punched = _file.TryPunchHole(start, _clusterBytes);
                 if (!punched)
@@ -218,7 +226,10 @@ public sealed class QedImageWriter : LayerWriter
         }
     }
 
-    /// <summary>Before the first change: clear autoclear bits we do not know (as the specification says), and find the end of the file.</summary>
+    /// <summary>
+    /// Before the first change: clear autoclear bits we do not know (as the specification says), find the end of the
+    /// file, and the data clusters two entries share (they become damaged, so no write goes through them).
+    /// </summary>
     private void EnsureOpen()
     {
         if (_opened)
@@ -235,7 +246,8 @@ public sealed class QedImageWriter : LayerWriter
 
         // New clusters go past everything in the file, on a cluster boundary.
         _nextFree = (_file.Length + _clusterBytes - 1) & ~(_clusterBytes - 1);
-        _opened = true;
+        _image.FindSharedDataClusters();
+        Volatile.Write(ref _opened, true);
     }
 
     private void SetNeedCheck()
