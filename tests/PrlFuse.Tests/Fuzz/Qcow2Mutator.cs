@@ -44,7 +44,7 @@ public static class Qcow2Mutator
         int pick = r.Next(100);
         return pick switch
         {
-            < 8 => BitFlips(data, r),
+            < 8 => ClusterImageMutations.BitFlips(data, r),
             < 30 => HeaderField(data, r),
             < 37 => Extension(data, r),
             < 50 => L1Entry(data, r),
@@ -52,7 +52,7 @@ public static class Qcow2Mutator
             < 82 => Refcount(data, r),
             < 92 => SnapshotEntry(data, r),
             < 97 => Resize(ref data, r),
-            _ => Splice(data, r),
+            _ => ClusterImageMutations.Splice(data, r, Read(data).ClusterBits),
         };
     }
 
@@ -84,39 +84,7 @@ public static class Qcow2Mutator
             d.Length);
     }
 
-    /// <summary>Values worth trying in a field of an image with this layout: caps, cluster offsets in and past the file, neighbours.</summary>
-    private static ulong Value(Random r, Layout l, ulong current) => r.Next(12) switch
-    {
-        < 4 => Interesting[r.Next(Interesting.Length)],
-        4 => (ulong)(r.NextInt64(l.Clusters + 2) << l.ClusterBits),
-        5 => (ulong)l.Length + (ulong)r.Next(-2, 3),
-        6 => current + (ulong)r.Next(-3, 4),
-        7 => r.Next(2) == 0 ? current * 2 : current / 2,
-        8 => current ^ (1UL << r.Next(64)),
-        9 => (ulong)(r.NextInt64(l.Clusters) << l.ClusterBits) + (ulong)r.Next(1, 512),
-        _ => (ulong)r.NextInt64() ^ ((ulong)r.Next() << 40),
-    };
-
-    private static string BitFlips(byte[] d, Random r)
-    {
-        if (d.Length == 0)
-        {
-            return "bitflip: empty";
-        }
-
-        int n = r.Next(1, 9);
-        var where = new List<long>();
-        for (int i = 0; i < n; i++)
-        {
-            // Half in the first clusters (header, extensions, and in small images the tables), half anywhere.
-            long limit = r.Next(2) == 0 ? Math.Min(d.Length, 4 << 16) : d.Length;
-            long pos = r.NextInt64(Math.Max(1, limit));
-            d[pos] ^= (byte)(1 << r.Next(8));
-            where.Add(pos);
-        }
-
-        return $"bitflip at {string.Join(",", where)}";
-    }
+    private static ulong Value(Random r, Layout l, ulong current) => ClusterImageMutations.Value(r, Interesting, l.ClusterBits, l.Length, current);
 
     private static string HeaderField(byte[] d, Random r)
     {
@@ -356,21 +324,6 @@ public static class Qcow2Mutator
         };
         Array.Resize(ref d, length);
         return $"resize to {length}";
-    }
-
-    private static string Splice(byte[] d, Random r)
-    {
-        var l = Read(d);
-        if (l.Length < 2 * l.ClusterBytes)
-        {
-            return "splice: too short";
-        }
-
-        long from = r.NextInt64(l.Clusters) << l.ClusterBits;
-        long to = r.NextInt64(l.Clusters) << l.ClusterBits;
-        int n = (int)Math.Min(l.ClusterBytes, Math.Min(l.Length - from, l.Length - to));
-        Array.Copy(d, from, d, to, n);
-        return $"splice cluster at {from} over {to}";
     }
 
     private static uint U32(byte[] d, int at) => at + 4 <= d.Length ? BinaryPrimitives.ReadUInt32BigEndian(d.AsSpan(at)) : 0;
