@@ -22,6 +22,11 @@ public static class OrphanImages
     {
         string folder = Path.GetDirectoryName(Path.GetFullPath(descriptorPath))!;
         var named = new HashSet<string>(StringComparer.Ordinal);
+
+        // A <File> may name the image by a path that no longer holds (a bundle moved from another machine keeps its
+        // absolute paths), and readers then take the file of that name beside the descriptor: any file whose name a
+        // <File> ends with is named, wherever that path points.
+        var namedFileNames = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
         foreach (string xml in new[] { descriptorPath, DescriptorStore.BackupPath(descriptorPath) }.Where(File.Exists))
         {
             try
@@ -29,6 +34,7 @@ public static class OrphanImages
                 foreach (var image in DescriptorParser.ParseFile(xml).Storages.SelectMany(s => s.Images))
                 {
                     named.Add(Path.GetFullPath(image.File, folder));
+                    namedFileNames.Add(Path.GetFileName(image.File.Replace('\\', '/')));
                 }
             }
             catch (PrlFuseException)
@@ -43,7 +49,7 @@ public static class OrphanImages
         }
 
         return [.. new DirectoryInfo(folder).EnumerateFiles("*", SearchOption.TopDirectoryOnly)
-            .Where(f => f.Name.EndsWith(".hds", StringComparison.OrdinalIgnoreCase) && !named.Contains(f.FullName))
+            .Where(f => f.Name.EndsWith(".hds", StringComparison.OrdinalIgnoreCase) && !named.Contains(f.FullName) && !namedFileNames.Contains(f.Name))
             .OrderBy(f => f.Name, StringComparer.Ordinal)
             .Select(f => new OrphanImage(f.FullName, f.Length))];
     }

@@ -44,6 +44,21 @@ public sealed class OrphanImageTests
     }
 
     [Fact]
+    public void AnImageNamedByAStaleAbsolutePathIsNoOrphan()
+    {
+        // A bundle moved from a Mac keeps <File>/Users/.../NAME.hds</File>; readers take the file of that name beside
+        // the descriptor, so it is the disk itself and must never be removed.
+        using var temp = new TempFolder();
+        string bundle = Samples.Extract("expanding", temp.Path);
+        string descriptor = Path.Combine(bundle, "DiskDescriptor.xml");
+        File.SetAttributes(descriptor, FileAttributes.Normal);
+        File.WriteAllText(descriptor, File.ReadAllText(descriptor).Replace("<File>expanding.hdd.0.", "<File>/Users/someone/Parallels/old.pvm/expanding.hdd/expanding.hdd.0.", StringComparison.Ordinal));
+
+        Assert.Empty(OrphanImages.Find(descriptor));
+        Assert.True(File.Exists(Path.Combine(bundle, NamedImage)));
+    }
+
+    [Fact]
     public void AnUnreadableDescriptorMakesNoOrphans()
     {
         using var temp = new TempFolder();
