@@ -574,23 +574,13 @@ public sealed partial class VirtualDisk : IDisposable
     /// </summary>
     public void Dispose()
     {
-        Exception? first = null;
-        foreach (var layer in _opened)
+        try
         {
-            try
-            {
-                layer.Dispose();
-            }
-            catch (IOException e)
-            {
-                first ??= e;
-            }
+            ImageLayer.DisposeAll(_opened, "the disk");
         }
-
-        Cache?.Dispose();
-        if (first is not null)
+        finally
         {
-            throw new PrlFuseException(null, $"closing the disk failed: {first.Message}", first);
+            Cache?.Dispose();
         }
     }
 }

@@ -197,6 +197,31 @@ public abstract class ImageLayer : IDisposable
 
     protected void AddWarning(string code, string warning) => _warnings.Add(new DiskWarning(code, $"{System.IO.Path.GetFileName(Path)}: {warning}"));
 
+    /// <summary>
+    /// Closes every layer, even when one fails (a written layer flushes and marks itself clean as it closes), and then
+    /// throws the first failure as one error naming <paramref name="what"/>.
+    /// </summary>
+    public static void DisposeAll(IEnumerable<ImageLayer> layers, string what)
+    {
+        Exception? first = null;
+        foreach (var layer in layers)
+        {
+            try
+            {
+                layer.Dispose();
+            }
+            catch (IOException e)
+            {
+                first ??= e;
+            }
+        }
+
+        if (first is not null)
+        {
+            throw new PrlFuseException(null, $"closing {what} failed: {first.Message}", first);
+        }
+    }
+
     public void Dispose()
     {
         Dispose(true);

@@ -198,24 +198,5 @@ internal sealed class MergingDisk : IDisposable
     }
 
     /// <summary>Closes every image; a written one is flushed, trimmed and marked clean. The first failure is rethrown.</summary>
-    public void Dispose()
-    {
-        Exception? first = null;
-        foreach (var layer in _opened)
-        {
-            try
-            {
-                layer.Dispose();
-            }
-            catch (IOException e)
-            {
-                first ??= e;
-            }
-        }
-
-        if (first is not null)
-        {
-            throw new PrlFuseException(null, $"closing the disk's images failed: {first.Message}", first);
-        }
-    }
+    public void Dispose() => ImageLayer.DisposeAll(_opened, "the disk's images");
 }
