@@ -47,7 +47,12 @@ public sealed class BundleFileSystem : IFuseFileSystem
 
     private readonly VirtualDisk _disk;
     private readonly BundleFileSystemOptions _options;
-    private readonly FileEntry[] _files;
+    // Grows (a copy published whole) when a live snapshot adds a file; a file's index, its handle, never changes.
+    private FileEntry[] _files;
+
+    // Writes, discards and flushes hold it shared; a live snapshot holds it exclusively, so none is in flight while
+    // the top changes. Writers are preferred: a snapshot is not starved by a stream of writes.
+    private readonly ReaderWriterLockSlim _writeGate = new(LockRecursionPolicy.NoRecursion);
     private readonly TimeSpec _mountTime;
 
     // Damaged clusters already logged (image, cluster): grows only with the clusters actually read.
@@ -164,7 +169,7 @@ public sealed class BundleFileSystem : IFuseFileSystem
 
     private FileEntry? Find(ReadOnlySpan<byte> path)
     {
-        foreach (var file in _files)
+        foreach (var file in Volatile.Read(ref _files))
         {
             if (path.SequenceEqual(file.Path))
             {
@@ -180,9 +185,10 @@ public sealed class BundleFileSystem : IFuseFileSystem
         if (fileInfo.IsPresent)
         {
             ulong handle = fileInfo.Handle;
-            if (handle >= 1 && handle <= (ulong)_files.Length)
+            var files = Volatile.Read(ref _files);
+            if (handle >= 1 && handle <= (ulong)files.Length)
             {
-                return _files[handle - 1];
+                return files[handle - 1];
             }
         }
 
@@ -236,9 +242,10 @@ public sealed class BundleFileSystem : IFuseFileSystem
             return 0;
         }
 
-        for (int i = 1; i < _files.Length; i++)
+        var files = Volatile.Read(ref _files);
+        for (int i = 1; i < files.Length; i++)
         {
-            filler.Add(_files[i].Name);
+            filler.Add(files[i].Name);
         }
 
         return 0;
@@ -246,11 +253,12 @@ public sealed class BundleFileSystem : IFuseFileSystem
 
     public int Open(ReadOnlySpan<byte> path, FuseFileInfo fileInfo)
     {
-        for (int i = 0; i < _files.Length; i++)
+        var files = Volatile.Read(ref _files);
+        for (int i = 0; i < files.Length; i++)
         {
-            if (path.SequenceEqual(_files[i].Path))
+            if (path.SequenceEqual(files[i].Path))
             {
-                if (fileInfo.WantsWrite && !_files[i].Writable)
+                if (fileInfo.WantsWrite && !files[i].Writable)
                 {
                     return -Errno.EROFS;
                 }
@@ -260,7 +268,7 @@ public sealed class BundleFileSystem : IFuseFileSystem
                 // send the pieces of one request in parallel (async DIO; see Init).
                 bool direct = _options.DirectIo && (fileInfo.Flags & OpenFlags.Direct) == 0;
                 fileInfo.DirectIo = direct;
-                fileInfo.KeepCache = !direct && !_files[i].Writable;
+                fileInfo.KeepCache = !direct && !files[i].Writable;
                 return 0;
             }
         }
@@ -386,6 +394,7 @@ public sealed class BundleFileSystem : IFuseFileSystem
         }
 
         int n = (int)Math.Min(buffer.Length, size - offset);
+        _writeGate.EnterReadLock();
         try
         {
             file.View.Write(buffer[..n], offset);
@@ -395,6 +404,10 @@ public sealed class BundleFileSystem : IFuseFileSystem
         catch (IOException e)
         {
             return Fail(e, file);
+        }
+        finally
+        {
+            _writeGate.ExitReadLock();
         }
     }
 
@@ -464,6 +477,7 @@ public sealed class BundleFileSystem : IFuseFileSystem
             return 0;
         }
 
+        _writeGate.EnterReadLock();
         try
         {
             if (view.Discard(offset, Math.Min(length, size - offset)) && Interlocked.Exchange(ref _reportedPunchFallback, 1) == 0)
@@ -478,6 +492,10 @@ public sealed class BundleFileSystem : IFuseFileSystem
         {
             return Fail(e, file);
         }
+        finally
+        {
+            _writeGate.ExitReadLock();
+        }
     }
 
     public int Fsync(ReadOnlySpan<byte> path, bool dataSync, FuseFileInfo fileInfo)
@@ -488,6 +506,7 @@ public sealed class BundleFileSystem : IFuseFileSystem
             return -Errno.ENOENT;
         }
 
+        _writeGate.EnterReadLock();
         try
         {
             // Data and the BAT entries pointing at it are made durable either way: the BAT is what makes data findable.
@@ -497,6 +516,40 @@ public sealed class BundleFileSystem : IFuseFileSystem
         catch (IOException e)
         {
             return Fail(e, file);
+        }
+        finally
+        {
+            _writeGate.ExitReadLock();
+        }
+    }
+
+    /// <summary>
+    /// A live snapshot (see <see cref="VirtualDisk.TakeSnapshot"/>): writes, discards and flushes are held off, the
+    /// disk takes the snapshot, and its file appears under snapshots/ before they go on. current.raw stays the same file
+    /// for every open handle and loop device, reading what it read. Returns the new snapshot's GUID.
+    /// </summary>
+    public Guid TakeSnapshot(string? name)
+    {
+        _writeGate.EnterWriteLock();
+        try
+        {
+            return _disk.TakeSnapshot(name).Id;
+        }
+        finally
+        {
+            // Also after a failure once the snapshot existed (its old top failed to close): the view is there, so is its file.
+            AddNewSnapshotFiles();
+            _writeGate.ExitWriteLock();
+        }
+    }
+
+    private void AddNewSnapshotFiles()
+    {
+        var files = Volatile.Read(ref _files);
+        var added = _disk.SnapshotViews.Where(v => !files.Any(f => f.View == v)).Select(v => new FileEntry("/snapshots/" + v.Name + ".raw", v.Name + ".raw", v)).ToList();
+        if (added.Count > 0)
+        {
+            Volatile.Write(ref _files, [.. files, .. added]);
         }
     }
 
@@ -523,13 +576,14 @@ public sealed class BundleFileSystem : IFuseFileSystem
         statVfs.BlockSize = 4096;
         statVfs.FragmentSize = 4096;
         ulong blocks = 0;
-        foreach (var file in _files)
+        var files = Volatile.Read(ref _files);
+        foreach (var file in files)
         {
             blocks += (ulong)((file.View.Size + 4095) / 4096);
         }
 
         statVfs.Blocks = blocks;
-        statVfs.Files = (ulong)_files.Length + 2;
+        statVfs.Files = (ulong)files.Length + 2;
         statVfs.NameMax = 255;
         return 0;
     }

@@ -300,10 +300,11 @@ internal static class CommandTable
                 new CommandSpec
                 {
                     Name = "snapshot create",
-                    Summary = "Take a snapshot of a disk that is not in use: the current state becomes the snapshot, and goes on in a new empty image. Prints the new snapshot's GUID.",
+                    Summary = "Take a snapshot of a disk: the current state becomes the snapshot, and goes on in a new empty image. Prints the new snapshot's GUID.",
                     Description =
                     [
-                        "The new image is made durable before the descriptor is rewritten (atomically, the previous one kept as DiskDescriptor.xml.Backup), so a crash leaves the disk as it was or with the snapshot. Refused while the disk is mounted or another program writes it.",
+                        "The new image is made durable before the descriptor is rewritten (atomically, the previous one kept as DiskDescriptor.xml.Backup), so a crash leaves the disk as it was or with the snapshot.",
+                        "On a disk mounted read-write by prlfuse, the mount's daemon takes it: writes are paused and flushed, the snapshot is taken, and snapshots/{GUID}.raw appears in the mount at once, while current.raw goes on for every open file and loop device. Freeze a filesystem on it first (fsfreeze -f) for a clean one in the snapshot. Refused on a read-only mount, and while another program writes the disk.",
                     ],
                     Positionals = [Positional<SnapshotCreateOptions>("disk", "A bundle folder (NAME.hdd) or its DiskDescriptor.xml.", (o, v) => o.Disk = v)],
                     Options =

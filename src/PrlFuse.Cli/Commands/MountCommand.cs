@@ -222,7 +222,7 @@ internal static class MountCommand
                 notices.WriteLine($"prlfuse: warning: {warning}");
             }
 
-            exit = ServeDisk(disk, mountpoint, o, detach);
+            exit = ServeDisk(disk, mountpoint, o, detach, notices);
         }
         finally
         {
@@ -249,7 +249,7 @@ internal static class MountCommand
         }
     }
 
-    private static int ServeDisk(VirtualDisk disk, string mountpoint, MountOptions o, DaemonChild? detach)
+    private static int ServeDisk(VirtualDisk disk, string mountpoint, MountOptions o, DaemonChild? detach, TextWriter notices)
     {
         var fuseOptions = o.FuseOptions.Select(x => x.Trim()).Where(x => x.Length > 0).ToList();
         fuseOptions.RemoveAll(x => x == "nonempty"); // ours to check (see CheckMountpointAgainstDisk); libfuse 3 has no such option
@@ -299,6 +299,7 @@ internal static class MountCommand
 
         using var host = FuseHost.Mount(mountpoint, fs, options);
         using var signals = RegisterSignals(host, mountpoint);
+        using var control = o.ReadOnly || disk.IsBareImage ? null : StartControl(fs, disk, notices);
         if (Environment.GetEnvironmentVariable(FaultAfterMountVariable) is { Length: > 0 } fault)
         {
             throw new PrlFuseException(mountpoint, $"injected failure after the mount ({FaultAfterMountVariable}={fault})");
@@ -322,6 +323,35 @@ internal static class MountCommand
         int status = host.Run();
         disk.Flush();
         return status == 0 ? Program.ExitOk : Program.ExitError;
+    }
+
+    /// <summary>
+    /// The control socket through which 'prlfuse snapshot create' reaches this daemon. Without it the mount serves as
+    /// before and a snapshot of it is refused, so a failure is a warning.
+    /// </summary>
+    private static ControlServer? StartControl(BundleFileSystem fs, VirtualDisk disk, TextWriter notices)
+    {
+        try
+        {
+            return ControlServer.Start(
+                (verb, argument) =>
+                {
+                    if (verb != ControlSocket.SnapshotCreate)
+                    {
+                        throw new PrlFuseException(null, $"the mount's daemon does not know the request \"{verb}\" (a newer prlfuse asks it?)");
+                    }
+
+                    var guid = fs.TakeSnapshot(argument);
+                    Console.Error.WriteLine($"prlfuse: took snapshot {Core.Descriptor.DiskDescriptor.FormatGuid(guid)} of {disk.SourcePath}");
+                    return Core.Descriptor.DiskDescriptor.FormatGuid(guid);
+                },
+                message => Console.Error.WriteLine($"prlfuse: {message}"));
+        }
+        catch (Exception e) when (e is PrlFuseException or IOException or UnauthorizedAccessException)
+        {
+            notices.WriteLine($"prlfuse: warning: {e.Message}; snapshots of this mount cannot be taken while it is mounted");
+            return null;
+        }
     }
 
     /// <summary>SIGINT, SIGTERM and SIGHUP unmount (non-lazily); if a loop device still holds a file, keep serving.</summary>

@@ -2,7 +2,9 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using PrlFuse.Core.Descriptor;
 using PrlFuse.Core.Engine;
+using PrlFuse.Core;
 using PrlFuse.Core.Management;
+using PrlFuse.Fuse;
 
 namespace PrlFuse.Cli.Commands;
 
@@ -63,11 +65,63 @@ internal static class SnapshotCommands
         return Program.ExitOk;
     }
 
+    /// <summary>How long a live snapshot may take: the daemon first flushes what the mount has written.</summary>
+    private static readonly TimeSpan LiveSnapshotTimeout = TimeSpan.FromMinutes(10);
+
     public static int Create(SnapshotCreateOptions o)
     {
+        if (MountOf(o.Disk, o.AllowOutsideImages) is { } mount)
+        {
+            Console.Out.WriteLine(CreateLive(mount, o.Name));
+            return Program.ExitOk;
+        }
+
         var guid = SnapshotCreator.Create(o.Disk, o.Name, allowImagesOutsideBundle: o.AllowOutsideImages);
         Console.Out.WriteLine(DiskDescriptor.FormatGuid(guid));
         return Program.ExitOk;
+    }
+
+    /// <summary>Our mount serving the disk, or null (also when the disk cannot be resolved: the offline command says why).</summary>
+    private static PrlFuseMountInfo? MountOf(string disk, bool allowOutsideImages)
+    {
+        try
+        {
+            string source = DiskSource.Resolve(disk).Path;
+            var files = DiskSource.ImageFiles(disk, allowOutsideImages);
+            return MountRegistry.MountsUsing([source, .. files]).FirstOrDefault();
+        }
+        catch (PrlFuseException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>A snapshot of a mounted disk, taken by the daemon serving it: its GUID.</summary>
+    private static string CreateLive(PrlFuseMountInfo mount, string? name)
+    {
+        string what = Output.InUse.Describe(mount);
+        string unmount = $"'prlfuse unmount {mount.Mountpoint}'";
+        if (mount.ReadOnly)
+        {
+            throw new PrlFuseException(mount.Mountpoint, $"snapshot create refused: the disk is {what}, and only a read-write mount takes snapshots; unmount it first ({unmount})");
+        }
+
+        if (mount.DaemonPid is not { } pid || ControlSocket.Find(pid) is not { } socket)
+        {
+            throw new PrlFuseException(mount.Mountpoint, $"snapshot create refused: the disk is {what}, and that daemon takes no snapshots (started by an older prlfuse?); unmount it ({unmount}), then snapshot it or mount it again with this prlfuse");
+        }
+
+        ControlReply reply;
+        try
+        {
+            reply = ControlSocket.Ask(socket, ControlSocket.SnapshotCreate, name, LiveSnapshotTimeout);
+        }
+        catch (Exception e) when (e is System.Net.Sockets.SocketException or IOException)
+        {
+            throw new PrlFuseException(mount.Mountpoint, $"snapshot create failed: the daemon serving this mount (PID {pid}) does not answer on {socket} ({e.Message}); see its log, or unmount it ({unmount}) and snapshot it offline", e);
+        }
+
+        return reply.Ok ? reply.Text : throw new PrlFuseException(null, reply.Text);
     }
 
     /// <summary>--name: one line of text a descriptor can hold.</summary>

@@ -6,7 +6,8 @@ namespace PrlFuse.Core.Engine;
 /// </summary>
 public sealed class SnapshotView
 {
-    private readonly StorageChain[] _storages;
+    // Replaced whole when a live snapshot gives the top a new image (ReplaceStorages); every operation reads it once.
+    private StorageChain[] _storages;
     private string? _name;
 
     internal SnapshotView(Guid id, bool isTop, bool isWritable, long size, StorageChain[] storages)
@@ -41,11 +42,19 @@ public sealed class SnapshotView
     public long Size { get; }
 
     /// <summary>The storages in disk order (which may differ from the descriptor's; see StorageChain.StorageIndex).</summary>
-    public IReadOnlyList<StorageChain> Storages => _storages;
+    public IReadOnlyList<StorageChain> Storages => Volatile.Read(ref _storages);
+
+    /// <summary>
+    /// Gives this view new chains (a live snapshot put a new empty image on top of each storage). The content must be
+    /// the same: an operation that already read the old chains finishes on them, whose layers stay open.
+    /// </summary>
+    internal void ReplaceStorages(StorageChain[] storages) =>
+        Volatile.Write(ref _storages, [.. storages.OrderBy(s => s.StartBytes)]);
 
     /// <summary>Reads guest bytes at any offset and length; returns how many (fewer only at the end of the disk).</summary>
     public int Read(Span<byte> destination, long offset)
     {
+        var storages = Volatile.Read(ref _storages);
         if (offset < 0)
         {
             throw new ArgumentOutOfRangeException(nameof(offset));
@@ -58,10 +67,10 @@ public sealed class SnapshotView
 
         int total = (int)Math.Min(destination.Length, Size - offset);
         int done = 0;
-        int s = FindStorage(offset);
+        int s = FindStorage(storages, offset);
         while (done < total)
         {
-            var storage = _storages[s];
+            var storage = storages[s];
             long within = offset + done - storage.StartBytes;
             int n = (int)Math.Min(total - done, storage.LengthBytes - within);
             storage.Read(destination.Slice(done, n), within);
@@ -79,6 +88,7 @@ public sealed class SnapshotView
     /// </summary>
     public int MapRange(long offset, int length, Span<HostPiece> pieces)
     {
+        var storages = Volatile.Read(ref _storages);
         if (offset < 0 || length < 0 || offset > Size || length > Size - offset)
         {
             throw new ArgumentOutOfRangeException(nameof(offset), "range beyond the end of the disk");
@@ -86,10 +96,10 @@ public sealed class SnapshotView
 
         int count = 0;
         int done = 0;
-        int s = FindStorage(offset);
+        int s = FindStorage(storages, offset);
         while (done < length)
         {
-            var storage = _storages[s];
+            var storage = storages[s];
             long within = offset + done - storage.StartBytes;
             int n = (int)Math.Min(length - done, storage.LengthBytes - within);
             if (!storage.MapRange(within, n, pieces, ref count))
@@ -110,6 +120,7 @@ public sealed class SnapshotView
     /// </summary>
     public void Write(ReadOnlySpan<byte> source, long offset)
     {
+        var storages = Volatile.Read(ref _storages);
         if (!IsWritable)
         {
             throw new InvalidOperationException($"snapshot {Id:B} is read-only");
@@ -121,10 +132,10 @@ public sealed class SnapshotView
         }
 
         int done = 0;
-        int s = FindStorage(offset);
+        int s = FindStorage(storages, offset);
         while (done < source.Length)
         {
-            var storage = _storages[s];
+            var storage = storages[s];
             long within = offset + done - storage.StartBytes;
             int n = (int)Math.Min(source.Length - done, storage.LengthBytes - within);
             storage.Write(source.Slice(done, n), within);
@@ -136,12 +147,13 @@ public sealed class SnapshotView
     /// <summary>Makes every completed write durable: data first, then the BAT entries pointing at it.</summary>
     public void Flush()
     {
+        var storages = Volatile.Read(ref _storages);
         if (!IsWritable)
         {
             return;
         }
 
-        foreach (var storage in _storages)
+        foreach (var storage in storages)
         {
             storage.Flush();
         }
@@ -153,14 +165,15 @@ public sealed class SnapshotView
     /// </summary>
     public long SeekData(long offset)
     {
+        var storages = Volatile.Read(ref _storages);
         if (offset < 0 || offset >= Size)
         {
             return -1;
         }
 
-        for (int s = FindStorage(offset); s < _storages.Length; s++)
+        for (int s = FindStorage(storages, offset); s < storages.Length; s++)
         {
-            var storage = _storages[s];
+            var storage = storages[s];
             long within = Math.Max(0, offset - storage.StartBytes);
             long data = storage.NextData(within);
             if (data < storage.LengthBytes)
@@ -178,14 +191,15 @@ public sealed class SnapshotView
     /// </summary>
     public long SeekHole(long offset)
     {
+        var storages = Volatile.Read(ref _storages);
         if (offset < 0 || offset >= Size)
         {
             return -1;
         }
 
-        for (int s = FindStorage(offset); s < _storages.Length; s++)
+        for (int s = FindStorage(storages, offset); s < storages.Length; s++)
         {
-            var storage = _storages[s];
+            var storage = storages[s];
             long within = Math.Max(0, offset - storage.StartBytes);
             long hole = storage.NextHole(within);
             if (hole < storage.LengthBytes)
@@ -205,12 +219,13 @@ public sealed class SnapshotView
     /// </summary>
     public ViewExtent GetExtent(long offset, long maxLength)
     {
+        var storages = Volatile.Read(ref _storages);
         if (offset < 0 || offset >= Size)
         {
             throw new ArgumentOutOfRangeException(nameof(offset));
         }
 
-        var storage = _storages[FindStorage(offset)];
+        var storage = storages[FindStorage(storages, offset)];
         long within = offset - storage.StartBytes;
         long limit = Math.Min(maxLength, storage.LengthBytes - within);
         int depth = storage.ResolveExtent(within, limit, out long host, out long length);
@@ -224,6 +239,7 @@ public sealed class SnapshotView
     /// </summary>
     public bool Discard(long offset, long length)
     {
+        var storages = Volatile.Read(ref _storages);
         if (!IsWritable)
         {
             throw new InvalidOperationException($"snapshot {Id:B} is read-only");
@@ -236,10 +252,10 @@ public sealed class SnapshotView
 
         bool punchUnsupported = false;
         long done = 0;
-        int s = FindStorage(offset);
+        int s = FindStorage(storages, offset);
         while (done < length)
         {
-            var storage = _storages[s];
+            var storage = storages[s];
             long within = offset + done - storage.StartBytes;
             long n = Math.Min(length - done, storage.LengthBytes - within);
             punchUnsupported |= storage.Discard(within, n);
@@ -277,14 +293,14 @@ public sealed class SnapshotView
         return total;
     }
 
-    private int FindStorage(long offset)
+    private static int FindStorage(StorageChain[] storages, long offset)
     {
         int lo = 0;
-        int hi = _storages.Length - 1;
+        int hi = storages.Length - 1;
         while (lo < hi)
         {
             int mid = (lo + hi + 1) / 2;
-            if (_storages[mid].StartBytes <= offset)
+            if (storages[mid].StartBytes <= offset)
             {
                 lo = mid;
             }

@@ -52,7 +52,8 @@ public sealed record OpenStorage(int Index, StorageDescriptor Descriptor, IReadO
 public sealed partial class VirtualDisk : IDisposable
 {
     private readonly List<ImageLayer> _opened;
-    private readonly Dictionary<Guid, SnapshotView> _views;
+    // Replaced whole by a live snapshot (TakeSnapshot), so a reader never sees one being changed.
+    private Dictionary<Guid, SnapshotView> _views;
 
     private VirtualDisk(string sourcePath, bool isBareImage, DiskDescriptor descriptor, SnapshotTree tree, List<ImageLayer> opened, IReadOnlyList<OpenStorage> storages, Dictionary<Guid, SnapshotView> views, BlockCache? cache, ImmutableArray<DiskWarning> warnings)
     {
@@ -73,11 +74,11 @@ public sealed partial class VirtualDisk : IDisposable
 
     public bool IsBareImage { get; }
 
-    public DiskDescriptor Descriptor { get; }
+    public DiskDescriptor Descriptor { get; private set; }
 
-    public SnapshotTree Tree { get; }
+    public SnapshotTree Tree { get; private set; }
 
-    public IReadOnlyList<OpenStorage> Storages { get; }
+    public IReadOnlyList<OpenStorage> Storages { get; private set; }
 
     public BlockCache? Cache { get; }
 
@@ -89,7 +90,7 @@ public sealed partial class VirtualDisk : IDisposable
 
     public long Size => Descriptor.DiskSizeBytes;
 
-    public IReadOnlyDictionary<Guid, SnapshotView> Views => _views;
+    public IReadOnlyDictionary<Guid, SnapshotView> Views => Volatile.Read(ref _views);
 
     public SnapshotView Top => _views[Tree.Top];
 
@@ -175,6 +176,9 @@ public sealed partial class VirtualDisk : IDisposable
     /// it was opened read-only instead, and this says why, naming the file.
     /// </summary>
     public string? ReadOnlyPlaceReason { get; private init; }
+
+    /// <summary>How the disk was opened: a live snapshot opens its new images the same way.</summary>
+    private DiskOpenOptions OpenOptions { get; init; } = new();
 
     /// <summary>A bare file taken as a raw disk because it has no known format (not because --format raw said so).</summary>
     public bool RawUnrecognised { get; private set; }
@@ -382,6 +386,7 @@ public sealed partial class VirtualDisk : IDisposable
             {
                 ReadOnlyPlaceReason = readOnlyPlace,
                 InternalSnapshots = internalViews,
+                OpenOptions = options,
             };
         }
         catch

@@ -48,6 +48,21 @@ public static class PathRules
     }
 
     /// <summary>
+    /// A private folder's owner and permission bits, without following a symlink: null when <paramref name="path"/> is
+    /// missing or not a real folder (a symlink planted there is not one).
+    /// </summary>
+    public static unsafe (uint Owner, uint Mode)? FolderOwnerAndMode(string path)
+    {
+        byte* buffer = stackalloc byte[StatSize + 64];
+        if (Posix.LStat(path, buffer) != 0 || (*(uint*)(buffer + StatModeOffset) & TypeMask) != Directory)
+        {
+            return null;
+        }
+
+        return (*(uint*)(buffer + StatOwnerOffset), *(uint*)(buffer + StatModeOffset) & 0xFFF);
+    }
+
+    /// <summary>
     /// The (device, inode) pair of what <paramref name="path"/> leads to after symlinks, or null when it does not exist:
     /// two paths are the same file (hard links, bind mounts, symlinks) exactly when these are equal.
     /// </summary>

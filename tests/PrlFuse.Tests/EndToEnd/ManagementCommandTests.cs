@@ -180,10 +180,16 @@ public sealed class ManagementGuestTests
                 ProcessRunner.Run("losetup", "-d", device);
             }
 
-            // Mounted read-write: a snapshot is refused, naming why, and nothing changes.
+            Assert.Equal(0, mount.Unmount().ExitCode);
+        }
+
+        // Mounted read-only: a snapshot is refused, naming the mountpoint, and nothing changes (a read-write mount
+        // takes it live: LiveSnapshotTests).
+        using (var mount = new PrlFuseMount(bundle, mountpoint, "--read-only"))
+        {
             var busy = PrlFuseCli.Run("snapshot", "create", bundle);
             Assert.Equal(1, busy.ExitCode);
-            Assert.Contains("snapshot create refused: the disk is in use", busy.Stderr, StringComparison.Ordinal);
+            Assert.Contains($"snapshot create refused: the disk is mounted read-only at {mountpoint}", busy.Stderr, StringComparison.Ordinal);
             Assert.Single(busy.Stderr.TrimEnd().Split('\n'));
             Assert.Equal(0, mount.Unmount().ExitCode);
         }
