@@ -43,7 +43,18 @@ internal static class ConvertCommand
             throw new Arguments.UsageException(spec, problem);
         }
 
-        using var opened = VirtualDisk.Open(o.Disk, new DiskOpenOptions { AllowImagesOutsideBundle = o.AllowOutsideImages, ForceShare = o.ForceShare, CacheBytes = 0 });
+        if (o.KeepSnapshots && (o.Snapshot is not null || o.Plain || format is not (ConvertFormat.Qcow2 or ConvertFormat.Parallels)))
+        {
+            throw new Arguments.UsageException(spec, "--keep-snapshots writes qcow2 or an expandable Parallels bundle, every snapshot: without --snapshot or --plain");
+        }
+
+        var options = new DiskOpenOptions { AllowImagesOutsideBundle = o.AllowOutsideImages, ForceShare = o.ForceShare, CacheBytes = 0 };
+        using var opened = VirtualDisk.Open(o.Disk, options);
+        if (o.KeepSnapshots)
+        {
+            return RunKeepingSnapshots(o, opened, options, format);
+        }
+
         var view = o.Snapshot is null ? opened.Top : opened.GetView(o.Snapshot);
         string what = view.Internal is { } q ? $"internal snapshot {q.Id} \"{q.Name}\"" : $"snapshot {DiskDescriptor.FormatGuid(view.Id)}";
         var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
@@ -65,6 +76,33 @@ internal static class ConvertCommand
         }
 
         Console.Error.WriteLine($"prlfuse: wrote {Sizes.Human(view.Size)} {what} to {written} ({format.ToString().ToLowerInvariant()})");
+        return Program.ExitOk;
+    }
+
+    private static int RunKeepingSnapshots(ConvertOptions o, VirtualDisk opened, DiskOpenOptions options, ConvertFormat format)
+    {
+        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
+        IReadOnlyList<string> written = [];
+        if (!Console.IsErrorRedirected && console.Profile.Capabilities.Interactive)
+        {
+            console.Progress()
+                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new TransferSpeedColumn(), new RemainingTimeColumn())
+                .Start(ctx =>
+                {
+                    var task = ctx.AddTask("convert every snapshot", maxValue: 1);
+                    written = SnapshotTreeConverter.Convert(opened, options, o.Destination, format, o.ClusterBytes, (done, total) =>
+                    {
+                        task.MaxValue = total;
+                        task.Value = done;
+                    });
+                });
+        }
+        else
+        {
+            written = SnapshotTreeConverter.Convert(opened, options, o.Destination, format, o.ClusterBytes);
+        }
+
+        Console.Error.WriteLine($"prlfuse: wrote every snapshot to {written[0]} ({format.ToString().ToLowerInvariant()}){(written.Count > 1 ? $" and {written.Count - 1} snapshot files beside it" : "")}");
         return Program.ExitOk;
     }
 

@@ -94,13 +94,14 @@ public sealed class ConvertCommandTests
         Assert.Equal(["disk.hdd", "out.qcow2"], Directory.GetFileSystemEntries(temp.Path).Select(Path.GetFileName).Order(StringComparer.Ordinal));
     }
 
-    private static List<(long Start, long End)> MapData(string image, string format)
+    /// <summary>The ranges QEMU maps as data in <paramref name="image"/>; with <paramref name="ownOnly"/>, only those the image holds itself (not its backing files).</summary>
+    internal static List<(long Start, long End)> MapData(string image, string format, bool ownOnly = false)
     {
         var map = Qemu.Img("map", "--output=json", "-f", format, image);
         Assert.True(map.ExitCode == 0, map.Stderr);
         using var json = JsonDocument.Parse(map.Stdout);
         return json.RootElement.EnumerateArray()
-            .Where(e => e.GetProperty("data").GetBoolean())
+            .Where(e => e.GetProperty("data").GetBoolean() && (!ownOnly || e.GetProperty("depth").GetInt32() == 0))
             .Select(e => (e.GetProperty("start").GetInt64(), e.GetProperty("start").GetInt64() + e.GetProperty("length").GetInt64()))
             .ToList();
     }
