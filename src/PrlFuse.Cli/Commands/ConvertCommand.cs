@@ -24,9 +24,10 @@ internal static class ConvertCommand
             "parallels" => ConvertFormat.Parallels,
             "qcow2" => ConvertFormat.Qcow2,
             "raw" => ConvertFormat.Raw,
+            "qed" => ConvertFormat.Qed,
             null => DiskConverter.FormatFromName(o.Destination)
-                ?? throw new Arguments.UsageException(spec, $"cannot tell the output format from the name {o.Destination}: give --format parallels, qcow2 or raw"),
-            _ => throw new Arguments.UsageException(spec, "--format must be parallels, qcow2 or raw"),
+                ?? throw new Arguments.UsageException(spec, $"cannot tell the output format from the name {o.Destination}: give --format parallels, qcow2, qed or raw"),
+            _ => throw new Arguments.UsageException(spec, "--format must be parallels, qcow2, qed or raw"),
         };
         if (o.Plain && o.Expanding)
         {
@@ -38,7 +39,7 @@ internal static class ConvertCommand
             throw new Arguments.UsageException(spec, "--plain and --expanding are for Parallels output only");
         }
 
-        if (o.ClusterBytes is { } cluster && format == ConvertFormat.Qcow2 && Qcow2ClusterProblem(cluster) is { } problem)
+        if (o.ClusterBytes is { } cluster && DiskConverter.ClusterSizeProblem(format, cluster) is { } problem)
         {
             throw new Arguments.UsageException(spec, problem);
         }
@@ -105,7 +106,4 @@ internal static class ConvertCommand
         Console.Error.WriteLine($"prlfuse: wrote every snapshot to {written[0]} ({format.ToString().ToLowerInvariant()}){(written.Count > 1 ? $" and {written.Count - 1} snapshot files beside it" : "")}");
         return Program.ExitOk;
     }
-
-    private static string? Qcow2ClusterProblem(long bytes) =>
-        bytes < 512 || bytes > (2 << 20) || (bytes & (bytes - 1)) != 0 ? "a qcow2 cluster size is a power of two from 512 bytes to 2M" : null;
 }

@@ -19,6 +19,9 @@ public enum ConvertFormat
 
     /// <summary>A raw disk file, sparse.</summary>
     Raw,
+
+    /// <summary>A QED image.</summary>
+    Qed,
 }
 
 /// <summary>
@@ -32,6 +35,14 @@ public static class DiskConverter
     /// <summary>How much is read from the view at once: large sequential I/O.</summary>
     internal const int ChunkBytes = 4 << 20;
 
+    /// <summary>Why <paramref name="clusterBytes"/> cannot be a cluster size of <paramref name="format"/>, or null when it can (or the format has none).</summary>
+    public static string? ClusterSizeProblem(ConvertFormat format, long clusterBytes) => format switch
+    {
+        ConvertFormat.Qcow2 => Qcow2Writer.ClusterSizeProblem(clusterBytes),
+        ConvertFormat.Qed => QedWriter.ClusterSizeProblem(clusterBytes),
+        _ => null,
+    };
+
     /// <summary>The format a destination's name asks for, or null when its name does not say.</summary>
     public static ConvertFormat? FormatFromName(string destination)
     {
@@ -42,6 +53,7 @@ public static class DiskConverter
             ".hdd" => ConvertFormat.Parallels,
             ".qcow2" => ConvertFormat.Qcow2,
             ".raw" or ".img" => ConvertFormat.Raw,
+            ".qed" => ConvertFormat.Qed,
             _ => null,
         };
     }
@@ -64,6 +76,9 @@ public static class DiskConverter
                 break;
             case ConvertFormat.Qcow2:
                 WriteFileAndRename(full, handle => Qcow2Writer.Write(view, handle, clusterBytes ?? Qcow2Writer.DefaultClusterBytes, progress));
+                break;
+            case ConvertFormat.Qed:
+                WriteFileAndRename(full, handle => QedWriter.Write(view, handle, clusterBytes ?? QedWriter.DefaultClusterBytes, progress));
                 break;
             case ConvertFormat.Raw:
                 DiskExporter.Export(view, ExportDestination.ForPath(full), progress);

@@ -27,6 +27,8 @@ public sealed class ConvertCommandTests
                 ($"l{level}.hdd", ["--cluster", "64K"], "parallels"),
                 ($"l{level}-plain.hdd", ["--plain"], "raw"),
                 ($"l{level}.out", ["--format", "qcow2"], "qcow2"),
+                ($"l{level}.qed", [], "qed"),
+                ($"l{level}-4k.img", ["--format", "qed", "--cluster", "4K"], "qed"),
             })
             {
                 string dst = temp.Combine(name);
@@ -91,6 +93,7 @@ public sealed class ConvertCommandTests
         Assert.Equal(2, unknown.ExitCode);
         Assert.Contains("--format", unknown.Stderr, StringComparison.Ordinal);
         Assert.Equal(2, PrlFuseCli.Run("convert", chain.Bundle, temp.Combine("o.qcow2"), "--plain").ExitCode);
+        Assert.Equal(2, PrlFuseCli.Run("convert", chain.Bundle, temp.Combine("o.qed"), "--cluster", "2K").ExitCode);
         Assert.Equal(["disk.hdd", "out.qcow2"], Directory.GetFileSystemEntries(temp.Path).Select(Path.GetFileName).Order(StringComparer.Ordinal));
     }
 
