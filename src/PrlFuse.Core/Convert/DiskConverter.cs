@@ -318,17 +318,10 @@ public static class DiskConverter
         BuildBundle(full, path =>
         {
             string bundle = BundleCreator.Create(path, view.Size, plain, clusterBytes);
-            if (!plain)
-            {
-                // The new bundle's one image, written directly: data in large sequential writes, the BAT once.
-                ParallelsWriter.Fill(Directory.GetFiles(bundle, "*.hds").Single(), view, progress);
-                return bundle;
-            }
-
             using (var disk = VirtualDisk.Open(bundle, new DiskOpenOptions { ReadOnly = false, CacheBytes = 0 }))
             {
                 var top = disk.Top;
-                ForEachDataRun(view, ParallelsImageCreator.DefaultClusterBytes, progress, (offset, data) => top.Write(data, offset));
+                ForEachDataRun(view, plain ? ParallelsImageCreator.DefaultClusterBytes : clusterBytes, progress, (offset, data) => top.Write(data, offset));
                 top.Flush();
             }
 
