@@ -82,11 +82,12 @@ internal static class CommandTable
         new CommandSpec
         {
             Name = "convert",
-            Summary = "Write one snapshot of a disk, flattened, as a new image: a Parallels bundle, qcow2 or raw.",
+            Summary = "Write one snapshot of a disk, flattened, as a new image (a Parallels bundle, qcow2, QED or raw), or every snapshot.",
             Description =
             [
                 "Sparse: only what the snapshot's images hold is read, and clusters that read as zeros are not written. The image is written under a temporary name beside DST, made durable and renamed; an existing DST is refused.",
-                "The output format is --format, else DST's name: NAME.hdd a Parallels bundle (expandable unless --plain), .qcow2 a qcow2 image, .raw or .img a raw file.",
+                "The output format is --format, else DST's name: NAME.hdd a Parallels bundle (expandable unless --plain), .qcow2 a qcow2 image, .qed a QED image, .raw or .img a raw file.",
+                "--keep-snapshots keeps every snapshot. To qcow2: a backing chain, one file per snapshot holding only what differs from its parent's snapshot, each naming its parent's file (relative, with its format); DST holds the current state, and the snapshots go to DST's name with a number before the extension (disk.1.qcow2 the root, disk.2.qcow2, ...), parents before children. A tree with branches becomes several chains sharing their common files. To a Parallels bundle: a qcow2 or QED backing chain, and a qcow2 image's internal snapshots (after the chain, in the order of its snapshot table, named as they were), become the bundle's snapshots, one image each, in a line ending in the current state.",
             ],
             Positionals =
             [
@@ -95,15 +96,16 @@ internal static class CommandTable
             ],
             Options =
             [
-                Value<ConvertOptions>("format", 'f', "FORMAT", "The output format: parallels, qcow2 or raw (default: from DST's name).", (o, v) => o.OutputFormat = v switch
+                Value<ConvertOptions>("format", 'f', "FORMAT", "The output format: parallels, qcow2, qed or raw (default: from DST's name).", (o, v) => o.OutputFormat = v switch
                 {
-                    "parallels" or "qcow2" or "raw" => v,
-                    _ => throw new FormatException("must be parallels, qcow2 or raw"),
+                    "parallels" or "qcow2" or "qed" or "raw" => v,
+                    _ => throw new FormatException("must be parallels, qcow2, qed or raw"),
                 }),
                 Value<ConvertOptions>("snapshot", 's', "GUID", "The snapshot by GUID, with or without braces, any case; a qcow2 internal snapshot by file name, ID or name (default: the top, the current state).", (o, v) => o.Snapshot = v),
                 Flag<ConvertOptions>("plain", null, "Parallels output: a plain (preallocated raw) image.", o => o.Plain = true),
                 Flag<ConvertOptions>("expanding", null, "Parallels output: an expandable image (the default).", o => o.Expanding = true),
-                Value<ConvertOptions>("cluster", null, "SIZE", "The output's cluster size (default: 1M for Parallels, 64K for qcow2).", (o, v) => o.ClusterBytes = Sizes.TryParse(v, out long bytes) && bytes > 0 ? bytes : throw new FormatException("is not a size (examples: 64K, 1M)")),
+                Flag<ConvertOptions>("keep-snapshots", null, "Keep the whole snapshot tree (qcow2: a backing chain; Parallels: the bundle's snapshots) instead of one flattened view.", o => o.KeepSnapshots = true),
+                Value<ConvertOptions>("cluster", null, "SIZE", "The output's cluster size (default: 1M for Parallels, 64K for qcow2 and QED).", (o, v) => o.ClusterBytes = Sizes.TryParse(v, out long bytes) && bytes > 0 ? bytes : throw new FormatException("is not a size (examples: 64K, 1M)")),
                 .. DiskSourceOptions<ConvertOptions>(format: false),
                 Debug<ConvertOptions>(),
             ],
@@ -112,6 +114,7 @@ internal static class CommandTable
                 "prlfuse convert disk.hdd disk.qcow2",
                 "prlfuse convert disk.hdd --snapshot {986476cf-d62e-45d1-b355-86feca91376e} old.hdd --plain",
                 "prlfuse convert vm.qcow2 --snapshot before-upgrade before.raw",
+                "prlfuse convert disk.hdd disk.qcow2 --keep-snapshots",
             ],
             Create = () => new ConvertOptions(),
             Run = o => ConvertCommand.Run((ConvertOptions)o),

@@ -24,9 +24,10 @@ internal static class ConvertCommand
             "parallels" => ConvertFormat.Parallels,
             "qcow2" => ConvertFormat.Qcow2,
             "raw" => ConvertFormat.Raw,
+            "qed" => ConvertFormat.Qed,
             null => DiskConverter.FormatFromName(o.Destination)
-                ?? throw new Arguments.UsageException(spec, $"cannot tell the output format from the name {o.Destination}: give --format parallels, qcow2 or raw"),
-            _ => throw new Arguments.UsageException(spec, "--format must be parallels, qcow2 or raw"),
+                ?? throw new Arguments.UsageException(spec, $"cannot tell the output format from the name {o.Destination}: give --format parallels, qcow2, qed or raw"),
+            _ => throw new Arguments.UsageException(spec, "--format must be parallels, qcow2, qed or raw"),
         };
         if (o.Plain && o.Expanding)
         {
@@ -38,12 +39,23 @@ internal static class ConvertCommand
             throw new Arguments.UsageException(spec, "--plain and --expanding are for Parallels output only");
         }
 
-        if (o.ClusterBytes is { } cluster && format == ConvertFormat.Qcow2 && Qcow2ClusterProblem(cluster) is { } problem)
+        if (o.ClusterBytes is { } cluster && DiskConverter.ClusterSizeProblem(format, cluster) is { } problem)
         {
             throw new Arguments.UsageException(spec, problem);
         }
 
-        using var opened = VirtualDisk.Open(o.Disk, new DiskOpenOptions { AllowImagesOutsideBundle = o.AllowOutsideImages, ForceShare = o.ForceShare, CacheBytes = 0 });
+        if (o.KeepSnapshots && (o.Snapshot is not null || o.Plain || format is not (ConvertFormat.Qcow2 or ConvertFormat.Parallels)))
+        {
+            throw new Arguments.UsageException(spec, "--keep-snapshots writes qcow2 or an expandable Parallels bundle, every snapshot: without --snapshot or --plain");
+        }
+
+        var options = new DiskOpenOptions { AllowImagesOutsideBundle = o.AllowOutsideImages, ForceShare = o.ForceShare, CacheBytes = 0 };
+        using var opened = VirtualDisk.Open(o.Disk, options);
+        if (o.KeepSnapshots)
+        {
+            return RunKeepingSnapshots(o, opened, options, format);
+        }
+
         var view = o.Snapshot is null ? opened.Top : opened.GetView(o.Snapshot);
         string what = view.Internal is { } q ? $"internal snapshot {q.Id} \"{q.Name}\"" : $"snapshot {DiskDescriptor.FormatGuid(view.Id)}";
         var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
@@ -68,6 +80,30 @@ internal static class ConvertCommand
         return Program.ExitOk;
     }
 
-    private static string? Qcow2ClusterProblem(long bytes) =>
-        bytes < 512 || bytes > (2 << 20) || (bytes & (bytes - 1)) != 0 ? "a qcow2 cluster size is a power of two from 512 bytes to 2M" : null;
+    private static int RunKeepingSnapshots(ConvertOptions o, VirtualDisk opened, DiskOpenOptions options, ConvertFormat format)
+    {
+        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
+        IReadOnlyList<string> written = [];
+        if (!Console.IsErrorRedirected && console.Profile.Capabilities.Interactive)
+        {
+            console.Progress()
+                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new TransferSpeedColumn(), new RemainingTimeColumn())
+                .Start(ctx =>
+                {
+                    var task = ctx.AddTask("convert every snapshot", maxValue: 1);
+                    written = SnapshotTreeConverter.Convert(opened, options, o.Destination, format, o.ClusterBytes, (done, total) =>
+                    {
+                        task.MaxValue = total;
+                        task.Value = done;
+                    });
+                });
+        }
+        else
+        {
+            written = SnapshotTreeConverter.Convert(opened, options, o.Destination, format, o.ClusterBytes);
+        }
+
+        Console.Error.WriteLine($"prlfuse: wrote every snapshot to {written[0]} ({format.ToString().ToLowerInvariant()}){(written.Count > 1 ? $" and {written.Count - 1} snapshot files beside it" : "")}");
+        return Program.ExitOk;
+    }
 }

@@ -203,6 +203,8 @@ internal sealed class ConvertOptions : DiskOptions
 
     public bool Expanding { get; set; }
 
+    public bool KeepSnapshots { get; set; }
+
     /// <summary>--cluster in bytes; null: the output format's default.</summary>
     public long? ClusterBytes { get; set; }
 }

@@ -19,6 +19,9 @@ public enum ConvertFormat
 
     /// <summary>A raw disk file, sparse.</summary>
     Raw,
+
+    /// <summary>A QED image.</summary>
+    Qed,
 }
 
 /// <summary>
@@ -32,6 +35,14 @@ public static class DiskConverter
     /// <summary>How much is read from the view at once: large sequential I/O.</summary>
     internal const int ChunkBytes = 4 << 20;
 
+    /// <summary>Why <paramref name="clusterBytes"/> cannot be a cluster size of <paramref name="format"/>, or null when it can (or the format has none).</summary>
+    public static string? ClusterSizeProblem(ConvertFormat format, long clusterBytes) => format switch
+    {
+        ConvertFormat.Qcow2 => Qcow2Writer.ClusterSizeProblem(clusterBytes),
+        ConvertFormat.Qed => QedWriter.ClusterSizeProblem(clusterBytes),
+        _ => null,
+    };
+
     /// <summary>The format a destination's name asks for, or null when its name does not say.</summary>
     public static ConvertFormat? FormatFromName(string destination)
     {
@@ -42,6 +53,7 @@ public static class DiskConverter
             ".hdd" => ConvertFormat.Parallels,
             ".qcow2" => ConvertFormat.Qcow2,
             ".raw" or ".img" => ConvertFormat.Raw,
+            ".qed" => ConvertFormat.Qed,
             _ => null,
         };
     }
@@ -56,6 +68,31 @@ public static class DiskConverter
         ArgumentNullException.ThrowIfNull(view);
         ArgumentNullException.ThrowIfNull(destination);
         progress ??= static _ => { };
+        string full = CheckDestination(destination);
+        switch (format)
+        {
+            case ConvertFormat.Parallels:
+                WriteBundle(view, full, clusterBytes ?? ParallelsImageCreator.DefaultClusterBytes, plain, progress);
+                break;
+            case ConvertFormat.Qcow2:
+                WriteFileAndRename(full, handle => Qcow2Writer.Write(view, handle, clusterBytes ?? Qcow2Writer.DefaultClusterBytes, progress));
+                break;
+            case ConvertFormat.Qed:
+                WriteFileAndRename(full, handle => QedWriter.Write(view, handle, clusterBytes ?? QedWriter.DefaultClusterBytes, progress));
+                break;
+            case ConvertFormat.Raw:
+                DiskExporter.Export(view, ExportDestination.ForPath(full), progress);
+                break;
+            default:
+                throw new ArgumentOutOfRangeException(nameof(format));
+        }
+
+        return full;
+    }
+
+    /// <summary>The full path of <paramref name="destination"/>, refused when it exists or its folder does not.</summary>
+    internal static string CheckDestination(string destination)
+    {
         string full = Path.GetFullPath(destination.TrimEnd('/'));
         if (Path.Exists(full) || new FileInfo(full).LinkTarget is not null)
         {
@@ -68,22 +105,45 @@ public static class DiskConverter
             throw new PrlFuseException(full, $"folder {folder} does not exist");
         }
 
-        switch (format)
-        {
-            case ConvertFormat.Parallels:
-                WriteBundle(view, full, clusterBytes ?? ParallelsImageCreator.DefaultClusterBytes, plain, progress);
-                break;
-            case ConvertFormat.Qcow2:
-                WriteFileAndRename(full, handle => Qcow2Writer.Write(view, handle, clusterBytes ?? Qcow2Writer.DefaultClusterBytes, progress));
-                break;
-            case ConvertFormat.Raw:
-                DiskExporter.Export(view, ExportDestination.ForPath(full), progress);
-                break;
-            default:
-                throw new ArgumentOutOfRangeException(nameof(format));
-        }
-
         return full;
+    }
+
+    /// <summary>The hidden name beside <paramref name="full"/> a file is written under until it is durable.</summary>
+    internal static string TemporaryName(string full) =>
+        Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.partial");
+
+    /// <summary>
+    /// Builds a bundle in a hidden folder beside <paramref name="full"/> (<paramref name="build"/> gets the path to create
+    /// it at and returns the bundle's full path) and renames it into place; the folder is made durable.
+    /// </summary>
+    internal static string BuildBundle(string full, Func<string, string> build)
+    {
+        // The bundle's image files are named after the bundle, so it is built under its final name inside that folder.
+        string parent = Path.GetDirectoryName(full)!;
+        string work = Path.Combine(parent, $".prlfuse-convert-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(work);
+        try
+        {
+            string bundle = build(Path.Combine(work, Path.GetFileName(full)));
+            Directory.Move(bundle, full);
+            Sync(full, PosixSync.FSyncFolder(parent), "fsync of the folder");
+            return full;
+        }
+        finally
+        {
+            if (Directory.Exists(work))
+            {
+                Directory.Delete(work, recursive: true);
+            }
+        }
+    }
+
+    internal static void Sync(string full, int errno, string what)
+    {
+        if (errno != 0)
+        {
+            throw new PrlFuseException(full, $"{what} failed (errno {errno}); the converted image may not be durable");
+        }
     }
 
     /// <summary>
@@ -91,37 +151,63 @@ public static class DiskConverter
     /// to <paramref name="write"/> (its guest offset and bytes, whole clusters; the last one may be short at the end of
     /// the disk). Holes are never read.
     /// </summary>
-    internal static void ForEachDataRun(SnapshotView view, long clusterBytes, Action<long> progress, Action<long, ReadOnlySpan<byte>> write)
+    internal static void ForEachDataRun(SnapshotView view, long clusterBytes, Action<long> progress, Action<long, ReadOnlySpan<byte>> write) =>
+        ForEachChangedRun(view, null, DataClusters(view, clusterBytes), clusterBytes, progress, write, static (_, _) => { });
+
+    /// <summary>
+    /// Reads <paramref name="ranges"/> (whole clusters of <paramref name="clusterBytes"/>, in order) of
+    /// <paramref name="view"/> and hands on the runs of clusters that differ from <paramref name="parent"/> (from zeros
+    /// when there is none): those that hold data to <paramref name="write"/>, those that read as zeros (only where the
+    /// parent holds data) to <paramref name="zeros"/> (guest offset and length). Clusters equal to the parent's are
+    /// skipped. <paramref name="progress"/> gets the guest offset reached.
+    /// </summary>
+    internal static void ForEachChangedRun(SnapshotView view, SnapshotView? parent, List<(long Start, long End)> ranges, long clusterBytes, Action<long> progress, Action<long, ReadOnlySpan<byte>> write, Action<long, long> zeros)
     {
         int chunk = (int)Math.Max(ChunkBytes, clusterBytes);
         byte[] buffer = ArrayPool<byte>.Shared.Rent(chunk);
+        byte[]? parentBuffer = parent is null ? null : ArrayPool<byte>.Shared.Rent(chunk);
         try
         {
-            foreach (var (start, end) in DataClusters(view, clusterBytes))
+            foreach (var (start, end) in ranges)
             {
                 for (long at = start; at < end; at += chunk)
                 {
                     int n = (int)Math.Min(chunk, end - at);
                     var span = buffer.AsSpan(0, n);
                     view.Read(span, at);
+                    var parentSpan = parentBuffer is null ? default : parentBuffer.AsSpan(0, n);
+                    if (parent is not null)
+                    {
+                        // A parent smaller than the view reads as zeros past its end.
+                        int got = parent.Read(parentSpan, at);
+                        parentSpan[got..].Clear();
+                    }
+
+                    // The run being gathered: its start in the chunk, and whether it is a run of zero clusters.
                     int run = -1;
+                    bool runZeros = false;
                     for (int p = 0; p < n; p += (int)clusterBytes)
                     {
-                        var piece = span.Slice(p, (int)Math.Min(clusterBytes, n - p));
-                        if (piece.ContainsAnyExcept((byte)0))
+                        int length = (int)Math.Min(clusterBytes, n - p);
+                        var piece = span.Slice(p, length);
+                        bool changed = parent is null ? piece.ContainsAnyExcept((byte)0) : !piece.SequenceEqual(parentSpan.Slice(p, length));
+                        bool isZeros = changed && parent is not null && !piece.ContainsAnyExcept((byte)0);
+                        if (run >= 0 && (!changed || isZeros != runZeros))
                         {
-                            run = run < 0 ? p : run;
-                        }
-                        else if (run >= 0)
-                        {
-                            write(at + run, span[run..p]);
+                            HandOn(at, run, p, runZeros);
                             run = -1;
+                        }
+
+                        if (changed && run < 0)
+                        {
+                            run = p;
+                            runZeros = isZeros;
                         }
                     }
 
                     if (run >= 0)
                     {
-                        write(at + run, span[run..]);
+                        HandOn(at, run, n, runZeros);
                     }
 
                     progress(at + n);
@@ -133,6 +219,77 @@ public static class DiskConverter
         finally
         {
             ArrayPool<byte>.Shared.Return(buffer);
+            if (parentBuffer is not null)
+            {
+                ArrayPool<byte>.Shared.Return(parentBuffer);
+            }
+        }
+
+        void HandOn(long at, int from, int to, bool isZeros)
+        {
+            if (isZeros)
+            {
+                zeros(at + from, to - from);
+            }
+            else
+            {
+                write(at + from, buffer.AsSpan(from, to - from));
+            }
+        }
+    }
+
+    /// <summary>
+    /// The ranges, widened to whole clusters and merged, where <paramref name="view"/>'s own layer (the first of each
+    /// storage's chain) holds anything, data or zeros: where it may differ from the view of its parent snapshot (from the
+    /// tables; nothing read).
+    /// </summary>
+    internal static List<(long Start, long End)> OwnClusters(SnapshotView view, long clusterBytes)
+    {
+        var ranges = new List<(long Start, long End)>();
+        for (long offset = 0; offset < view.Size;)
+        {
+            var extent = view.GetExtent(offset, view.Size - offset);
+            if (extent.Depth == 0)
+            {
+                AddWidened(ranges, offset, offset + extent.Length, clusterBytes, view.Size);
+            }
+
+            offset += extent.Length;
+        }
+
+        return ranges;
+    }
+
+    /// <summary>Both lists of ranges merged, in order.</summary>
+    internal static List<(long Start, long End)> Union(List<(long Start, long End)> a, List<(long Start, long End)> b)
+    {
+        var merged = new List<(long Start, long End)>();
+        foreach (var (start, end) in a.Concat(b).OrderBy(r => r.Start))
+        {
+            if (merged.Count > 0 && merged[^1].End >= start)
+            {
+                merged[^1] = (merged[^1].Start, Math.Max(merged[^1].End, end));
+            }
+            else
+            {
+                merged.Add((start, end));
+            }
+        }
+
+        return merged;
+    }
+
+    private static void AddWidened(List<(long Start, long End)> ranges, long data, long hole, long clusterBytes, long size)
+    {
+        long start = data / clusterBytes * clusterBytes;
+        long end = Math.Min(size, (hole + clusterBytes - 1) / clusterBytes * clusterBytes);
+        if (ranges.Count > 0 && ranges[^1].End >= start)
+        {
+            ranges[^1] = (ranges[^1].Start, Math.Max(ranges[^1].End, end));
+        }
+        else
+        {
+            ranges.Add((start, end));
         }
     }
 
@@ -150,33 +307,17 @@ public static class DiskConverter
             }
 
             long hole = view.SeekHole(data);
-            long start = data / clusterBytes * clusterBytes;
-            long end = Math.Min(view.Size, (hole + clusterBytes - 1) / clusterBytes * clusterBytes);
-            if (ranges.Count > 0 && ranges[^1].End >= start)
-            {
-                ranges[^1] = (ranges[^1].Start, Math.Max(ranges[^1].End, end));
-            }
-            else
-            {
-                ranges.Add((start, end));
-            }
-
-            offset = Math.Max(hole, end);
+            AddWidened(ranges, data, hole, clusterBytes, view.Size);
+            offset = Math.Max(hole, ranges[^1].End);
         }
 
         return ranges;
     }
 
-    private static void WriteBundle(SnapshotView view, string full, long clusterBytes, bool plain, Action<long> progress)
-    {
-        // The bundle is built whole in a hidden folder beside the destination and renamed into place: its image files
-        // are named after the bundle, so it is built under its final name inside that folder.
-        string parent = Path.GetDirectoryName(full)!;
-        string work = Path.Combine(parent, $".prlfuse-convert-{Guid.NewGuid():N}");
-        Directory.CreateDirectory(work);
-        try
+    private static void WriteBundle(SnapshotView view, string full, long clusterBytes, bool plain, Action<long> progress) =>
+        BuildBundle(full, path =>
         {
-            string bundle = BundleCreator.Create(Path.Combine(work, Path.GetFileName(full)), view.Size, plain, clusterBytes);
+            string bundle = BundleCreator.Create(path, view.Size, plain, clusterBytes);
             using (var disk = VirtualDisk.Open(bundle, new DiskOpenOptions { ReadOnly = false, CacheBytes = 0 }))
             {
                 var top = disk.Top;
@@ -184,22 +325,13 @@ public static class DiskConverter
                 top.Flush();
             }
 
-            Directory.Move(bundle, full);
-            Sync(full, PosixSync.FSyncFolder(parent), "fsync of the folder");
-        }
-        finally
-        {
-            if (Directory.Exists(work))
-            {
-                Directory.Delete(work, recursive: true);
-            }
-        }
-    }
+            return bundle;
+        });
 
     private static void WriteFileAndRename(string full, Action<SafeFileHandle> write)
     {
         string folder = Path.GetDirectoryName(full)!;
-        string temp = Path.Combine(folder, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.partial");
+        string temp = TemporaryName(full);
         try
         {
             using (var handle = File.OpenHandle(temp, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None))
@@ -223,13 +355,5 @@ public static class DiskConverter
 
         // The rename is durable only once the folder is.
         Sync(full, PosixSync.FSyncFolder(folder), "fsync of the folder");
-    }
-
-    private static void Sync(string full, int errno, string what)
-    {
-        if (errno != 0)
-        {
-            throw new PrlFuseException(full, $"{what} failed (errno {errno}); the converted image may not be durable");
-        }
     }
 }

@@ -6,11 +6,12 @@ using PrlFuse.Core.Engine;
 namespace PrlFuse.Core.Convert;
 
 /// <summary>
-/// Writes a view as a fresh qcow2 version 3 image (16-bit refcounts, no backing file) in one sequential pass. The
-/// layout is fixed before any data is read, from the view's allocation tables: header, refcount table, refcount
-/// blocks, L1 table, the L2 tables the data needs, then the data clusters in guest order. The metadata is sized for
-/// every allocated cluster; clusters that read as zeros are not written (they stay unallocated), so the data area
-/// only holds real data and every cluster up to the end of the file is in use.
+/// Writes a view as a fresh qcow2 version 3 image (16-bit refcounts) in one sequential pass, flattened or as one layer
+/// of a backing chain. The layout is fixed before any data is read, from the allocation tables: header (with the
+/// backing file's name and format, when there is one), refcount table, refcount blocks, L1 table, the L2 tables the
+/// ranges need, then the data clusters in guest order. The metadata is sized for every cluster of the ranges; clusters
+/// that read as zeros are not written (unallocated, or a zero cluster over a backing file whose bytes differ), so the
+/// data area only holds real data and every cluster up to the end of the file is in use.
 /// </summary>
 internal static class Qcow2Writer
 {
@@ -32,7 +33,21 @@ internal static class Qcow2Writer
             ? $"qcow2 cluster size {clusterBytes} bytes is not a power of two from 512 bytes to 2 MiB"
             : null;
 
-    public static void Write(SnapshotView view, SafeFileHandle file, long clusterBytes, Action<long> progress)
+    /// <summary>The backing file header extension: the backing file's format name.</summary>
+    private const uint BackingFormatExtension = 0xE2792ACA;
+
+    /// <summary>An L2 entry of a cluster that reads as zeros, whatever the backing file holds there (version 3).</summary>
+    private const ulong ZeroCluster = 1;
+
+    public static void Write(SnapshotView view, SafeFileHandle file, long clusterBytes, Action<long> progress) =>
+        WriteLayer(view, null, DiskConverter.DataClusters(view, clusterBytes), file, clusterBytes, null, progress);
+
+    /// <summary>
+    /// Writes the clusters of <paramref name="ranges"/> where <paramref name="view"/> differs from
+    /// <paramref name="parent"/> (all of them that hold data when there is no parent), over the backing file
+    /// <paramref name="backingName"/> (a qcow2 image holding the parent's view; null: none).
+    /// </summary>
+    public static void WriteLayer(SnapshotView view, SnapshotView? parent, List<(long Start, long End)> ranges, SafeFileHandle file, long clusterBytes, string? backingName, Action<long> progress)
     {
         if (ClusterSizeProblem(clusterBytes) is { } problem)
         {
@@ -43,7 +58,6 @@ internal static class Qcow2Writer
         long l2Entries = c / 8;
         long l1Entries = Math.Max(1, CeilDiv(view.Size, c * l2Entries));
         long l1Clusters = CeilDiv(l1Entries * 8, c);
-        var ranges = DiskConverter.DataClusters(view, c);
         long dataUpper = ranges.Sum(r => CeilDiv(r.End - r.Start, c));
 
         // One L2 table for each L1 entry that any allocated range reaches, in guest order.
@@ -93,7 +107,17 @@ internal static class Qcow2Writer
         }
 
         long next = dataOffset;
-        DiskConverter.ForEachDataRun(view, c, progress, (guest, data) =>
+        void MarkZeros(long guest, long length)
+        {
+            for (long done = 0; done < length; done += c)
+            {
+                long cluster = (guest + done) / c;
+                var table = l2Tables[l2Slots[cluster / l2Entries]];
+                BinaryPrimitives.WriteUInt64BigEndian(table.AsSpan((int)(cluster % l2Entries * 8)), ZeroCluster);
+            }
+        }
+
+        DiskConverter.ForEachChangedRun(view, parent, ranges, c, progress, zeros: MarkZeros, write: (guest, data) =>
         {
             RandomAccess.Write(file, data, next);
             for (long done = 0; done < data.Length; done += c)
@@ -149,7 +173,26 @@ internal static class Qcow2Writer
         BinaryPrimitives.WriteUInt32BigEndian(h[96..], RefcountOrder);
         BinaryPrimitives.WriteUInt32BigEndian(h[100..], HeaderLength);
 
-        // The header extension area ends with an end marker (type 0, length 0): the zeros after the header.
+        // The header extensions follow the header; their area ends with an end marker (type 0, length 0), and the
+        // backing file's name comes after it.
+        if (backingName is not null)
+        {
+            const string format = "qcow2";
+            int at = HeaderLength;
+            BinaryPrimitives.WriteUInt32BigEndian(h[at..], BackingFormatExtension);
+            BinaryPrimitives.WriteUInt32BigEndian(h[(at + 4)..], (uint)format.Length);
+            System.Text.Encoding.ASCII.GetBytes(format, h[(at + 8)..]);
+            at += 8 + ((format.Length + 7) / 8 * 8) + 8;
+            int nameBytes = System.Text.Encoding.UTF8.GetBytes(backingName, h[at..]);
+            if (nameBytes > 1023)
+            {
+                throw new PrlFuseException(backingName, "backing file name is longer than 1023 bytes");
+            }
+
+            BinaryPrimitives.WriteUInt64BigEndian(h[8..], (ulong)at);
+            BinaryPrimitives.WriteUInt32BigEndian(h[16..], (uint)nameBytes);
+        }
+
         RandomAccess.Write(file, header, 0);
         RandomAccess.SetLength(file, next);
     }

@@ -27,6 +27,8 @@ public sealed class ConvertCommandTests
                 ($"l{level}.hdd", ["--cluster", "64K"], "parallels"),
                 ($"l{level}-plain.hdd", ["--plain"], "raw"),
                 ($"l{level}.out", ["--format", "qcow2"], "qcow2"),
+                ($"l{level}.qed", [], "qed"),
+                ($"l{level}-4k.img", ["--format", "qed", "--cluster", "4K"], "qed"),
             })
             {
                 string dst = temp.Combine(name);
@@ -91,16 +93,18 @@ public sealed class ConvertCommandTests
         Assert.Equal(2, unknown.ExitCode);
         Assert.Contains("--format", unknown.Stderr, StringComparison.Ordinal);
         Assert.Equal(2, PrlFuseCli.Run("convert", chain.Bundle, temp.Combine("o.qcow2"), "--plain").ExitCode);
+        Assert.Equal(2, PrlFuseCli.Run("convert", chain.Bundle, temp.Combine("o.qed"), "--cluster", "2K").ExitCode);
         Assert.Equal(["disk.hdd", "out.qcow2"], Directory.GetFileSystemEntries(temp.Path).Select(Path.GetFileName).Order(StringComparer.Ordinal));
     }
 
-    private static List<(long Start, long End)> MapData(string image, string format)
+    /// <summary>The ranges QEMU maps as data in <paramref name="image"/>; with <paramref name="ownOnly"/>, only those the image holds itself (not its backing files).</summary>
+    internal static List<(long Start, long End)> MapData(string image, string format, bool ownOnly = false)
     {
         var map = Qemu.Img("map", "--output=json", "-f", format, image);
         Assert.True(map.ExitCode == 0, map.Stderr);
         using var json = JsonDocument.Parse(map.Stdout);
         return json.RootElement.EnumerateArray()
-            .Where(e => e.GetProperty("data").GetBoolean())
+            .Where(e => e.GetProperty("data").GetBoolean() && (!ownOnly || e.GetProperty("depth").GetInt32() == 0))
             .Select(e => (e.GetProperty("start").GetInt64(), e.GetProperty("start").GetInt64() + e.GetProperty("length").GetInt64()))
             .ToList();
     }
