@@ -148,6 +148,13 @@ public static unsafe partial class Posix
     [LibraryImport(LibraryName, EntryPoint = "writev", SetLastError = true)]
     public static partial nint WriteV(int fd, nint* vectors, int count);
 
+    [LibraryImport(LibraryName, EntryPoint = "pread", SetLastError = true)]
+    public static partial nint PRead(int fd, byte* buffer, nint count, long offset);
+
+    /// <summary>splice(2); a null offset means the descriptor's own (pipes have none).</summary>
+    [LibraryImport(LibraryName, EntryPoint = "splice", SetLastError = true)]
+    public static partial nint Splice(int fdIn, long* offsetIn, int fdOut, long* offsetOut, nuint length, uint flags);
+
     [LibraryImport(LibraryName, EntryPoint = "ioctl", SetLastError = true)]
     public static partial int Ioctl(int fd, nuint request, void* argument);
 

@@ -40,6 +40,9 @@ internal sealed unsafe class FuseRequestDispatcher : IDisposable
         *_settings = FuseReplySettings.Defaults;
     }
 
+    /// <summary>The filesystem answers reads with pieces (<see cref="IFuseFileSystem.ReadBuf"/>), which /dev/fuse can splice.</summary>
+    public bool ProvidesReadPieces => _fs.ProvidesReadBuf;
+
     /// <summary>Set by the init request: the kernel agreed to serve requests over io_uring.</summary>
     public bool UringNegotiated { get; private set; }
 
@@ -340,6 +343,29 @@ internal sealed unsafe class FuseRequestDispatcher : IDisposable
         int size = (int)Math.Min(request->Size, (uint)outputCapacity);
         int rc = _fs.Read(_nodes.PathOf(node), new Span<byte>(output, size), (long)request->Offset, new FuseFileInfo(&native));
         return rc > size ? Fail(new InvalidOperationException($"read answered {rc} bytes for a read of {size}")) : rc;
+    }
+
+    /// <summary>
+    /// A read answered as pieces in this thread's <see cref="FuseReadReply"/> (memory, or ranges of files to splice):
+    /// 0 or a negated errno. Only when <see cref="ProvidesReadPieces"/>.
+    /// </summary>
+    public int ReadPieces(FuseInHeader* header, FuseReadIn* request, out FuseReadReply reply)
+    {
+        t_caller = new FuseRequestContext(header->Uid, header->Gid, (int)header->Pid, 0);
+        int requested = (int)Math.Min(request->Size, (uint)FuseProtocol.MaxPayload);
+        reply = FuseReadReply.ForThisThread(requested);
+        try
+        {
+            var native = new FuseFileInfoNative { Flags = request->Flags, Fh = request->Fh };
+            int rc = _fs.ReadBuf(_nodes.PathOf(header->NodeId), reply, (long)request->Offset, new FuseFileInfo(&native));
+            return rc == 0 && reply.Bytes > requested
+                ? Fail(new InvalidOperationException($"read_buf answered {reply.Bytes} bytes for a read of {requested}"))
+                : rc;
+        }
+        catch (Exception e)
+        {
+            return Fail(e);
+        }
     }
 
     private int Write(ulong node, FuseReadIn* request, byte* payload, int payloadBytes, byte* output)
