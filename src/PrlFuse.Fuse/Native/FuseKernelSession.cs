@@ -535,7 +535,10 @@ internal sealed unsafe class FuseKernelSession : IDisposable
                 var header = (FuseInHeader*)headers;
                 ulong unique = header->Unique;
                 ulong commitId = inOut->CommitId;
-                int rc = _dispatcher.Handle(header, headers + FuseProtocol.UringInOutHeaderBytes, payload, (int)inOut->PayloadBytes, payload, FuseProtocol.MaxPayload);
+                byte* arguments = headers + FuseProtocol.UringInOutHeaderBytes;
+                int rc = header->Opcode == FuseProtocol.Read && _dispatcher.ProvidesReadPieces
+                    ? ReadIntoPayload(header, (FuseReadIn*)arguments, payload)
+                    : _dispatcher.Handle(header, arguments, payload, (int)inOut->PayloadBytes, payload, FuseProtocol.MaxPayload);
                 if (rc == FuseRequestDispatcher.NoReply)
                 {
                     rc = 0;
@@ -553,6 +556,27 @@ internal sealed unsafe class FuseKernelSession : IDisposable
             NativeMemory.AlignedFree(headers);
             NativeMemory.AlignedFree(payload);
         }
+    }
+
+    /// <summary>
+    /// A read answered from the filesystem's pieces, copied into the ring entry's payload: the same reads as with
+    /// libfuse reach the filesystem's cache (large ones go straight to the image files), only nothing can be spliced.
+    /// </summary>
+    private int ReadIntoPayload(FuseInHeader* header, FuseReadIn* request, byte* payload)
+    {
+        int rc = _dispatcher.ReadPieces(header, request, out var pieces);
+        if (rc < 0)
+        {
+            return rc;
+        }
+
+        if (pieces.IsPlainMemory(out byte* memory, out int bytes))
+        {
+            Buffer.MemoryCopy(memory, payload, FuseProtocol.MaxPayload, bytes);
+            return bytes;
+        }
+
+        return CopyPieces(pieces.Vector, payload) ? (int)pieces.Bytes : -Errno.EIO;
     }
 
     /// <summary>An IORING_OP_URING_CMD on /dev/fuse carrying struct fuse_uring_cmd_req (flags, commit_id, qid).</summary>
