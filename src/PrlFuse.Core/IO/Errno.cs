@@ -5,6 +5,7 @@ public static class Errno
 {
     public const int EPERM = 1;
     public const int ENOENT = 2;
+    public const int EINTR = 4;
     public const int EIO = 5;
     public const int ENXIO = 6;
     public const int EBADF = 9;
@@ -15,6 +16,7 @@ public static class Errno
     public const int EEXIST = 17;
     public const int ENOTDIR = 20;
     public const int EISDIR = 21;
+    public const int ENODEV = 19;
     public const int EINVAL = 22;
     public const int EFBIG = 27;
     public const int ENOSPC = 28;
@@ -26,6 +28,8 @@ public static class Errno
     public const int ENOTEMPTY = 39;
     public const int ENODATA = 61;
     public const int EOPNOTSUPP = 95;
+    public const int ECONNABORTED = 103;
     public const int ENOTCONN = 107;
     public const int ETIMEDOUT = 110;
+    public const int ECANCELED = 125;
 }

@@ -141,6 +141,40 @@ public static unsafe partial class Posix
     [LibraryImport(LibraryName, EntryPoint = "preadv2", SetLastError = true)]
     private static partial nint PReadV2(SafeFileHandle fd, nint* vectors, int count, long offset, int flags);
 
+    [LibraryImport(LibraryName, EntryPoint = "read", SetLastError = true)]
+    public static partial nint Read(int fd, byte* buffer, nint count);
+
+    /// <summary>writev(2); <paramref name="vectors"/> holds pointer and length pairs (struct iovec).</summary>
+    [LibraryImport(LibraryName, EntryPoint = "writev", SetLastError = true)]
+    public static partial nint WriteV(int fd, nint* vectors, int count);
+
+    [LibraryImport(LibraryName, EntryPoint = "pread", SetLastError = true)]
+    public static partial nint PRead(int fd, byte* buffer, nint count, long offset);
+
+    /// <summary>splice(2); a null offset means the descriptor's own (pipes have none).</summary>
+    [LibraryImport(LibraryName, EntryPoint = "splice", SetLastError = true)]
+    public static partial nint Splice(int fdIn, long* offsetIn, int fdOut, long* offsetOut, nuint length, uint flags);
+
+    [LibraryImport(LibraryName, EntryPoint = "ioctl", SetLastError = true)]
+    public static partial int Ioctl(int fd, nuint request, void* argument);
+
+    public const ulong MsReadOnly = 1, MsNoSuid = 2, MsNoDev = 4; // MS_RDONLY, MS_NOSUID, MS_NODEV
+
+    [LibraryImport(LibraryName, EntryPoint = "mount", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int Mount(string source, string target, string fileSystemType, ulong flags, string data);
+
+    public const int ProtRead = 1, ProtWrite = 2, MapShared = 1, MapPopulate = 0x8000;
+
+    [LibraryImport(LibraryName, EntryPoint = "mmap", SetLastError = true)]
+    public static partial void* Mmap(void* address, nuint length, int protection, int flags, int fd, long offset);
+
+    [LibraryImport(LibraryName, EntryPoint = "munmap", SetLastError = true)]
+    public static partial int Munmap(void* address, nuint length);
+
+    /// <summary>syscall(2) with up to six integer arguments (for calls glibc has no wrapper for, such as io_uring's).</summary>
+    [LibraryImport(LibraryName, EntryPoint = "syscall", SetLastError = true)]
+    public static partial long Syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6);
+
     /// <summary>posix_fadvise returns the error number; errno is untouched.</summary>
     [LibraryImport(LibraryName, EntryPoint = "posix_fadvise")]
     public static partial int Fadvise(SafeFileHandle fd, long offset, long length, int advice);

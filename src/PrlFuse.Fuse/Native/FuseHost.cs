@@ -5,10 +5,11 @@ using System.Text;
 namespace PrlFuse.Fuse.Native;
 
 /// <summary>
-/// One FUSE mount of an <see cref="IFuseFileSystem"/> through libfuse3's low-level API:
-/// <see cref="Mount"/> (fuse_session_new + fuse_session_mount), <see cref="Run"/> (multithreaded loop, blocks until
-/// the filesystem is unmounted), <see cref="TryUnmount"/> (non-lazy umount2, which also ends Run).
-/// Only one host can be mounted per process (callbacks dispatch through a static field).
+/// One FUSE mount of an <see cref="IFuseFileSystem"/>, through libfuse3's low-level API or our own implementation of
+/// the kernel protocol (<see cref="FuseKernelSession"/>: /dev/fuse or io_uring; see <see cref="FuseTransport"/>):
+/// <see cref="Mount"/>, <see cref="Run"/> (serves on many threads, blocks until the filesystem is unmounted),
+/// <see cref="TryUnmount"/> (non-lazy umount2, which also ends Run).
+/// Only one host can be mounted per process (libfuse's callbacks dispatch through a static field).
 /// </summary>
 public sealed unsafe class FuseHost : IDisposable
 {
@@ -16,6 +17,8 @@ public sealed unsafe class FuseHost : IDisposable
 
     private readonly FuseMountOptions _options;
     private IntPtr _session;
+    private FuseKernelSession? _kernel;
+    private FuseKernelSession? _served; // _kernel, kept after Run for Transport
     private int _running;
 
     private FuseHost(string mountpoint, FuseMountOptions options)
@@ -27,19 +30,33 @@ public sealed unsafe class FuseHost : IDisposable
     public string Mountpoint { get; }
 
     /// <summary>True from Mount until Run has returned (or Dispose cleaned up).</summary>
-    public bool IsMounted => _session != IntPtr.Zero;
+    public bool IsMounted => _session != IntPtr.Zero || Volatile.Read(ref _kernel) is not null;
 
     /// <summary>
-    /// Creates the libfuse session and mounts it. Requests are served only once <see cref="Run"/> is called.
+    /// What carries the requests: <see cref="FuseTransport.LibFuse"/>, <see cref="FuseTransport.Device"/>, or
+    /// <see cref="FuseTransport.Uring"/> once the kernel has agreed to it at init (until then, and if it refuses,
+    /// <see cref="FuseTransport.Device"/>).
+    /// </summary>
+    public FuseTransport Transport => _served?.Transport ?? FuseTransport.LibFuse;
+
+    /// <summary>
+    /// The transport <see cref="FuseTransport.Auto"/> picks, fastest first, where root can mount without libfuse.
+    /// </summary>
+    private static FuseTransport[] AutoOrder => [FuseTransport.LibFuse];
+
+    /// <summary>
+    /// Mounts with the transport that <paramref name="options"/> asks for (<see cref="FuseMountOptions.Transport"/> or
+    /// the environment variable it names; <see cref="FuseTransport.Auto"/>: the first of <see cref="AutoOrder"/> that
+    /// this process can use, libfuse at last). Requests are served only once <see cref="Run"/> is called.
     /// Throws <see cref="DllNotFoundException"/> if libfuse3 is missing, <see cref="IOException"/> if the
-    /// mountpoint is stale (see <see cref="ClearStaleMount"/>) or the mount fails.
+    /// mountpoint is stale (see <see cref="ClearStaleMount"/>) or the mount fails, <see cref="NotSupportedException"/>
+    /// if a transport asked for by name cannot be used here.
     /// </summary>
     public static FuseHost Mount(string mountpoint, IFuseFileSystem fileSystem, FuseMountOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(fileSystem);
         ArgumentException.ThrowIfNullOrEmpty(mountpoint);
         options ??= new FuseMountOptions();
-        var api = LibFuse.Functions;
         string fullPath = Path.GetFullPath(mountpoint);
         if (IsStaleMount(fullPath))
         {
@@ -53,6 +70,12 @@ public sealed unsafe class FuseHost : IDisposable
         var host = new FuseHost(fullPath, options);
         try
         {
+            if (MountWithoutLibFuse(host, fileSystem, options))
+            {
+                return host;
+            }
+
+            var api = LibFuse.Functions;
             FuseCallbacks.Attach(fileSystem, options.OnCallbackException, options.MaxRead);
             host._session = CreateSession(api, options);
             int rc;
@@ -70,13 +93,54 @@ public sealed unsafe class FuseHost : IDisposable
         {
             if (host._session != IntPtr.Zero)
             {
-                api.SessionDestroy(host._session);
+                LibFuse.Functions.SessionDestroy(host._session);
                 host._session = IntPtr.Zero;
             }
             FuseCallbacks.Detach();
             Volatile.Write(ref s_active, 0);
             throw;
         }
+    }
+
+    /// <summary>Mounts through <see cref="FuseKernelSession"/> if the transport asks for it; false to use libfuse.</summary>
+    private static bool MountWithoutLibFuse(FuseHost host, IFuseFileSystem fileSystem, FuseMountOptions options)
+    {
+        var asked = options.EffectiveTransport();
+        if (asked == FuseTransport.LibFuse)
+        {
+            return false;
+        }
+
+        var candidates = asked == FuseTransport.Auto ? AutoOrder : [asked];
+        foreach (var transport in candidates)
+        {
+            if (transport == FuseTransport.LibFuse)
+            {
+                return false;
+            }
+
+            if (FuseKernelSession.Unavailable(transport, options) is { } reason)
+            {
+                if (asked == FuseTransport.Auto)
+                {
+                    continue;
+                }
+
+                throw new NotSupportedException($"FUSE transport {transport} cannot be used: {reason}.");
+            }
+
+            try
+            {
+                host._kernel = host._served = FuseKernelSession.Mount(host.Mountpoint, fileSystem, options, uring: transport == FuseTransport.Uring);
+                return true;
+            }
+            catch (IOException) when (asked == FuseTransport.Auto)
+            {
+                // mount(2) refused (a user namespace, a policy): libfuse may still mount through fusermount3.
+            }
+        }
+
+        return false;
     }
 
     private static IntPtr CreateSession(LibFuse.Api api, FuseMountOptions options)
@@ -128,13 +192,24 @@ public sealed unsafe class FuseHost : IDisposable
     /// </summary>
     public int Run()
     {
-        if (_session == IntPtr.Zero)
+        if (_session == IntPtr.Zero && _kernel is null)
         {
             throw new ObjectDisposedException(nameof(FuseHost));
         }
         if (Interlocked.Exchange(ref _running, 1) != 0)
         {
             throw new InvalidOperationException("Run is already running.");
+        }
+        if (_kernel is { } kernel)
+        {
+            try
+            {
+                return kernel.Run();
+            }
+            finally
+            {
+                ReleaseKernel();
+            }
         }
         var api = LibFuse.Functions;
         int status;
@@ -174,6 +249,15 @@ public sealed unsafe class FuseHost : IDisposable
         // libfuse < 3.12 has no thread limit setting (it caps at 10 itself).
         var v1 = new FuseLoopConfigV1 { CloneFd = 0, MaxIdleThreads = idle };
         return api.LoopMt32(_session, &v1);
+    }
+
+    private void ReleaseKernel()
+    {
+        if (Interlocked.Exchange(ref _kernel, null) is { } kernel)
+        {
+            kernel.Dispose();
+            Volatile.Write(ref s_active, 0);
+        }
     }
 
     // After the loop: fuse_session_unmount is a no-op if the kernel already unmounted (libfuse sees
@@ -267,7 +351,14 @@ public sealed unsafe class FuseHost : IDisposable
     {
         if (Volatile.Read(ref _running) == 0 && Interlocked.CompareExchange(ref _running, 1, 0) == 0)
         {
-            Release(LibFuse.Functions);
+            if (_kernel is not null)
+            {
+                ReleaseKernel();
+            }
+            else
+            {
+                Release(LibFuse.Functions);
+            }
         }
     }
 

@@ -32,6 +32,30 @@ public sealed class FuseMountOptions
     /// <summary>Idle threads kept alive; null means MaxThreads (no thread churn under load).</summary>
     public int? IdleThreads { get; set; }
 
+    /// <summary>
+    /// How requests travel between the kernel and us (see <see cref="FuseTransport"/>). When left at
+    /// <see cref="FuseTransport.Auto"/>, <see cref="EnvironmentVariable"/> may name one (for tests and benchmarks).
+    /// </summary>
+    public FuseTransport Transport { get; set; } = FuseTransport.Auto;
+
+    /// <summary>Names the transport (libfuse, device, uring or auto) of mounts whose <see cref="Transport"/> is Auto.</summary>
+    public const string EnvironmentVariable = "PRLFUSE_FUSE_TRANSPORT";
+
+    /// <summary><see cref="Transport"/>, or what <see cref="EnvironmentVariable"/> names.</summary>
+    internal FuseTransport EffectiveTransport()
+    {
+        string? named = Transport == FuseTransport.Auto ? Environment.GetEnvironmentVariable(EnvironmentVariable) : null;
+        return named?.Trim().ToLowerInvariant() switch
+        {
+            null or "" => Transport,
+            "auto" => FuseTransport.Auto,
+            "libfuse" => FuseTransport.LibFuse,
+            "device" or "dev" => FuseTransport.Device,
+            "uring" or "io_uring" => FuseTransport.Uring,
+            _ => throw new ArgumentException($"{EnvironmentVariable}={named}: the transport must be auto, libfuse, device or uring"),
+        };
+    }
+
     /// <summary>libfuse's -d: every request is logged on stderr.</summary>
     public bool Debug { get; set; }
 
@@ -75,4 +99,20 @@ public sealed class FuseMountOptions
 
     // fuse_opt splits -o at commas; a backslash escapes the next character.
     private static string Escape(string value) => value.Replace("\\", "\\\\", StringComparison.Ordinal).Replace(",", "\\,", StringComparison.Ordinal);
+}
+
+/// <summary>How a mount exchanges requests with the kernel.</summary>
+public enum FuseTransport
+{
+    /// <summary>The fastest one this machine allows (see <see cref="FuseHost.Mount"/>).</summary>
+    Auto,
+
+    /// <summary>libfuse's own loop (fusermount3 when not root; -d and any -o option libfuse knows).</summary>
+    LibFuse,
+
+    /// <summary>Our own /dev/fuse loop: one cloned descriptor per thread, read(2) and writev(2). Needs root to mount.</summary>
+    Device,
+
+    /// <summary>FUSE over io_uring (kernel 6.14 on, fuse.enable_uring=Y): a ring per thread and CPU queue. Needs root.</summary>
+    Uring,
 }

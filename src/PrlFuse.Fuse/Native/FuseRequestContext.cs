@@ -8,7 +8,12 @@ public readonly record struct FuseRequestContext(uint Uid, uint Gid, int Pid, ui
         get
         {
             IntPtr request = FuseCallbacks.CurrentRequest;
-            FuseCtxNative* c = request == IntPtr.Zero ? null : LibFuse.Functions.RequestContext(request);
+            if (request == IntPtr.Zero)
+            {
+                return FuseRequestDispatcher.CurrentCaller; // served without libfuse (or outside a callback: default)
+            }
+
+            FuseCtxNative* c = LibFuse.Functions.RequestContext(request);
             return c == null ? default : new FuseRequestContext(c->Uid, c->Gid, c->Pid, c->Umask);
         }
     }

@@ -51,6 +51,52 @@ public sealed class FuseKernelTests
         Assert.Empty(m.Fs.Exceptions);
     }
 
+    /// <summary>
+    /// Each transport named explicitly is the one that serves (no silent fallback), and answers listing, reads, writes,
+    /// fsync, statfs and lseek alike. With io_uring the kernel holds every request until the rings are registered, so
+    /// a transport that negotiated io_uring and then failed to serve it would time out here.
+    /// </summary>
+    [Theory]
+    [InlineData(FuseTransport.LibFuse)]
+    [InlineData(FuseTransport.Device)]
+    [InlineData(FuseTransport.Uring)]
+    public void EveryTransportServesTheSameRequests(FuseTransport transport)
+    {
+        using var m = MountedFileSystem.Start(new FuseMountOptions { FsName = "prlfuse-transport", Transport = transport });
+
+        Assert.Equal(new[] { "boom.bin", "direct.bin", "pair.bin", "ro.bin", "rw.bin" },
+            Directory.GetFiles(m.Directory).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToArray());
+        Assert.Equal(m.Fs.ReadOnlyData, File.ReadAllBytes(m.PathOf("ro.bin")));
+        Assert.Equal(transport, m.Host.Transport);
+
+        byte[] pattern = new byte[700_000];
+        new Random(11).NextBytes(pattern);
+        using (var stream = new FileStream(m.PathOf("rw.bin"), FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite))
+        {
+            stream.Position = 1000;
+            stream.Write(pattern);
+            stream.Flush(flushToDisk: true);
+        }
+
+        Assert.True(m.Fs.RwSnapshot().AsSpan(1000).SequenceEqual(pattern));
+        Assert.True(File.ReadAllBytes(m.PathOf("rw.bin")).AsSpan(1000).SequenceEqual(pattern));
+        Assert.Single(m.Fs.Fsyncs);
+        Assert.Equal(0, Posix.StatVfs(m.Directory, out StatVfs st));
+        Assert.Equal(1000UL, st.Blocks);
+        using (var direct = File.OpenHandle(m.PathOf("direct.bin")))
+        {
+            Assert.Equal(MemoryFileSystem.DirectDataStart, SparseFile.Seek(direct, 0, SparseFile.SeekData));
+        }
+
+        Assert.Equal(MemoryFileSystem.ManyEntries, Directory.GetFiles(m.PathOf("many")).Length);
+        Assert.True(SpinWait.SpinUntil(() => m.Fs.OpenHandles.IsEmpty, TimeSpan.FromSeconds(10)));
+        Assert.Equal(0, m.UnmountWhenIdle());
+        Assert.Equal(0, m.WaitForRun());
+        Assert.True(m.Fs.DestroyCalled);
+        Assert.Equal(0, m.Fs.HandleMismatches);
+        Assert.Empty(m.Fs.Exceptions);
+    }
+
     [Fact]
     public void ALargeDirectoryListsEveryEntryOnceAndItsFilesAreFound()
     {
