@@ -13,6 +13,11 @@ if ! make -s install PREFIX="$prefix" >/dev/null; then
   exit 1
 fi
 export PRLFUSE_BIN="$prefix/bin/prlfuse"
+# The FUSE-over-io_uring transport's kernel tests need the fuse module's switch on (off by default; root only).
+uring=/sys/module/fuse/parameters/enable_uring
+if [ "$(id -u)" -eq 0 ] && [ -w "$uring" ] && [ "$(cat "$uring")" != Y ]; then
+  echo Y > "$uring" && echo "test: turned on FUSE over io_uring ($uring) for the transport tests"
+fi
 results=$(mktemp -d)
 dotnet test tests/PrlFuse.Tests -c Release --no-build -nologo \
   --logger "console;verbosity=normal" --logger "trx;LogFileName=results.trx" --results-directory "$results" "$@"
