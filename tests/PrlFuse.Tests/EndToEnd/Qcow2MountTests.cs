@@ -37,14 +37,9 @@ public sealed class Qcow2MountTests
         var ranges = QemuDataRanges(temp.Path, "top.qcow2");
 
         string mnt = temp.Combine("mnt");
-        Directory.CreateDirectory(mnt);
-        var mount = PrlFuseCli.Run("mount", temp.Combine("top.qcow2"), mnt);
         try
         {
-            Assert.True(mount.ExitCode == 0, mount.Stderr);
-            Assert.DoesNotContain("read-only", mount.Stderr, StringComparison.Ordinal);
-            string current = Path.Combine(mnt, "current.raw");
-            Assert.Equal(expected, File.ReadAllBytes(current));
+            string current = MountReadWrite(temp.Combine("top.qcow2"), mnt, expected);
             Assert.Equal(ranges, SparseFile.DataRanges(current));
 
             // Into the compressed cluster, over zero clusters, over the middle's and the base's data, across clusters.
@@ -145,6 +140,18 @@ public sealed class Qcow2MountTests
         Core.Formats.Qcow2.Qcow2WriteTests.AssertQemuCheckClean(temp.Path, "top.qcow2");
     }
 
+    /// <summary>prlfuse mount IMAGE MNT read-write (no read-only notice), with current.raw equal to <paramref name="expected"/>; returns current.raw.</summary>
+    private static string MountReadWrite(string image, string mnt, byte[] expected)
+    {
+        Directory.CreateDirectory(mnt);
+        var mount = PrlFuseCli.Run("mount", image, mnt);
+        Assert.True(mount.ExitCode == 0, mount.Stderr);
+        Assert.DoesNotContain("read-only", mount.Stderr, StringComparison.Ordinal);
+        string current = Path.Combine(mnt, "current.raw");
+        Assert.Equal(expected, File.ReadAllBytes(current));
+        return current;
+    }
+
     /// <summary>Random unaligned writes through current.raw (fsync'd), each copied into <paramref name="model"/>; then read back whole.</summary>
     private static void WriteRandomly(string current, byte[] model, int seed, params long[] targets)
     {
@@ -241,14 +248,9 @@ public sealed class Qcow2MountTests
         long imageBytes = new FileInfo(temp.Combine("a.qcow2")).Length;
 
         string mnt = temp.Combine("mnt");
-        Directory.CreateDirectory(mnt);
-        var mount = PrlFuseCli.Run("mount", temp.Combine("a.qcow2"), mnt);
         try
         {
-            Assert.True(mount.ExitCode == 0, mount.Stderr);
-            Assert.DoesNotContain("read-only", mount.Stderr, StringComparison.Ordinal);
-            string current = Path.Combine(mnt, "current.raw");
-            Assert.Equal(model, File.ReadAllBytes(current));
+            string current = MountReadWrite(temp.Combine("a.qcow2"), mnt, model);
 
             // The data file is held as QEMU holds it while writing: another writer is kept out.
             var intruder = ProcessRunner.Run("qemu-io", ["-f", "raw", "-c", "write 0 512", "data.bin"], check: false, workingDirectory: temp.Path);
