@@ -48,6 +48,16 @@ public sealed class Qcow2GuestTests
                 Put("/deep/er/small.txt", "a small file\n"u8.ToArray());
                 File.Delete(guest.At + "/data/blob0.bin");
                 changed.Remove("/data/blob0.bin");
+                // A few bytes inside a file only the base holds: the top copies the rest of its cluster from below.
+                byte[] blob = File.ReadAllBytes(guest.At + "/data/blob5.bin");
+                RandomBytes(random, 100).CopyTo(blob, 70_001);
+                using (var f = new FileStream(guest.At + "/data/blob5.bin", FileMode.Open, FileAccess.Write))
+                {
+                    f.Position = 70_001;
+                    f.Write(blob, 70_001, 100);
+                }
+
+                changed["/data/blob5.bin"] = Convert.ToHexStringLower(SHA256.HashData(blob));
                 File.AppendAllText(guest.At + "/etc/hosts", "10.0.0.2 qcow2-guest\n");
                 changed["/etc/hosts"] = Hashing.Sha256File(guest.At + "/etc/hosts");
                 ProcessRunner.Run("sync", []);
