@@ -1,6 +1,7 @@
 using PrlFuse.Core;
 using PrlFuse.Core.Engine;
 using PrlFuse.Core.Formats.Parallels;
+using PrlFuse.Core.Formats.Qcow2;
 
 namespace PrlFuse.Cli.Commands;
 
@@ -28,7 +29,10 @@ internal static class DiskServing
             opened.Dispose();
             readOnly = true;
             opened = VirtualDisk.Open(disk, options with { ReadOnly = true });
-            notices.WriteLine($"prlfuse: notice: {reason}; serving read-only ({top} cannot be written)");
+            string repairAdvice = offersRepair && opened.Top.Storages[0].TopLayer is Qcow2Image { Header: { IsDirty: true } or { IsCorrupt: true } }
+                ? $"; '{command} --repair' repairs it first and serves it read-write"
+                : "";
+            notices.WriteLine($"prlfuse: notice: {reason}; serving read-only ({top} cannot be written){repairAdvice}");
         }
 
         try

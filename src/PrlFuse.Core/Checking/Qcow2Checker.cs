@@ -350,17 +350,20 @@ public static class Qcow2Checker
                 }
 
                 long host = (long)(entry & OffsetMask);
+
+                // With an external data file the host offset is the guest offset, so guest cluster 0 is offset 0 with COPIED.
+                bool hasCluster = host != 0 || (h.HasDataFile && (entry & FieldLocations.CopiedFlag) != 0);
                 if (words == 2)
                 {
                     uint allocated = (uint)bitmap;
                     uint zero = (uint)(bitmap >> 32);
-                    if ((allocated & zero) != 0 || (allocated != 0 && host == 0))
+                    if ((allocated & zero) != 0 || (allocated != 0 && !hasCluster))
                     {
                         a.Add(CheckProblemKind.ClusterMisaligned, CheckSeverity.Corruption, Where(l2Offset, j), $"invalid subcluster bitmap 0x{bitmap:x16}");
                     }
                 }
 
-                if (host == 0)
+                if (!hasCluster)
                 {
                     continue;
                 }

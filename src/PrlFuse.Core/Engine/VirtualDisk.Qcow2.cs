@@ -144,7 +144,7 @@ public sealed partial class VirtualDisk
             format ??= ProbeFormat(file);
             ImageLayer layer = format switch
             {
-                "qcow2" => Qcow2Image.Open(file, name => OpenDataFile(path, name, options, warnings)),
+                "qcow2" => Qcow2Image.Open(file, name => OpenDataFile(path, name, writable, options, warnings)),
                 "qed" => QedImage.Open(file),
                 "parallels" => ExpandableImage.Open(file, locked.OtherWriter),
                 "raw" => new PlainImage(file, file.Length),
@@ -170,13 +170,17 @@ public sealed partial class VirtualDisk
         }
     }
 
-    private static ImageFile OpenDataFile(string image, string name, DiskOpenOptions options, ImmutableArray<DiskWarning>.Builder warnings)
+    /// <summary>
+    /// The external data file <paramref name="name"/> of qcow2 image <paramref name="image"/>, named relative to the
+    /// image's folder: opened and locked as the image is (a writer's lock when the image is written, as QEMU locks it).
+    /// </summary>
+    private static ImageFile OpenDataFile(string image, string name, bool writable, DiskOpenOptions options, ImmutableArray<DiskWarning>.Builder warnings)
     {
         string path = ResolveNamedFile(image, name, "external data file");
-        ImageFile file = OpenFile(path, writable: false, options);
+        ImageFile file = OpenFile(path, writable, options);
         try
         {
-            Lock(file, ReadOnlyLockMode(options), warnings);
+            Lock(file, writable ? ImageLockMode.ReadWrite : ReadOnlyLockMode(options), warnings);
             return file;
         }
         catch

@@ -170,6 +170,12 @@ public static class Hashing
         return Convert.ToHexStringLower(SHA256.HashData(stream));
     }
 
+    /// <summary>The files of a mounted guest filesystem (lost+found left out), by path from its root, with their sha256.</summary>
+    public static Dictionary<string, string> GuestFileSums(string root) =>
+        Directory.EnumerateFiles(root, "*", SearchOption.AllDirectories)
+            .Where(f => !f.Contains("lost+found", StringComparison.Ordinal))
+            .ToDictionary(f => f[root.Length..], Sha256File, StringComparer.Ordinal);
+
     /// <summary>First differing offset of two files, or -1 when equal (length included).</summary>
     public static long FirstDifference(string a, string b)
     {

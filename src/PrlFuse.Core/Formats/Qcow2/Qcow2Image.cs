@@ -34,6 +34,7 @@ public sealed class Qcow2Image : ImageLayer
     private readonly int _entryWords;
     private readonly long _size;
     private readonly bool _extended;
+    private readonly bool _external;
     private readonly L2Table?[] _l2Cache;
     private readonly CompressedClusterCache _decompressed;
     private string? _inconsistency;
@@ -47,6 +48,7 @@ public sealed class Qcow2Image : ImageLayer
         _clusterBits = header.ClusterBits;
         _clusterBytes = header.ClusterBytes;
         _extended = header.HasExtendedL2;
+        _external = header.HasDataFile;
         _entryWords = _extended ? 2 : 1;
         _l2Bits = System.Numerics.BitOperations.Log2((ulong)header.L2Entries);
         _size = snapshot?.DiskSize ?? header.Size;
@@ -90,7 +92,7 @@ public sealed class Qcow2Image : ImageLayer
         _inconsistency is not null ? $"its metadata is inconsistent ({_inconsistency}); run 'prlfuse check --repair' first"
         : Header.IsCorrupt ? "the corrupt bit is set ('prlfuse check --repair' or 'qemu-img check -r all' first)"
         : Header.IsDirty ? "the dirty bit is set: its refcounts may be wrong ('prlfuse check --repair' first)"
-        : Header.HasDataFile ? "prlfuse does not write images with an external data file"
+        : Header.HasDataFile && !DataFile.Writable ? "its external data file is open read-only"
         : DamagedL2Tables > 0 ? $"{DamagedL2Tables} damaged L1 entries ('prlfuse check' shows them)"
         : null;
 
@@ -230,9 +232,10 @@ public sealed class Qcow2Image : ImageLayer
         }
 
         long host = (long)(entry & FieldLocations.OffsetMask);
+        bool hasCluster = HasCluster(entry);
         if (_extended)
         {
-            return MapSubcluster(host, table[(index * 2) + 1], within, out hostOffset, out run);
+            return MapSubcluster(host, hasCluster, table[(index * 2) + 1], within, out hostOffset, out run);
         }
 
         run = _clusterBytes - within;
@@ -242,7 +245,7 @@ public sealed class Qcow2Image : ImageLayer
             return true;
         }
 
-        if (host == 0)
+        if (!hasCluster)
         {
             hostOffset = 0;
             return false;
@@ -252,8 +255,15 @@ public sealed class Qcow2Image : ImageLayer
         return true;
     }
 
+    /// <summary>
+    /// A standard L2 entry names a host cluster: a non-zero offset, or (with an external data file, where the host
+    /// offset is the guest offset) offset 0 with the COPIED flag, which is how guest cluster 0 is stored there.
+    /// </summary>
+    internal bool HasCluster(ulong entry) =>
+        (entry & FieldLocations.OffsetMask) != 0 || (_external && (entry & FieldLocations.CopiedFlag) != 0);
+
     /// <summary>One subcluster's answer, and how far the same answer goes within the cluster.</summary>
-    private bool MapSubcluster(long host, ulong bitmap, long within, out long hostOffset, out long run)
+    private bool MapSubcluster(long host, bool hasCluster, ulong bitmap, long within, out long hostOffset, out long run)
     {
         int subclusterBits = _clusterBits - 5;
         int sub = (int)(within >> subclusterBits);
@@ -262,7 +272,7 @@ public sealed class Qcow2Image : ImageLayer
         uint bit = 1u << sub;
         uint same;
         bool hit;
-        bool noCluster = host == 0 || (host & (_clusterBytes - 1)) != 0;
+        bool noCluster = !hasCluster || (host & (_clusterBytes - 1)) != 0;
         if ((allocated & zero & bit) != 0 || ((allocated & bit) != 0 && noCluster))
         {
             // Allocated and zero at once, or allocated without a cluster: QEMU refuses to read it too. Without a

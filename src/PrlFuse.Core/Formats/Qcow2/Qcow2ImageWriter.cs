@@ -13,6 +13,7 @@ namespace PrlFuse.Core.Formats.Qcow2;
 /// decompressed; with extended L2 entries only the subclusters written), then the L2 entry changed in memory, where
 /// reads see it at once.
 /// <para>
+/// With an external data file, guest data goes there at its guest offset (not refcounted), metadata to the image.
 /// Order on disk, as QEMU's: <see cref="Flush"/> makes the data and the refcounts durable, then writes the changed L2
 /// tables and makes them durable, then the changed L1 entries, and only then lowers the refcounts of the clusters the
 /// flushed entries stopped using. A crash at any moment leaves at worst clusters counted and not used (leaks). Nothing
@@ -24,6 +25,13 @@ public sealed class Qcow2ImageWriter : LayerWriter
     private readonly Qcow2Image _image;
     private readonly IParentContent _parent;
     private readonly ImageFile _file;
+
+    /// <summary>Where guest data goes: the image file, or its external data file (where the host offset is the guest offset).</summary>
+    private readonly ImageFile _data;
+    private readonly bool _external;
+
+    /// <summary>The external data file must read as the guest disk by itself: zeros are written there, never only noted.</summary>
+    private readonly bool _rawExternal;
     private readonly int _clusterBits;
     private readonly long _clusterBytes;
     private readonly int _l2Bits;
@@ -46,7 +54,10 @@ public sealed class Qcow2ImageWriter : LayerWriter
         _image = image;
         _parent = parent;
         _file = image.File;
+        _data = image.DataFile;
         var header = image.Header;
+        _external = header.HasDataFile;
+        _rawExternal = header.HasDataFile && header.IsDataFileRaw;
         _clusterBits = header.ClusterBits;
         _clusterBytes = header.ClusterBytes;
         _extended = header.HasExtendedL2;
@@ -71,9 +82,9 @@ public sealed class Qcow2ImageWriter : LayerWriter
             return (0, 0);
         }
 
-        if (Volatile.Read(ref _opened) && InPlaceHost(cluster, within, data.Length) is > 0 and long inPlace)
+        if (Volatile.Read(ref _opened) && InPlaceHost(cluster, within, data.Length) is >= 0 and long inPlace)
         {
-            _file.Write(data, inPlace + within);
+            _data.Write(data, inPlace + within);
             return (inPlace + within, data.Length);
         }
 
@@ -84,32 +95,32 @@ public sealed class Qcow2ImageWriter : LayerWriter
         }
     }
 
-    /// <summary>The host cluster a write may go into in place (its own, refcount one, the bytes allocated), or 0.</summary>
+    /// <summary>The host cluster a write may go into in place (its own, refcount one, the bytes allocated), or -1.</summary>
     private long InPlaceHost(long cluster, int within, int length)
     {
         long l1Index = cluster >> _l2Bits;
         ulong l1Entry = Volatile.Read(ref _l1Raw[l1Index]);
         if ((l1Entry & FieldLocations.CopiedFlag) == 0 || _image.ActiveL2(l1Index) is not { } table)
         {
-            return 0;
+            return -1;
         }
 
         int i = (int)(cluster & ((1L << _l2Bits) - 1)) * _entryWords;
         ulong entry = Volatile.Read(ref table[i]);
         long host = (long)(entry & FieldLocations.OffsetMask);
-        if ((entry & (FieldLocations.CopiedFlag | FieldLocations.CompressedFlag)) != FieldLocations.CopiedFlag || host == 0 || (host & (_clusterBytes - 1)) != 0)
+        if ((entry & (FieldLocations.CopiedFlag | FieldLocations.CompressedFlag)) != FieldLocations.CopiedFlag || !_image.HasCluster(entry) || (host & (_clusterBytes - 1)) != 0)
         {
-            return 0;
+            return -1;
         }
 
         if (!_extended)
         {
-            return (entry & FieldLocations.ZeroFlag) == 0 ? host : 0;
+            return (entry & FieldLocations.ZeroFlag) == 0 ? host : -1;
         }
 
         uint allocated = (uint)Volatile.Read(ref table[i + 1]);
         uint needed = Subclusters(within, length);
-        return (allocated & needed) == needed ? host : 0;
+        return (allocated & needed) == needed ? host : -1;
     }
 
     /// <summary>The bits of the subclusters that bytes [within, within + length) of a cluster touch.</summary>
@@ -129,20 +140,29 @@ public sealed class Qcow2ImageWriter : LayerWriter
         var refcounts = _refcounts!;
         if ((entry & FieldLocations.CompressedFlag) != 0)
         {
+            if (_external)
+            {
+                // The format has no compressed clusters beside an external data file: where would their bytes be?
+                throw new DamagedClusterException(_image.Path, cluster, "it is a compressed cluster in an image with an external data file, which the format does not allow", "run 'qemu-img check' on the image");
+            }
+
             return WriteOverCompressed(table, i, cluster, entry, within, data);
         }
 
         long old = (long)(entry & FieldLocations.OffsetMask);
-        bool own = old != 0 && ((entry & FieldLocations.CopiedFlag) != 0 || refcounts.Get(old) == 1);
+        bool hasOld = _image.HasCluster(entry);
+
+        // Clusters of an external data file are not refcounted: each belongs to its guest cluster alone.
+        bool own = hasOld && (_external || (entry & FieldLocations.CopiedFlag) != 0 || refcounts.Get(old) == 1);
         if (_extended)
         {
-            return WriteSubclusters(table, i, cluster, old, own, within, data);
+            return WriteSubclusters(table, i, cluster, old, hasOld, own, within, data);
         }
 
         bool zero = (entry & FieldLocations.ZeroFlag) != 0;
         if (own && !zero)
         {
-            _file.Write(data, old + within);
+            _data.Write(data, old + within);
             if ((entry & FieldLocations.CopiedFlag) == 0)
             {
                 Publish(table, i, l1Index, entry | FieldLocations.CopiedFlag, 0);
@@ -152,7 +172,7 @@ public sealed class Qcow2ImageWriter : LayerWriter
         }
 
         // A whole cluster to write: over zeros, over a cluster shared with a snapshot, or over what the chain below holds.
-        long host = own ? old : refcounts.Allocate();
+        long host = own ? old : NewCluster(cluster);
         long guest = cluster << _clusterBits;
         int after = within + data.Length;
         WholeCluster(host, within, data, full =>
@@ -161,9 +181,9 @@ public sealed class Qcow2ImageWriter : LayerWriter
             {
                 full.Clear();
             }
-            else if (old != 0)
+            else if (hasOld)
             {
-                _file.ReadZeroFilled(full, old);
+                _data.ReadZeroFilled(full, old);
             }
             else
             {
@@ -171,7 +191,7 @@ public sealed class Qcow2ImageWriter : LayerWriter
                 _parent.Read(full[after..], guest + after);
             }
         });
-        if (old != 0 && host != old)
+        if (hasOld && host != old)
         {
             _pendingFrees.Add((old, _clusterBytes));
         }
@@ -180,12 +200,15 @@ public sealed class Qcow2ImageWriter : LayerWriter
         return (host, _clusterBytes);
     }
 
+    /// <summary>A host cluster for guest cluster <paramref name="cluster"/>: counted at the image's end, or its fixed place in the external data file.</summary>
+    private long NewCluster(long cluster) => _external ? cluster << _clusterBits : _refcounts!.Allocate();
+
     /// <summary>Writes cluster <paramref name="host"/> whole: <paramref name="fill"/> gives what is not written now.</summary>
     private void WholeCluster(long host, int within, ReadOnlySpan<byte> data, SpanAction fill)
     {
         if (data.Length == _clusterBytes)
         {
-            _file.Write(data, host);
+            _data.Write(data, host);
             return;
         }
 
@@ -195,7 +218,7 @@ public sealed class Qcow2ImageWriter : LayerWriter
             var full = rented.AsSpan(0, (int)_clusterBytes);
             fill(full);
             data.CopyTo(full[within..]);
-            _file.Write(full, host);
+            _data.Write(full, host);
         }
         finally
         {
@@ -225,21 +248,21 @@ public sealed class Qcow2ImageWriter : LayerWriter
     /// With extended L2 entries: a cluster that is shared is copied first; then each subcluster written that was not
     /// allocated is written whole (the rest of it zeros, or the chain below), the others in place.
     /// </summary>
-    private (long Host, long Length) WriteSubclusters(ulong[] table, int i, long cluster, long old, bool own, int within, ReadOnlySpan<byte> data)
+    private (long Host, long Length) WriteSubclusters(ulong[] table, int i, long cluster, long old, bool hasOld, bool own, int within, ReadOnlySpan<byte> data)
     {
         ulong bitmap = table[i + 1];
         uint allocated = (uint)bitmap;
         uint zero = (uint)(bitmap >> 32);
         long host = old;
         bool copied = false;
-        if (old != 0 && !own)
+        if (hasOld && !own)
         {
             host = _refcounts!.Allocate();
             byte[] rented = ArrayPool<byte>.Shared.Rent((int)_clusterBytes);
             try
             {
-                _file.ReadZeroFilled(rented.AsSpan(0, (int)_clusterBytes), old);
-                _file.Write(rented.AsSpan(0, (int)_clusterBytes), host);
+                _data.ReadZeroFilled(rented.AsSpan(0, (int)_clusterBytes), old);
+                _data.Write(rented.AsSpan(0, (int)_clusterBytes), host);
             }
             finally
             {
@@ -249,9 +272,9 @@ public sealed class Qcow2ImageWriter : LayerWriter
             _pendingFrees.Add((old, _clusterBytes));
             copied = true;
         }
-        else if (old == 0)
+        else if (!hasOld)
         {
-            host = _refcounts!.Allocate();
+            host = NewCluster(cluster);
         }
 
         int subBytes = 1 << _subclusterBits;
@@ -274,7 +297,7 @@ public sealed class Qcow2ImageWriter : LayerWriter
             int to = Math.Min(runStop, end);
             if (isAllocated)
             {
-                _file.Write(data[(from - within)..(to - within)], host + from);
+                _data.Write(data[(from - within)..(to - within)], host + from);
             }
             else
             {
@@ -296,7 +319,7 @@ public sealed class Qcow2ImageWriter : LayerWriter
                     }
 
                     data[(from - within)..(to - within)].CopyTo(run[(from - runStart)..]);
-                    _file.Write(run, host + runStart);
+                    _data.Write(run, host + runStart);
                 }
                 finally
                 {
@@ -310,18 +333,19 @@ public sealed class Qcow2ImageWriter : LayerWriter
         uint touched = Subclusters(within, data.Length);
         ulong newBitmap = (allocated | touched) | ((ulong)(zero & ~touched) << 32);
         Publish(table, i, cluster >> _l2Bits, (ulong)host | FieldLocations.CopiedFlag, newBitmap);
-        return copied || old == 0 ? (host, _clusterBytes) : (host + (first << _subclusterBits), (last - first + 1) << _subclusterBits);
+        return copied || !hasOld ? (host, _clusterBytes) : (host + (first << _subclusterBits), (last - first + 1) << _subclusterBits);
     }
 
     /// <summary>
     /// Discard of guest [guestOffset, + length) within one cluster. Part of a cluster is zeroed by a write (as any
     /// write). A whole cluster drops its host cluster (freed after the next flush, as any cluster an entry stops
     /// using): it becomes unallocated when nothing below holds data there, else it reads as zeros (a zero cluster, or
-    /// all subclusters zero); an image of version 2, which has no zero clusters, gets zeros written instead.
+    /// all subclusters zero); an image of version 2, which has no zero clusters, gets zeros written instead, and so does
+    /// an image whose raw external data file must read as the guest disk by itself.
     /// </summary>
     public override DiscardOutcome Discard(long guestOffset, int length, bool wholeCluster, bool hideParent)
     {
-        if (!wholeCluster || (hideParent && _image.Header.Version < 3))
+        if (!wholeCluster || (hideParent && _image.Header.Version < 3) || _rawExternal)
         {
             var (written, bytes) = WriteZeros(guestOffset, length);
             return new DiscardOutcome(written, bytes, PunchUnsupported: false);
@@ -352,7 +376,7 @@ public sealed class Qcow2ImageWriter : LayerWriter
             else
             {
                 old = (long)(entry & FieldLocations.OffsetMask);
-                if (old != 0)
+                if (_image.HasCluster(entry) && !_external)
                 {
                     _pendingFrees.Add((old, _clusterBytes));
                 }
@@ -367,9 +391,10 @@ public sealed class Qcow2ImageWriter : LayerWriter
                 Volatile.Write(ref table[i + 1], zeroBitmap);
             }
 
+            bool dropped = (entry & FieldLocations.CompressedFlag) == 0 && _image.HasCluster(entry);
             Volatile.Write(ref table[i], zeroEntry);
             _dirtyL2.Add(l1Index);
-            return new DiscardOutcome(old, old == 0 ? 0 : _clusterBytes, PunchUnsupported: false);
+            return new DiscardOutcome(old, dropped ? _clusterBytes : 0, PunchUnsupported: false);
         }
     }
 
@@ -469,6 +494,11 @@ public sealed class Qcow2ImageWriter : LayerWriter
 
         lock (_lock)
         {
+            if (_external)
+            {
+                _data.Flush(dataOnly: true);
+            }
+
             _file.Flush(dataOnly: true);
             if (_dirtyL2.Count > 0)
             {
@@ -524,6 +554,11 @@ public sealed class Qcow2ImageWriter : LayerWriter
         Flush();
         lock (_lock)
         {
+            if (_external)
+            {
+                _data.Flush(dataOnly: false);
+            }
+
             _file.Flush(dataOnly: false);
         }
     }

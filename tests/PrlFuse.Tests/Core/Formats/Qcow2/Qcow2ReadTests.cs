@@ -88,7 +88,7 @@ public sealed class Qcow2ReadTests
     {
         using var temp = new TempFolder();
         Img(temp.Path, "create", "-q", "-f", "qcow2", "-o", $"data_file=data.bin,data_file_raw={(raw ? "on" : "off")}", "a.qcow2", "16M");
-        Io(temp.Path, "qcow2", "a.qcow2", "write -P 12 100k 300k", "write -z 128k 64k", "write -P 13 15M 1M");
+        Io(temp.Path, "qcow2", "a.qcow2", "write -P 11 0 5000", "write -P 12 100k 300k", "write -z 128k 64k", "write -P 13 15M 1M");
         AssertSameAsQemu(temp.Path, "a.qcow2", 6, compareDataRanges: !raw);
     }
 

@@ -73,6 +73,24 @@ public sealed class Qcow2WriteTests
                 Img(folder, "snapshot", "-c", "s1", "a.qcow2");
                 Io(folder, "qcow2", "a.qcow2", "write -P 43 1M 8k");
                 return "a.qcow2";
+            case "data-file":
+                // Guest data in data.bin at its guest offset (cluster 0 is entry offset 0 with COPIED), over a backing file.
+                Img(folder, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", "base.qcow2", "6M");
+                Io(folder, "qcow2", "base.qcow2", "write -P 51 0 6M");
+                Img(folder, "create", "-q", "-f", "qcow2", "-o", "data_file=data.bin,cluster_size=16k", "-b", "base.qcow2", "-F", "qcow2", "a.qcow2", "6M");
+                Io(folder, "qcow2", "a.qcow2", "write -P 52 0 20000", "write -z 1M 64k", "write -P 53 2M 5000");
+                return "a.qcow2";
+            case "data-file-raw":
+                // QEMU preallocates the metadata of a raw data file: every cluster is allocated, data.bin is the disk.
+                Img(folder, "create", "-q", "-f", "qcow2", "-o", "data_file=data.bin,data_file_raw=on,cluster_size=64k", "a.qcow2", "6M");
+                Io(folder, "qcow2", "a.qcow2", "write -P 54 0 70000", "write -z 1M 64k", "write -P 55 3M 1M");
+                return "a.qcow2";
+            case "data-file-extended":
+                Img(folder, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", "base.qcow2", "4M");
+                Io(folder, "qcow2", "base.qcow2", "write -P 56 0 4M");
+                Img(folder, "create", "-q", "-f", "qcow2", "-o", "data_file=data.bin,extended_l2=on,cluster_size=64k", "-b", "base.qcow2", "-F", "qcow2", "a.qcow2", "4M");
+                Io(folder, "qcow2", "a.qcow2", "write -P 57 0 3000", "write -z 8k 4k", "write -P 58 1M 100k", "write -z 2M 64k");
+                return "a.qcow2";
             default:
                 throw new ArgumentException(kind);
         }
@@ -124,6 +142,9 @@ public sealed class Qcow2WriteTests
     [InlineData("chain-zero", 8)]
     [InlineData("parallels-base", 9)]
     [InlineData("snapshot", 10)]
+    [InlineData("data-file", 15)]
+    [InlineData("data-file-raw", 16)]
+    [InlineData("data-file-extended", 17)]
     public void RandomUnalignedWritesMatchAModelAndQemuCheckIsClean(string kind, int seed)
     {
         using var temp = new TempFolder();
@@ -131,6 +152,7 @@ public sealed class Qcow2WriteTests
         string topPath = temp.Combine(top);
         byte[] model = QemuView(temp.Path, top);
         byte[]? snapshot = kind == "snapshot" ? SnapshotView(temp.Path, top, "s1") : null;
+        long imageBytes = new FileInfo(topPath).Length;
         var random = new Random(seed);
         using (var disk = VirtualDisk.Open(topPath, new DiskOpenOptions { ReadOnly = false }))
         {
@@ -177,6 +199,24 @@ public sealed class Qcow2WriteTests
         if (snapshot is not null)
         {
             Assert.True(snapshot.AsSpan().SequenceEqual(SnapshotView(temp.Path, top, "s1")), "the internal snapshot changed");
+        }
+
+        if (kind.StartsWith("data-file", StringComparison.Ordinal))
+        {
+            // Guest data went to the data file: the image grew by metadata at most (a few tables), never by the data.
+            Assert.True(new FileInfo(topPath).Length - imageBytes <= 8 * ClusterBytesOf(topPath), $"the image grew from {imageBytes} to {new FileInfo(topPath).Length} bytes");
+        }
+
+        if (kind == "data-file-raw")
+        {
+            // A raw data file reads as the guest disk by itself, zeros written included.
+            Assert.True(model.AsSpan().SequenceEqual(File.ReadAllBytes(temp.Combine("data.bin"))), "data.bin is not the guest disk");
+        }
+
+        static long ClusterBytesOf(string path)
+        {
+            using var disk = VirtualDisk.Open(path);
+            return disk.Top.Storages[0].TopLayer.ClusterBytes;
         }
     }
 
