@@ -235,6 +235,15 @@ public static class Qcow2Checker
             return a;
         }
 
+        long refcountBytes = header.RefcountTableClusters * header.ClusterBytes;
+        if (header.RefcountTableOffset == 0 || header.RefcountTableOffset > length - refcountBytes)
+        {
+            // As QEMU, which cannot open it: every count below starts from this table.
+            a.Add(CheckProblemKind.BadImage, CheckSeverity.Error, "header", $"refcount table at offset {header.RefcountTableOffset} ({header.RefcountTableClusters} clusters) lies outside the file ({length} bytes)");
+            a.Fatal = true;
+            return a;
+        }
+
         a.Header = header;
         a.ClusterBits = header.ClusterBits;
         long cb = header.ClusterBytes;

@@ -24,6 +24,28 @@ public sealed partial class Qcow2CheckTests
         return temp.Combine("a.qcow2");
     }
 
+    /// <summary>
+    /// Fuzz seed 4 case 120 (qcow2): a refcount table of more clusters than the file holds is an error QEMU cannot open
+    /// the image for (exit code 1 of both), never an exception from allocating it.
+    /// </summary>
+    [Fact]
+    public void RefcountTableLargerThanTheFileIsAnErrorNotACrash()
+    {
+        using var temp = new TempFolder();
+        string image = Image(temp);
+        using (var f = new FileStream(image, FileMode.Open, FileAccess.ReadWrite))
+        {
+            byte[] clusters = new byte[4];
+            BinaryPrimitives.WriteUInt32BigEndian(clusters, 0x7562384a);
+            f.Position = PrlFuse.Core.Formats.Qcow2.FieldLocations.RefcountTableClusters;
+            f.Write(clusters);
+        }
+
+        var report = Qcow2Checker.Check(image);
+        Assert.Equal(ProcessRunner.Run("qemu-img", ["check", "-f", "qcow2", image], check: false).ExitCode, report.ExitCode);
+        Assert.Contains(report.Problems, p => p.Kind == CheckProblemKind.BadImage && p.What.Contains("refcount table", StringComparison.Ordinal));
+    }
+
     private static ulong U64(FileStream f, long at)
     {
         byte[] b = new byte[8];
