@@ -450,16 +450,23 @@ public static class Qcow2Checker
         long dir = (long)bitmaps.DirectoryOffset;
         long size = (long)bitmaps.DirectorySize;
         a.Count(dir, size);
+        if (dir < 0 || dir > a.FileLength)
+        {
+            // Counted above as a reference outside the file: there is no directory to read.
+            return;
+        }
+
         byte[] directory = new byte[size];
         file.ReadZeroFilled(directory, dir);
-        int at = 0;
+        long at = 0;
         for (uint b = 0; b < bitmaps.Count && at + 24 <= directory.Length; b++)
         {
-            long table = (long)BinaryPrimitives.ReadUInt64BigEndian(directory.AsSpan(at));
-            uint tableSize = BinaryPrimitives.ReadUInt32BigEndian(directory.AsSpan(at + 8));
-            int nameBytes = BinaryPrimitives.ReadUInt16BigEndian(directory.AsSpan(at + 18));
-            long extraBytes = BinaryPrimitives.ReadUInt32BigEndian(directory.AsSpan(at + 20));
-            if (table + (tableSize * 8L) <= a.FileLength)
+            var entry = directory.AsSpan((int)at);
+            long table = (long)BinaryPrimitives.ReadUInt64BigEndian(entry);
+            uint tableSize = BinaryPrimitives.ReadUInt32BigEndian(entry[8..]);
+            int nameBytes = BinaryPrimitives.ReadUInt16BigEndian(entry[18..]);
+            long extraBytes = BinaryPrimitives.ReadUInt32BigEndian(entry[20..]);
+            if (table >= 0 && table + (tableSize * 8L) <= a.FileLength)
             {
                 a.Count(table, tableSize * 8L);
                 byte[] entries = new byte[tableSize * 8L];
@@ -474,7 +481,7 @@ public static class Qcow2Checker
                 }
             }
 
-            at += (int)((24 + extraBytes + nameBytes + 7) & ~7L);
+            at += (24 + extraBytes + nameBytes + 7) & ~7L;
         }
     }
 
