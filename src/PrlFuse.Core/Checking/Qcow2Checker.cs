@@ -284,7 +284,7 @@ public static class Qcow2Checker
             return;
         }
 
-        if ((l1Offset & (cb - 1)) != 0 || l1Offset + (l1Size * 8) > a.FileLength || l1Size * 8 > Qcow2Header.MaxL1TableBytes)
+        if (l1Offset < 0 || (l1Offset & (cb - 1)) != 0 || l1Offset + (l1Size * 8) > a.FileLength || l1Size * 8 > Qcow2Header.MaxL1TableBytes)
         {
             a.Add(CheckProblemKind.ClusterOutsideImage, CheckSeverity.Corruption, what, $"{l1Size} entries at offset {l1Offset} lie outside the file or are misaligned");
             return;

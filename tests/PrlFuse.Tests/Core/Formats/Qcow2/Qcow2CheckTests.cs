@@ -82,6 +82,22 @@ public sealed partial class Qcow2CheckTests
         Assert.InRange(report.ExitCode, 0, 3);
     }
 
+    /// <summary>Fuzz seed 6 case 10462 (qcow2): a snapshot's L1 table offset with the top bit set is a corruption the report names, not an ArgumentOutOfRangeException.</summary>
+    [Fact]
+    public void SnapshotL1TableAtANegativeOffsetIsReported()
+    {
+        using var temp = new TempFolder();
+        string image = Image(temp);
+        Img(temp.Path, "snapshot", "-c", "one", image);
+        using (var f = new FileStream(image, FileMode.Open, FileAccess.ReadWrite))
+        {
+            PutU64(f, (long)U64(f, PrlFuse.Core.Formats.Qcow2.FieldLocations.SnapshotsOffset), 0x8000_0000_0000_0000UL);
+        }
+
+        var report = Qcow2Checker.Check(image);
+        Assert.Contains(report.Problems, p => p.Where.Contains("snapshot", StringComparison.Ordinal) && p.Kind == CheckProblemKind.ClusterOutsideImage);
+    }
+
     private static ulong U64(FileStream f, long at)
     {
         byte[] b = new byte[8];
