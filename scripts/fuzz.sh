@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Long fuzz run: [FUZZ_FORMAT=parallels|qcow2|qed] scripts/fuzz.sh [SEED] [COUNT] [FIRST]. Runs COUNT cases of the
 # deterministic mutation fuzzer (tests/PrlFuse.Tests/Fuzz) on the seeds of one format, from SEED, prints progress and
-# ends with "cases run: N, findings: M". Each finding's files are saved under
+# ends with "cases run: N, findings: M". The long run is 200,000 cases for Parallels and 100,000 for qcow2 and for
+# QED (the default COUNT of each); CI runs a share of each (FuzzTests.CiCases, Qcow2CiCases, QedCiCases). Each finding's files are saved under
 # artifacts/fuzz/findings-FORMAT/seedSEED-caseINDEX (replay one with PRLFUSE_FUZZ_FORMAT=FORMAT
 # PRLFUSE_FUZZ_REPLAY=SEED:INDEX and the Replay_from_environment test).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 seed=${1:-1}
-count=${2:-200000}
 first=${3:-0}
 format=${FUZZ_FORMAT:-parallels}
 case "$format" in
-  parallels|qcow2|qed) ;;
+  parallels) count=${2:-200000} ;;
+  qcow2|qed) count=${2:-100000} ;;
   *) echo "fuzz: FUZZ_FORMAT=$format: parallels, qcow2 or qed"; exit 2 ;;
 esac
 out=artifacts/fuzz

@@ -235,6 +235,15 @@ public static class Qcow2Checker
             return a;
         }
 
+        long refcountBytes = header.RefcountTableClusters * header.ClusterBytes;
+        if (header.RefcountTableOffset == 0 || header.RefcountTableOffset > length - refcountBytes)
+        {
+            // As QEMU, which cannot open it: every count below starts from this table.
+            a.Add(CheckProblemKind.BadImage, CheckSeverity.Error, "header", $"refcount table at offset {header.RefcountTableOffset} ({header.RefcountTableClusters} clusters) lies outside the file ({length} bytes)");
+            a.Fatal = true;
+            return a;
+        }
+
         a.Header = header;
         a.ClusterBits = header.ClusterBits;
         long cb = header.ClusterBytes;
@@ -275,7 +284,7 @@ public static class Qcow2Checker
             return;
         }
 
-        if ((l1Offset & (cb - 1)) != 0 || l1Offset + (l1Size * 8) > a.FileLength || l1Size * 8 > Qcow2Header.MaxL1TableBytes)
+        if (l1Offset < 0 || (l1Offset & (cb - 1)) != 0 || l1Offset + (l1Size * 8) > a.FileLength || l1Size * 8 > Qcow2Header.MaxL1TableBytes)
         {
             a.Add(CheckProblemKind.ClusterOutsideImage, CheckSeverity.Corruption, what, $"{l1Size} entries at offset {l1Offset} lie outside the file or are misaligned");
             return;
@@ -444,16 +453,23 @@ public static class Qcow2Checker
         long dir = (long)bitmaps.DirectoryOffset;
         long size = (long)bitmaps.DirectorySize;
         a.Count(dir, size);
+        if (dir < 0 || dir > a.FileLength)
+        {
+            // Counted above as a reference outside the file: there is no directory to read.
+            return;
+        }
+
         byte[] directory = new byte[size];
         file.ReadZeroFilled(directory, dir);
-        int at = 0;
+        long at = 0;
         for (uint b = 0; b < bitmaps.Count && at + 24 <= directory.Length; b++)
         {
-            long table = (long)BinaryPrimitives.ReadUInt64BigEndian(directory.AsSpan(at));
-            uint tableSize = BinaryPrimitives.ReadUInt32BigEndian(directory.AsSpan(at + 8));
-            int nameBytes = BinaryPrimitives.ReadUInt16BigEndian(directory.AsSpan(at + 18));
-            long extraBytes = BinaryPrimitives.ReadUInt32BigEndian(directory.AsSpan(at + 20));
-            if (table + (tableSize * 8L) <= a.FileLength)
+            var entry = directory.AsSpan((int)at);
+            long table = (long)BinaryPrimitives.ReadUInt64BigEndian(entry);
+            uint tableSize = BinaryPrimitives.ReadUInt32BigEndian(entry[8..]);
+            int nameBytes = BinaryPrimitives.ReadUInt16BigEndian(entry[18..]);
+            long extraBytes = BinaryPrimitives.ReadUInt32BigEndian(entry[20..]);
+            if (table >= 0 && table + (tableSize * 8L) <= a.FileLength)
             {
                 a.Count(table, tableSize * 8L);
                 byte[] entries = new byte[tableSize * 8L];
@@ -468,7 +484,7 @@ public static class Qcow2Checker
                 }
             }
 
-            at += (int)((24 + extraBytes + nameBytes + 7) & ~7L);
+            at += (24 + extraBytes + nameBytes + 7) & ~7L;
         }
     }
 

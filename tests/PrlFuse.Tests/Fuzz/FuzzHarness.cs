@@ -2,8 +2,10 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text;
 using PrlFuse.Core;
+using PrlFuse.Core.Checking;
 using PrlFuse.Core.Engine;
 using PrlFuse.Core.Formats.Parallels;
+using PrlFuse.Core.Formats.Qed;
 using PrlFuse.Core.Images;
 using PrlFuse.Tests.Support;
 
@@ -203,7 +205,8 @@ public sealed class FuzzRunner : IDisposable
             VerifyAfterReopen(path, written, buffer, findings);
         }
 
-        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        long checkAllocated = c.Write ? 0 : CheckImage(path, findings);
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before - checkAllocated;
         long limit = Math.Max(AllocationLimit, c.Seed.AllocationBudget);
         if (allocated > limit)
         {
@@ -216,6 +219,52 @@ public sealed class FuzzRunner : IDisposable
         }
 
         return new CaseResult(disk is null ? CaseOutcome.Refused : CaseOutcome.Served, null, null, allocated, ioErrors, wrote);
+    }
+
+    /// <summary>
+    /// `prlfuse check` of a qcow2 or QED image (the reader opened the same bytes): a report, or a one-line refusal or
+    /// I/O error; the qcow2 checker runs on every write case anyway (the write-hazard check), the QED one only here.
+    /// A check reads every table of the file, so its budget is the reader's plus a multiple of the file's length (no
+    /// header value may drive it further). Returns the bytes it allocated.
+    /// </summary>
+    private long CheckImage(string path, List<(string, string)> findings)
+    {
+        bool qcow2 = path.EndsWith(".qcow2", StringComparison.Ordinal);
+        if (!qcow2 && !path.EndsWith(".qed", StringComparison.Ordinal))
+        {
+            return 0;
+        }
+
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        try
+        {
+            var report = qcow2 ? Qcow2Checker.Check(path) : QedChecker.Check(path);
+            if (report.ExitCode is < 0 or > 3)
+            {
+                findings.Add(($"check returned exit code {report.ExitCode}", "check exit code"));
+            }
+        }
+        catch (PrlFuseException e)
+        {
+            CheckMessage(e, "check", findings);
+        }
+        catch (IOException)
+        {
+            // A damaged image may fail to read; the check says so in one line.
+        }
+        catch (Exception e)
+        {
+            findings.Add(Describe("check threw", e));
+        }
+
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        long limit = AllocationLimit + (16 * new FileInfo(path).Length);
+        if (allocated > limit)
+        {
+            findings.Add(($"check allocated {allocated >> 20} MiB (limit {limit >> 20} MiB)", "check allocation"));
+        }
+
+        return allocated;
     }
 
     /// <summary>Random reads over every view (and at the edges), allocation queries, the dirty bitmaps.</summary>

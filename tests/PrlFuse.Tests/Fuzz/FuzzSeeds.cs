@@ -120,7 +120,7 @@ public static class FuzzSeeds
     /// <summary>
     /// Small qcow2 images of every kind the reader and writer handle: versions 2 and 3, clusters of 512 B to 2 MiB,
     /// zero and compressed (zlib, zstd) clusters, extended L2 entries, refcounts of 1 and 64 bits, internal snapshots,
-    /// a backing chain over a Parallels image, an external data file.
+    /// persistent dirty bitmaps, a backing chain over a Parallels image, an external data file.
     /// </summary>
     private static IReadOnlyList<FuzzSeed> BuildQcow2()
     {
@@ -163,6 +163,13 @@ public static class FuzzSeeds
         Run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "-b", "mid.qcow2", "-F", "qcow2", "top.qcow2", "2M");
         Run("qemu-io", "-f", "qcow2", "-c", "write -P 15 6k 20k", "top.qcow2");
         seeds.Add(Seed("qcow2-chain-over-parallels", "top.qcow2", "top.qcow2", "mid.qcow2", "base.hds"));
+
+        // Persistent dirty bitmaps: the bitmaps extension, its directory, bitmap tables and bitmap clusters.
+        string bitmaps = Make("bitmaps", "cluster_size=4096", "2M", "write -P 17 0 64k");
+        Run("qemu-img", "bitmap", "--add", "-g", "65536", bitmaps, "b0");
+        Run("qemu-img", "bitmap", "--add", "-g", "4096", bitmaps, "second");
+        Run("qemu-io", "-f", "qcow2", "-c", "write -P 18 1M 300k", "-c", "write -z 32k 8k", bitmaps);
+        seeds.Add(Seed("qcow2-bitmaps", bitmaps, bitmaps));
 
         Run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "data_file=ext.data,cluster_size=4096", "ext.qcow2", "1M");
         Run("qemu-io", "-f", "qcow2", "-c", "write -P 16 0 40k", "ext.qcow2");

@@ -4,9 +4,11 @@ using PrlFuse.Core.Formats.Qcow2;
 namespace PrlFuse.Tests.Fuzz;
 
 /// <summary>
-/// Mutates the bytes of a qcow2 image where its structures are: every header field, header extensions, L1 and L2
-/// entries (found through the L1 table as it is now, so mutations stack), refcount table and block entries, snapshot
-/// table entries, plus bit flips, truncation and splices. Each mutation returns a short description for the report.
+/// Mutates the bytes of a qcow2 image where its structures are: every header field, header extensions (their type and
+/// length, and the fields of each kind: backing format and data file names, feature name entries, the bitmaps
+/// extension), the bitmap directory, L1 and L2 entries (found through the L1 table as it is now, so mutations stack),
+/// refcount table and block entries, snapshot table entries and the snapshots' L1 tables, plus bit flips, truncation
+/// and splices. Each mutation returns a short description for the report.
 /// </summary>
 public static class Qcow2Mutator
 {
@@ -45,12 +47,15 @@ public static class Qcow2Mutator
         return pick switch
         {
             < 8 => ClusterImageMutations.BitFlips(data, r),
-            < 30 => HeaderField(data, r),
-            < 37 => Extension(data, r),
+            < 28 => HeaderField(data, r),
+            < 33 => Extension(data, r),
+            < 38 => ExtensionField(data, r),
             < 50 => L1Entry(data, r),
-            < 72 => L2Entry(data, r),
-            < 82 => Refcount(data, r),
-            < 92 => SnapshotEntry(data, r),
+            < 68 => L2Entry(data, r),
+            < 77 => Refcount(data, r),
+            < 84 => SnapshotEntry(data, r),
+            < 88 => SnapshotL1Entry(data, r),
+            < 93 => BitmapDirectoryEntry(data, r),
             < 97 => Resize(ref data, r),
             _ => ClusterImageMutations.Splice(data, r, Read(data).ClusterBits),
         };
@@ -117,27 +122,8 @@ public static class Qcow2Mutator
             return "extension: too short";
         }
 
-        int start = U32(d, FieldLocations.Version) >= 3 ? (int)Math.Clamp(U32(d, FieldLocations.HeaderLength), FieldLocations.Version3MinimumHeaderSize, 1024) : FieldLocations.Version2HeaderSize;
-        var found = new List<int>();
-        for (int at = start, i = 0; at + 8 <= Math.Min(d.Length, 1 << 16) && i < 16; i++)
-        {
-            found.Add(at);
-            uint type = BinaryPrimitives.ReadUInt32BigEndian(d.AsSpan(at));
-            if (type == FieldLocations.ExtensionEnd)
-            {
-                break;
-            }
-
-            long next = at + 8 + ((BinaryPrimitives.ReadUInt32BigEndian(d.AsSpan(at + 4)) + 7L) & ~7L);
-            if (next > 1 << 16)
-            {
-                break;
-            }
-
-            at = (int)next;
-        }
-
-        int ext = found.Count == 0 ? start : found[r.Next(found.Count)];
+        var found = Extensions(d);
+        int ext = found.Count == 0 ? ExtensionsStart(d) : found[r.Next(found.Count)].At;
         if (ext + 8 > d.Length)
         {
             return "extension: past the end";
@@ -165,6 +151,191 @@ public static class Qcow2Mutator
                 Write(d, pos, 8, v);
                 return $"extension data at {pos} = 0x{v:x}";
         }
+    }
+
+    private static int ExtensionsStart(byte[] d) =>
+        U32(d, FieldLocations.Version) >= 3 ? (int)Math.Clamp(U32(d, FieldLocations.HeaderLength), FieldLocations.Version3MinimumHeaderSize, 1024) : FieldLocations.Version2HeaderSize;
+
+    /// <summary>The header extensions as a reader walks them now (at most 16, within the first 64 KiB): where each starts, its type and length.</summary>
+    private static List<(int At, uint Type, uint Length)> Extensions(byte[] d)
+    {
+        var found = new List<(int, uint, uint)>();
+        if (d.Length < FieldLocations.Version3MinimumHeaderSize)
+        {
+            return found;
+        }
+
+        for (int at = ExtensionsStart(d), i = 0; at + 8 <= Math.Min(d.Length, 1 << 16) && i < 16; i++)
+        {
+            uint type = BinaryPrimitives.ReadUInt32BigEndian(d.AsSpan(at));
+            uint length = BinaryPrimitives.ReadUInt32BigEndian(d.AsSpan(at + 4));
+            found.Add((at, type, length));
+            if (type == FieldLocations.ExtensionEnd)
+            {
+                break;
+            }
+
+            long next = at + 8 + ((length + 7L) & ~7L);
+            if (next > 1 << 16)
+            {
+                break;
+            }
+
+            at = (int)next;
+        }
+
+        return found;
+    }
+
+    /// <summary>Names worth trying in the backing format and data file extensions.</summary>
+    private static readonly string[] ExtensionNames =
+    [
+        "", "raw", "qcow2", "qed", "parallels", "vmdk", "host_device", "RAW", "raw\0x", "/dev/zero", "../ext.data", "ext.data",
+        "/proc/self/mem", "json:{\"driver\":\"null-co\"}", "nbd://localhost/x", "missing.data", "v3-64k.qcow2", "a\nb",
+    ];
+
+    /// <summary>
+    /// A field of one extension of a known kind: the backing format or data file name replaced (its length with it),
+    /// a feature name entry's type or bit, the bitmaps extension's count, directory size or directory offset.
+    /// </summary>
+    private static string ExtensionField(byte[] d, Random r)
+    {
+        var known = Extensions(d).Where(e => e.Type is FieldLocations.ExtensionBackingFormat or FieldLocations.ExtensionDataFile or FieldLocations.ExtensionFeatureNames or FieldLocations.ExtensionBitmaps).ToList();
+        if (known.Count == 0)
+        {
+            return "extension field: none";
+        }
+
+        var (at, type, length) = known[r.Next(known.Count)];
+        int data = at + FieldLocations.ExtensionData;
+        var l = Read(d);
+        switch (type)
+        {
+            case FieldLocations.ExtensionFeatureNames:
+                long entries = Math.Min(length, d.Length - data) / FieldLocations.FeatureNameEntrySize;
+                if (entries <= 0)
+                {
+                    return "feature names: empty";
+                }
+
+                int entry = data + (int)(r.NextInt64(entries) * FieldLocations.FeatureNameEntrySize);
+                if (r.Next(2) == 0)
+                {
+                    d[entry + FieldLocations.FeatureNameType] = (byte)r.Next(0, 5);
+                    return $"feature name at {entry}: type {d[entry + FieldLocations.FeatureNameType]}";
+                }
+
+                d[entry + FieldLocations.FeatureNameBit] = (byte)(r.Next(2) == 0 ? r.Next(0, 64) : r.Next(256));
+                return $"feature name at {entry}: bit {d[entry + FieldLocations.FeatureNameBit]}";
+            case FieldLocations.ExtensionBitmaps:
+                var (field, width, name) = r.Next(3) switch
+                {
+                    0 => (FieldLocations.BitmapsCount, 4, "nb_bitmaps"),
+                    1 => (FieldLocations.BitmapsDirectorySize, 8, "bitmap_directory_size"),
+                    _ => (FieldLocations.BitmapsDirectoryOffset, 8, "bitmap_directory_offset"),
+                };
+                if (data + field + width > d.Length)
+                {
+                    return "bitmaps extension: past the end";
+                }
+
+                ulong v = Value(r, l, Read(d, data + field, width));
+                Write(d, data + field, width, v);
+                return $"bitmaps extension {name} = 0x{v:x}";
+            default:
+                // A name of another length moves the extensions after it within the header cluster, as a writer of a
+                // longer name would; the clusters after it stay where the tables point.
+                byte[] bytes = System.Text.Encoding.UTF8.GetBytes(ExtensionNames[r.Next(ExtensionNames.Length)]);
+                int cluster = (int)Math.Min(l.ClusterBytes, d.Length);
+                if (length > cluster)
+                {
+                    return "extension name: longer than the header cluster";
+                }
+
+                int oldPadded = (int)((length + 7) & ~7u);
+                int newPadded = (bytes.Length + 7) & ~7;
+                if (data + Math.Max(oldPadded, newPadded) > cluster)
+                {
+                    return "extension name: no room in the header cluster";
+                }
+
+                byte[] rest = d.AsSpan(data + oldPadded, cluster - data - oldPadded).ToArray();
+                d.AsSpan(data, cluster - data).Clear();
+                bytes.CopyTo(d, data);
+                rest.AsSpan(0, Math.Min(rest.Length, cluster - data - newPadded)).CopyTo(d.AsSpan(data + newPadded));
+                BinaryPrimitives.WriteUInt32BigEndian(d.AsSpan(at + FieldLocations.ExtensionLength), (uint)bytes.Length);
+                return $"extension 0x{type:x8} name \"{System.Text.Encoding.UTF8.GetString(bytes).Replace("\n", "\\n", StringComparison.Ordinal).Replace("\0", "\\0", StringComparison.Ordinal)}\"";
+        }
+    }
+
+    /// <summary>An entry of the bitmap directory (as the bitmaps extension points at it now): table offset and size, flags, type, granularity, name and extra data sizes.</summary>
+    private static string BitmapDirectoryEntry(byte[] d, Random r)
+    {
+        var bitmaps = Extensions(d).FirstOrDefault(e => e.Type == FieldLocations.ExtensionBitmaps);
+        int ext = bitmaps.At + FieldLocations.ExtensionData;
+        if (bitmaps.Type != FieldLocations.ExtensionBitmaps || ext + FieldLocations.BitmapsExtensionSize > d.Length)
+        {
+            return "bitmap directory: none";
+        }
+
+        long dir = (long)Math.Min(U64(d, ext + FieldLocations.BitmapsDirectoryOffset), (ulong)d.Length);
+        long dirSize = (long)Math.Min(U64(d, ext + FieldLocations.BitmapsDirectorySize), (ulong)(d.Length - dir));
+        var entries = new List<long>();
+        for (long at = dir; at + 24 <= dir + dirSize && entries.Count < 16;)
+        {
+            entries.Add(at);
+            long nameBytes = BinaryPrimitives.ReadUInt16BigEndian(d.AsSpan((int)at + 18));
+            long extraBytes = U32(d, (int)at + 20);
+            at += (24 + Math.Min(extraBytes, 1 << 16) + nameBytes + 7) & ~7L;
+        }
+
+        if (entries.Count == 0)
+        {
+            return "bitmap directory: empty";
+        }
+
+        long entry = entries[r.Next(entries.Count)];
+        var (field, width, name) = r.Next(7) switch
+        {
+            0 => (0, 8, "bitmap_table_offset"),
+            1 => (8, 4, "bitmap_table_size"),
+            2 => (12, 4, "flags"),
+            3 => (16, 1, "type"),
+            4 => (17, 1, "granularity_bits"),
+            5 => (18, 2, "name_size"),
+            _ => (20, 4, "extra_data_size"),
+        };
+        ulong v = name switch
+        {
+            "flags" => Read(d, (int)entry + field, width) ^ (1UL << r.Next(r.Next(2) == 0 ? 3 : 32)),
+            "type" or "granularity_bits" => (ulong)r.Next(r.Next(2) == 0 ? 64 : 256),
+            _ => Value(r, Read(d), Read(d, (int)entry + field, width)),
+        };
+        Write(d, (int)entry + field, width, v);
+        return $"bitmap at {entry} {name} = 0x{v:x}";
+    }
+
+    /// <summary>An entry of a snapshot's L1 table (the snapshot views read through it), found through the snapshot table as it is now.</summary>
+    private static string SnapshotL1Entry(byte[] d, Random r)
+    {
+        var l = Read(d);
+        if (l.SnapshotsOffset == 0 || l.SnapshotCount == 0 || l.SnapshotsOffset + FieldLocations.SnapshotFixedSize > l.Length)
+        {
+            return "snapshot l1: none";
+        }
+
+        long table = (long)Math.Min(U64(d, (int)l.SnapshotsOffset + FieldLocations.SnapshotL1TableOffset), (ulong)l.Length);
+        long entries = Math.Min(U32(d, (int)l.SnapshotsOffset + FieldLocations.SnapshotL1Size), (l.Length - table) / 8);
+        if (table == 0 || entries <= 0)
+        {
+            return "snapshot l1: empty";
+        }
+
+        long i = r.NextInt64(entries);
+        int pos = (int)(table + (i * 8));
+        ulong v = Value(r, l, U64(d, pos));
+        Write(d, pos, 8, v);
+        return $"snapshot 0 l1[{i}] = 0x{v:x}";
     }
 
     private static string L1Entry(byte[] d, Random r)

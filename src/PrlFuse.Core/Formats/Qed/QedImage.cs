@@ -36,8 +36,13 @@ public sealed class QedImage : ImageLayer
     /// </summary>
     private readonly HashSet<long> _tableClusters;
 
-    /// <summary>Data clusters more than one L2 entry points at (found before the first write): damaged, as a write to one would change both.</summary>
-    private HashSet<long>? _sharedDataClusters;
+    /// <summary>
+    /// Data clusters found damaged before the first write, whatever the file's length later: those more than one L2
+    /// entry points at (a write to one would change both), and those past the end of the file (the file grows as
+    /// the writer allocates, and such an entry must not come to point at a cluster allocated for another). The writer
+    /// allocates none of them (<see cref="IsDamagedDataCluster"/>).
+    /// </summary>
+    private HashSet<long>? _damagedDataClusters;
 
     /// <summary>Tables the writer changed, by L1 index: what reads see first, whatever the cache or the file hold.</summary>
     private readonly ConcurrentDictionary<long, ulong[]> _pinned = new();
@@ -210,7 +215,7 @@ public sealed class QedImage : ImageLayer
                 hostOffset = ZeroHostOffset;
                 return true;
             default:
-                hostOffset = entry <= long.MaxValue && IsClusterOffsetValid(Header, (long)entry, FileLength) && !_tableClusters.Contains((long)entry) && Volatile.Read(ref _sharedDataClusters)?.Contains((long)entry) != true
+                hostOffset = entry <= long.MaxValue && IsClusterOffsetValid(Header, (long)entry, FileLength) && !_tableClusters.Contains((long)entry) && Volatile.Read(ref _damagedDataClusters)?.Contains((long)entry) != true
                     ? (long)entry + within
                     : DamagedHostOffset;
                 return true;
@@ -265,18 +270,20 @@ public sealed class QedImage : ImageLayer
     }
 
     /// <summary>
-    /// Walks every L2 table once and marks the data clusters two entries share as damaged (writer only, before its first
-    /// write): QEMU's check counts them as corruption, and a write through one entry would show through the other. Reads
-    /// are bounded by the file's size (each table is read once).
+    /// Walks every L2 table once and marks as damaged the data clusters two entries share (QEMU's check counts them as
+    /// corruption, and a write through one entry would show through the other) and those past the end of the file
+    /// (writer only, before its first write). Reads are bounded by the file's size (each table is read once).
     /// </summary>
-    internal void FindSharedDataClusters()
+    internal void FindDamagedDataClusters()
     {
-        if (_sharedDataClusters is not null)
+        if (_damagedDataClusters is not null)
         {
             return;
         }
 
+        long fileLength = FileLength;
         var data = new List<long>();
+        var damaged = new HashSet<long>();
         var tables = new HashSet<long>();
         for (long i = 0; i < _l1.Length; i++)
         {
@@ -291,22 +298,28 @@ public sealed class QedImage : ImageLayer
                 if (entry > FieldLocations.ZeroCluster && entry <= long.MaxValue)
                 {
                     data.Add((long)entry);
+                    if ((long)entry >= fileLength && (long)entry % _clusterBytes == 0)
+                    {
+                        damaged.Add((long)entry);
+                    }
                 }
             }
         }
 
         data.Sort();
-        var shared = new HashSet<long>();
         for (int i = 1; i < data.Count; i++)
         {
             if (data[i] == data[i - 1])
             {
-                shared.Add(data[i]);
+                damaged.Add(data[i]);
             }
         }
 
-        Volatile.Write(ref _sharedDataClusters, shared);
+        Volatile.Write(ref _damagedDataClusters, damaged);
     }
+
+    /// <summary>True when <paramref name="cluster"/> was found damaged (<see cref="FindDamagedDataClusters"/>): the writer must not allocate it.</summary>
+    internal bool IsDamagedDataCluster(long cluster) => Volatile.Read(ref _damagedDataClusters)?.Contains(cluster) == true;
 
     protected override LayerWriter CreateWriter(IParentContent parent) => new QedImageWriter(this, parent);
 

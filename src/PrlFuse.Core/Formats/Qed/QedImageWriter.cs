@@ -212,6 +212,17 @@ public sealed class QedImageWriter : LayerWriter
     private long Reserve(long bytes)
     {
         SetNeedCheck();
+
+        // A damaged entry past the old end of the file points where the file now grows: that cluster is left as a hole,
+        // so the entry stays damaged and never maps a cluster that belongs to another.
+        for (long cluster = _nextFree; cluster < _nextFree + bytes; cluster += _clusterBytes)
+        {
+            if (_image.IsDamagedDataCluster(cluster))
+            {
+                _nextFree = cluster + _clusterBytes;
+            }
+        }
+
         long slot = _nextFree;
         _nextFree += bytes;
         _image.GrowFileLength(_nextFree);
@@ -228,7 +239,8 @@ public sealed class QedImageWriter : LayerWriter
 
     /// <summary>
     /// Before the first change: clear autoclear bits we do not know (as the specification says), find the end of the
-    /// file, and the data clusters two entries share (they become damaged, so no write goes through them).
+    /// file, and the data clusters two entries share or that lie past the end (they become damaged, so no write goes
+    /// through them and no allocation lands on them).
     /// </summary>
     private void EnsureOpen()
     {
@@ -246,7 +258,7 @@ public sealed class QedImageWriter : LayerWriter
 
         // New clusters go past everything in the file, on a cluster boundary.
         _nextFree = (_file.Length + _clusterBytes - 1) & ~(_clusterBytes - 1);
-        _image.FindSharedDataClusters();
+        _image.FindDamagedDataClusters();
         Volatile.Write(ref _opened, true);
     }
 

@@ -24,6 +24,80 @@ public sealed partial class Qcow2CheckTests
         return temp.Combine("a.qcow2");
     }
 
+    /// <summary>
+    /// Fuzz seed 4 case 120 (qcow2): a refcount table of more clusters than the file holds is an error QEMU cannot open
+    /// the image for (exit code 1 of both), never an exception from allocating it.
+    /// </summary>
+    [Fact]
+    public void RefcountTableLargerThanTheFileIsAnErrorNotACrash()
+    {
+        using var temp = new TempFolder();
+        string image = Image(temp);
+        using (var f = new FileStream(image, FileMode.Open, FileAccess.ReadWrite))
+        {
+            byte[] clusters = new byte[4];
+            BinaryPrimitives.WriteUInt32BigEndian(clusters, 0x7562384a);
+            f.Position = PrlFuse.Core.Formats.Qcow2.FieldLocations.RefcountTableClusters;
+            f.Write(clusters);
+        }
+
+        var report = Qcow2Checker.Check(image);
+        Assert.Equal(ProcessRunner.Run("qemu-img", ["check", "-f", "qcow2", image], check: false).ExitCode, report.ExitCode);
+        Assert.Contains(report.Problems, p => p.Kind == CheckProblemKind.BadImage && p.What.Contains("refcount table", StringComparison.Ordinal));
+    }
+
+    /// <summary>
+    /// Fuzz seed 4 case 2794 (qcow2): bitmap directory entries of hostile sizes and offsets (an extra data size of
+    /// 2 GiB, a bitmap table offset with the top bit set) give a report, never an exception.
+    /// </summary>
+    [Theory]
+    [InlineData(20, 4, 0x8000_0000UL)]
+    [InlineData(0, 8, 0x8000_0000_0000_0000UL)]
+    public void HostileBitmapDirectoryEntriesGiveAReport(int field, int width, ulong value)
+    {
+        using var temp = new TempFolder();
+        Img(temp.Path, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "b.qcow2", "2M");
+        Io(temp.Path, "qcow2", "b.qcow2", "write -P 1 0 64k");
+        string image = temp.Combine("b.qcow2");
+        Img(temp.Path, "bitmap", "--add", image, "first");
+        Img(temp.Path, "bitmap", "--add", image, "second");
+        Assert.True(PrlFuse.Core.Formats.Qcow2.Qcow2Header.TryRead(File.ReadAllBytes(image).AsSpan(0, 4096), out var header, out string error), error);
+        using (var f = new FileStream(image, FileMode.Open, FileAccess.ReadWrite))
+        {
+            long at = (long)header.Bitmaps!.Value.DirectoryOffset + field;
+            if (width == 8)
+            {
+                PutU64(f, at, value);
+            }
+            else
+            {
+                byte[] b = new byte[4];
+                BinaryPrimitives.WriteUInt32BigEndian(b, (uint)value);
+                f.Position = at;
+                f.Write(b);
+            }
+        }
+
+        var report = Qcow2Checker.Check(image);
+        Assert.InRange(report.ExitCode, 0, 3);
+    }
+
+    /// <summary>Fuzz seed 6 case 10462 (qcow2): a snapshot's L1 table offset with the top bit set is a corruption the report names, not an ArgumentOutOfRangeException.</summary>
+    [Fact]
+    public void SnapshotL1TableAtANegativeOffsetIsReported()
+    {
+        using var temp = new TempFolder();
+        string image = Image(temp);
+        Img(temp.Path, "snapshot", "-c", "one", image);
+        using (var f = new FileStream(image, FileMode.Open, FileAccess.ReadWrite))
+        {
+            PutU64(f, (long)U64(f, PrlFuse.Core.Formats.Qcow2.FieldLocations.SnapshotsOffset), 0x8000_0000_0000_0000UL);
+        }
+
+        var report = Qcow2Checker.Check(image);
+        Assert.Contains(report.Problems, p => p.Where.Contains("snapshot", StringComparison.Ordinal) && p.Kind == CheckProblemKind.ClusterOutsideImage);
+    }
+
     private static ulong U64(FileStream f, long at)
     {
         byte[] b = new byte[8];

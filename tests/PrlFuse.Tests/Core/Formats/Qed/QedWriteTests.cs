@@ -101,15 +101,21 @@ public sealed class QedWriteTests
         Assert.False(QedTestImage.Header(temp.Combine("top.qed")).NeedsCheck);
     }
 
+    /// <summary>A qemu-made 8 MiB image of 4 KiB clusters with data at 0, its first data entry set to what <paramref name="entry"/> gives for the file's length.</summary>
+    private static string ImageWithFirstEntryAt(TempFolder temp, Func<long, ulong> entry)
+    {
+        Img(temp.Path, "create", "-q", "-f", "qed", "-o", "cluster_size=4096", "a.qed", "8M");
+        Io(temp.Path, "qed", "a.qed", "write -P 9 0 64k");
+        string image = temp.Combine("a.qed");
+        QedTestImage.WriteUInt64(image, QedTestImage.FirstDataEntryOffset(image), entry(new FileInfo(image).Length));
+        return image;
+    }
+
     [Fact]
     public void ReadWriteOpenOfAnImageLeftWithNeedCheckClearsEntriesThatPointPastTheEnd()
     {
         using var temp = new TempFolder();
-        Img(temp.Path, "create", "-q", "-f", "qed", "-o", "cluster_size=4096", "a.qed", "8M");
-        Io(temp.Path, "qed", "a.qed", "write -P 9 0 64k");
-        string image = temp.Combine("a.qed");
-        long entry = QedTestImage.FirstDataEntryOffset(image);
-        QedTestImage.WriteUInt64(image, entry, 1UL << 40);
+        string image = ImageWithFirstEntryAt(temp, _ => 1UL << 40);
         QedTestImage.SetFeatures(image, FieldLocations.FeatureNeedCheck);
         using (var disk = VirtualDisk.Open(image, new DiskOpenOptions { ReadOnly = false }))
         {
@@ -124,6 +130,34 @@ public sealed class QedWriteTests
         Assert.False(QedTestImage.Header(image).NeedsCheck);
         Assert.Equal(3, ProcessRunner.Run("qemu-img", ["check", "-f", "qed", image], check: false).ExitCode);
         Assert.Equal(3, QedChecker.Check(image).ExitCode);
+    }
+
+    /// <summary>
+    /// Fuzz seed 1 case 7267 (QED): an L2 entry one cluster past the end of the file is damaged, and must stay so
+    /// when the writer grows the file over it: the cluster it points at is never allocated for another guest cluster.
+    /// </summary>
+    [Fact]
+    public void EntryPastTheEndStaysDamagedWhenTheFileGrowsOverIt()
+    {
+        using var temp = new TempFolder();
+        string image = ImageWithFirstEntryAt(temp, end => (ulong)end + 4096);
+        Assert.Equal(0, new FileInfo(image).Length % 4096);
+        byte[] data = new byte[8192];
+        new Random(7267).NextBytes(data);
+        using (var disk = VirtualDisk.Open(image, new DiskOpenOptions { ReadOnly = false, CacheBytes = 0 }))
+        {
+            // Two new clusters at the end of the file: the second is where the damaged entry points.
+            disk.Top.Write(data, 4 << 20);
+            Assert.ThrowsAny<IOException>(() => disk.Top.Write(new byte[4096], 0));
+            byte[] back = new byte[data.Length];
+            disk.Top.Read(back, 4 << 20);
+            Assert.Equal(data, back);
+        }
+
+        using var again = VirtualDisk.Open(image, new DiskOpenOptions { CacheBytes = 0 });
+        byte[] reopened = new byte[data.Length];
+        again.Top.Read(reopened, 4 << 20);
+        Assert.Equal(data, reopened);
     }
 
     [Theory]
