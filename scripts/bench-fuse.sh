@@ -44,7 +44,7 @@ if [ -n "${PRLFUSE_BIN:-}" ]; then
   PRL=$PRLFUSE_BIN
 else
   PRL=$repo/artifacts/publish/prlfuse
-  if [ ! -x "$PRL" ] || [ -n "$(find src -name '*.cs' -newer "$PRL" -print -quit)" ]; then
+  if [ ! -x "$PRL" ] || [ -n "$(find src -name '*.cs' -not -path '*/obj/*' -not -path '*/bin/*' -newer "$PRL" -print -quit)" ]; then
     echo "bench-fuse: publishing $PRL (make publish: Native AOT)"
     make -s publish >/dev/null
   fi

@@ -24,7 +24,7 @@ LABELS = {
     "seq_read_buffered": "sequential 1 MiB reads, buffered",
     "rand_read_4k": "random 4 KiB reads, libaio QD32 x 4",
     "peak_rss": "daemon peak RSS after the reads",
-    "qcow2_parallels_seq_read": "the same image as Parallels, in turn with the qcow2 rows",
+    "qcow2_parallels_seq_read": "yardstick for qcow2: the same bytes as a Parallels image, sequential 1 MiB O_DIRECT",
     "qcow2_seq_read_direct": "qcow2, fully allocated: sequential 1 MiB O_DIRECT",
     "qcow2_compressed_seq_read": "qcow2, compressed (zlib): sequential 1 MiB O_DIRECT",
     "seq_write_unallocated": "sequential 1 MiB writes into new clusters",
@@ -93,7 +93,8 @@ def table(result):
         f"{machine.get('load_before', '?')} before and {machine.get('load_after', '?')} after (other work on the machine "
         f"skews absolute figures; the ratios compare sides measured in turn within the run); medians of "
         f"{machine.get('runs', '?')} runs. Block-cache rows put cache on in the prlfuse column and `--cache-size 0` "
-        "in the qsd column. Ratios are \"times better\" (for seconds and MiB: other / prlfuse).",
+        "in the qsd column. Ratios are \"times better\" (for seconds and MiB: other / prlfuse)."
+        + (f" Subsets run: {machine['subsets']}." if machine.get("subsets") else ""),
         "",
         "| figure | prlfuse | qsd | limit | prlfuse/qsd | target | |",
         "|---|---|---|---|---|---|---|",
