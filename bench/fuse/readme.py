@@ -86,7 +86,8 @@ def times(v):
 def table(result):
     machine = result["machine"]
     out = [
-        f"From one run of `make bench` on {machine.get('date', 'an unrecorded date')} (commit "
+        f"From one run of the FUSE bench (`make bench`, or scripts/bench-fuse.sh with PRLFUSE_FUSE_ONLY) on "
+        f"{machine.get('date', 'an unrecorded date')} (commit "
         f"{machine.get('commit', 'unrecorded')}; {machine.get('nproc', '?')} vCPU "
         f"{machine.get('cpu', '')}, {machine.get('memory', '')}, kernel {machine.get('kernel', '?')}, libfuse "
         f"{machine.get('libfuse', '?')}, QEMU {machine.get('qemu', '?')}); load average "
