@@ -3,7 +3,7 @@ CONFIG ?= Release
 PREFIX ?= /usr/local
 DOTNET ?= dotnet
 
-.PHONY: all setup build test demo publish install uninstall bench soak fuzz fuzz-nbd clean
+.PHONY: all setup build test demo publish install uninstall bench bench-readme soak fuzz fuzz-nbd clean
 
 all: build
 
@@ -38,6 +38,10 @@ uninstall:
 
 bench: setup
 	bash scripts/bench.sh
+
+# The README's performance table from the last `make bench` (bench/results/fuse.json).
+bench-readme:
+	python3 bench/fuse/readme.py bench/results/fuse.json README.md
 
 # A long mixed load with verification: `make soak DURATION=3600`.
 DURATION ?= 600

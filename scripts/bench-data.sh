@@ -4,6 +4,8 @@
 #   scripts/bench-data.sh [OUTDIR]   (default /tmp/prlfuse-bench; outside the repo: ~5 GiB)
 #   OUTDIR/bench.hdd/{DiskDescriptor.xml,base.hds,mid.hds,top.hds}   the bundle
 #   OUTDIR/chain.raw                                                  qemu's view of the top snapshot
+#   OUTDIR/qcow2/full.qcow2         base.hds's content as a fully allocated qcow2 (64 KiB clusters, qemu-img convert)
+#   OUTDIR/qcow2/compressed.qcow2   2 GiB of compressible content (base64 text of random bytes) as qemu-img convert -c
 set -euo pipefail
 out=${1:-/tmp/prlfuse-bench}
 bundle="$out/bench.hdd"
@@ -86,6 +88,34 @@ if [ ! -s "$out/chain.raw" ]; then
   echo "bench-data: chain.raw (qemu's conversion of the chain)"
   qemu-img convert -q --image-opts "$(chain_opts)" -O raw "$out/chain.raw.tmp"
   mv "$out/chain.raw.tmp" "$out/chain.raw"
+fi
+
+# qcow2: the same 2 GiB as base.hds, every cluster allocated; and a compressed image of content that compresses (random
+# bytes would not: qemu-img stores a cluster uncompressed when compressing does not shrink it).
+mkdir -p "$out/qcow2"
+if [ ! -s "$out/qcow2/full.qcow2" ]; then
+  echo "bench-data: qcow2/full.qcow2 (base.hds converted)"
+  qemu-img convert -q -f parallels -O qcow2 "$bundle/base.hds" "$out/qcow2/full.qcow2.tmp"
+  mv "$out/qcow2/full.qcow2.tmp" "$out/qcow2/full.qcow2"
+fi
+unallocated=$(qemu-img map -f qcow2 --output=json "$out/qcow2/full.qcow2" | grep -c '"data": false' || true)
+if [ "$unallocated" -ne 0 ]; then
+  echo "bench-data: qcow2/full.qcow2 has unallocated ranges; delete it and rerun" >&2
+  exit 1
+fi
+if [ ! -s "$out/qcow2/compressed.qcow2" ]; then
+  echo "bench-data: qcow2/compressed.qcow2 (2 GiB of base64 text, qemu-img convert -c)"
+  tmp="$out/qcow2/compressible.raw.tmp"
+  head -c $((SIZE_MIB * 3 << 18)) /dev/urandom | base64 -w 0 > "$tmp"
+  truncate -s "${SIZE_MIB}M" "$tmp"
+  qemu-img convert -q -c -f raw -O qcow2 "$tmp" "$out/qcow2/compressed.qcow2.tmp"
+  rm -f "$tmp"
+  mv "$out/qcow2/compressed.qcow2.tmp" "$out/qcow2/compressed.qcow2"
+fi
+unallocated=$(qemu-img map -f qcow2 --output=json "$out/qcow2/compressed.qcow2" | grep -c '"data": false' || true)
+if [ "$unallocated" -ne 0 ]; then
+  echo "bench-data: qcow2/compressed.qcow2 has unallocated ranges; delete it and rerun" >&2
+  exit 1
 fi
 
 echo "bench-data: $bundle ($(du -sh "$bundle" | cut -f1)), $out/chain.raw"

@@ -8,8 +8,9 @@
 #   PRLFUSE_BENCH_DATA   bench data from scripts/bench-data.sh (default /tmp/prlfuse-bench); scratch goes in $DATA/fuse
 #   PRLFUSE_FUSE_RUNS    runs per figure, the median is reported (default 3)
 #   PRLFUSE_BIN          the prlfuse binary (default: `make publish` to artifacts/publish, what `make install` installs)
-#   PRLFUSE_FUSE_ONLY    space-separated subset of: start read write rand ext4 chain big depth cache sparse nbd (default:
-#                        all); rand is the small random I/O alone: 4 KiB reads QD32 x 4 and QD1 (p50/p99) on base.hds and
+#   PRLFUSE_FUSE_ONLY    space-separated subset of: start read qcow2 write rand ext4 chain big depth cache sparse nbd
+#                        (default: all); qcow2 is sequential reads of a fully allocated and a compressed qcow2 against
+#                        qsd's qcow2 driver and our Parallels figure for the same bytes; rand is the small random I/O alone: 4 KiB reads QD32 x 4 and QD1 (p50/p99) on base.hds and
 #                        the Parallels Desktop sample, cache on and off, and 4 KiB writes, every side in turn run by run
 #   PRLFUSE_SAMPLES      the real bundles (default /work/shared/samples/parallels-desktop; rand skips them if absent)
 #   PRLFUSE_SPARSE_TIMEOUT  seconds one copy of the sparse subset may take before it is reported as a timeout (300)
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 DATA=${PRLFUSE_BENCH_DATA:-/tmp/prlfuse-bench}
 RUNS=${PRLFUSE_FUSE_RUNS:-3}
-ONLY=${PRLFUSE_FUSE_ONLY:-start read write rand ext4 chain big depth cache sparse nbd}
+ONLY=${PRLFUSE_FUSE_ONLY:-start read qcow2 write rand ext4 chain big depth cache sparse nbd}
 RESULTS=$repo/bench/results
 W=$DATA/fuse
 # tmpfs scratch named after the data folder: two benches with their own data never share (or remove) it
@@ -43,7 +44,7 @@ if [ -n "${PRLFUSE_BIN:-}" ]; then
   PRL=$PRLFUSE_BIN
 else
   PRL=$repo/artifacts/publish/prlfuse
-  if [ ! -x "$PRL" ] || [ -n "$(find src -name '*.cs' -newer "$PRL" -print -quit)" ]; then
+  if [ ! -x "$PRL" ] || [ -n "$(find src -name '*.cs' -not -path '*/obj/*' -not -path '*/bin/*' -newer "$PRL" -print -quit)" ]; then
     echo "bench-fuse: publishing $PRL (make publish: Native AOT)"
     make -s publish >/dev/null
   fi
@@ -230,6 +231,50 @@ if want read; then
   row seq_read_buffered "MB/s" higher "${R[prl.sb]}" "${R[peer.sb]}" "${R[limit.sb]}" "peer>=2.5" "sequential 1 MiB reads, buffered, QD1"
   row rand_read_4k "IOPS" higher "${R[prl.rr]}" "${R[peer.rr]}" "${R[limit.rr]}" "peer>=2" "random 4 KiB reads, O_DIRECT, libaio QD32 x 4 jobs"
   row peak_rss "MiB" lower "$prl_hwm" "$qsd_hwm" $((CACHE_MIB + 80)) "limit>=1" "daemon VmHWM after the read benchmarks; limit column = cache ($CACHE_MIB MiB) + 80 MiB"
+fi
+
+# --- qcow2: sequential 1 MiB O_DIRECT reads of a fully allocated and of a compressed 2 GiB qcow2 --------------------
+# Every side stays mounted and the sides take turns run by run: prlfuse and qsd on the same qcow2 file, prlfuse on
+# base.hds (the same bytes as a Parallels image: the qcow2 figure should not fall behind it) and the raw bytes in tmpfs.
+qsd_qcow2() { # qsd_qcow2 IMAGE: blockdevs for one read-only qcow2 image
+  echo "driver=file,node-name=file0,filename=$1,read-only=on"
+  echo "driver=qcow2,node-name=prl0,file=file0,read-only=on"
+}
+if want qcow2; then
+  QC=$DATA/qcow2
+  [ -s "$QC/full.qcow2" ] && [ -s "$QC/compressed.qcow2" ] || bash scripts/bench-data.sh "$DATA"
+  [ -s "$SHM/base.raw" ] || qemu-img convert -q -f parallels -O raw "$BASE" "$SHM/base.raw"
+  warm "$BASE" "$QC/full.qcow2" "$QC/compressed.qcow2"
+  declare -A QR
+  for kind in full compressed; do
+    img=$QC/$kind.qcow2
+    log "qcow2 $kind: prlfuse, qemu-storage-daemon (qcow2 driver)$([ $kind = full ] && echo ", prlfuse on base.hds, raw file in tmpfs")"
+    prl_mount "$img" "$W/m-qcow2" --read-only; pid_q=$PRL_PID
+    mapfile -t bd < <(qsd_qcow2 "$img"); qsd_start "$W/qsd-qcow2" off "${bd[@]}"
+    declare -A F=([prl]=$W/m-qcow2/current.raw [peer]=$W/qsd-qcow2)
+    sides=(prl peer)
+    if [ $kind = full ]; then
+      prl_mount "$BASE" "$W/m-qcow2-prl" --read-only; pid_p=$PRL_PID
+      F[parallels]=$W/m-qcow2-prl/current.raw; F[limit]=$SHM/base.raw
+      sides+=(parallels limit)
+    fi
+    declare -A QS=()
+    for ((i = 0; i < RUNS; i++)); do
+      for side in "${sides[@]}"; do
+        QS[$side]+="$(fio_run rbw --filename="${F[$side]}" --rw=read --bs=1M --direct=1 --ioengine=psync --size=$SIZE) "
+      done
+    done
+    PRL_PID=$pid_q; prl_unmount "$W/m-qcow2"; qsd_stop
+    [ $kind = full ] && { PRL_PID=$pid_p; prl_unmount "$W/m-qcow2-prl"; }
+    for side in "${sides[@]}"; do
+      read -r -a a <<< "${QS[$side]}"
+      log "  qcow2 $kind $side: seq O_DIRECT ${a[*]} MB/s (load $(cut -d' ' -f1 /proc/loadavg))"
+      QR[$kind.$side]=$(median "${a[@]}")
+    done
+  done
+  row qcow2_parallels_seq_read "MB/s" higher "${QR[full.parallels]}" null "${QR[full.limit]}" "-" "yardstick for the qcow2 rows: base.hds (Parallels, 1 MiB clusters) through prlfuse, sequential 1 MiB O_DIRECT, in turn with them"
+  row qcow2_seq_read_direct "MB/s" higher "${QR[full.prl]}" "${QR[full.peer]}" "${QR[full.limit]}" "peer>=3&row:qcow2_parallels_seq_read>=0.9" "the same bytes as a fully allocated qcow2 (64 KiB clusters): sequential 1 MiB O_DIRECT, read-only mount; peer: qsd's FUSE export with the qcow2 driver"
+  row qcow2_compressed_seq_read "MB/s" higher "${QR[compressed.prl]}" "${QR[compressed.peer]}" null "peer>=1" "a compressed qcow2 (qemu-img convert -c, zlib, 2 GiB of base64 text): sequential 1 MiB O_DIRECT"
 fi
 
 # --- writes: fresh empty 2 GiB images (unallocated clusters) and copies of base.hds (allocated clusters) ------------
@@ -451,17 +496,17 @@ XML
   warm "$big"/*.hds
   mt=(); mtd=(); it=(); itd=(); qm=(); qi=()
   for ((i = 0; i < RUNS + 2; i++)); do
-    t0=$(now); prl_mount "$big" "$W/m-big"; t1=$(now); mt+=("$(elapsed "$t0" "$t1")"); prl_unmount "$W/m-big"
-    t0=$(now); dotnet "$DLL" mount "$big" "$W/m-big"; t1=$(now); mtd+=("$(elapsed "$t0" "$t1")")
+    t0=$(now); prl_mount "$big" "$W/m-big"; head -c 4096 "$W/m-big/current.raw" > /dev/null; t1=$(now); mt+=("$(elapsed "$t0" "$t1")"); prl_unmount "$W/m-big"
+    t0=$(now); dotnet "$DLL" mount "$big" "$W/m-big"; head -c 4096 "$W/m-big/current.raw" > /dev/null; t1=$(now); mtd+=("$(elapsed "$t0" "$t1")")
     PRL_PID=$(pgrep -f -- "mount .* $W/m-big --daemon-child" | head -1); prl_unmount "$W/m-big"
     t0=$(now); "$PRL" info "$big" > /dev/null; t1=$(now); it+=("$(elapsed "$t0" "$t1")")
     t0=$(now); dotnet "$DLL" info "$big" > /dev/null; t1=$(now); itd+=("$(elapsed "$t0" "$t1")")
-    mapfile -t bd < <(qsd_image "$big/s8.hds" off); t0=$(now); qsd_start "$W/qsd-big" off "${bd[@]}"; t1=$(now); qm+=("$(elapsed "$t0" "$t1")"); qsd_stop
+    mapfile -t bd < <(qsd_image "$big/s8.hds" off); t0=$(now); qsd_start "$W/qsd-big" off "${bd[@]}"; head -c 4096 "$W/qsd-big" > /dev/null; t1=$(now); qm+=("$(elapsed "$t0" "$t1")"); qsd_stop
     t0=$(now); qemu-img info "$big/s8.hds" > /dev/null; t1=$(now); qi+=("$(elapsed "$t0" "$t1")")
   done
   log "  mount: prlfuse ${mt[*]} s, dotnet prlfuse.dll ${mtd[*]} s, qsd ${qm[*]} s"
   log "  info: prlfuse ${it[*]} s, dotnet prlfuse.dll ${itd[*]} s, qemu-img info ${qi[*]} s"
-  row mount_2tib_8snap "s" lower "$(median "${mt[@]}")" "$(median "${qm[@]}")" null "value<0.3" "prlfuse mount of a 2 TiB disk with 8 snapshots until ready (published binary, warm cache); peer: qemu-storage-daemon --daemonize exporting the top 2 TiB image alone (it cannot take a parallels chain)"
+  row mount_2tib_8snap "s" lower "$(median "${mt[@]}")" "$(median "${qm[@]}")" null "value<0.3" "from prlfuse mount of a 2 TiB disk with 8 snapshots (9 images of 1 MiB clusters) to 4 KiB read from current.raw (published binary, warm cache); peer: qemu-storage-daemon --daemonize exporting the top 2 TiB image alone (it cannot take a parallels chain), to 4 KiB read"
   row mount_2tib_8snap_dll "s" lower "$(median "${mtd[@]}")" "$(median "${qm[@]}")" null "-" "the same with 'dotnet prlfuse.dll' (JIT)"
   row info_2tib_8snap "s" lower "$(median "${it[@]}")" "$(median "${qi[@]}")" null "value<0.1" "prlfuse info (published binary); peer: qemu-img info of the top image alone"
   row info_2tib_8snap_dll "s" lower "$(median "${itd[@]}")" "$(median "${qi[@]}")" null "-" "the same with 'dotnet prlfuse.dll' (JIT)"
@@ -665,7 +710,9 @@ python3 bench/fuse/report.py "$rows" "$RESULTS" \
   --machine "libfuse=$(fusermount3 -V 2>&1 | awk '{print $NF}')" \
   --machine "qemu=$(qemu-storage-daemon --version | head -1 | awk '{print $3}')" \
   --machine "load_before=$load_before" --machine "load_after=$load_after" \
-  --machine "runs=$RUNS" --machine "seconds=$total" --machine "prlfuse=$PRL"
+  --machine "runs=$RUNS" --machine "seconds=$total" --machine "prlfuse=$PRL" \
+  --machine "date=$(date -u '+%Y-%m-%d %H:%M UTC')" --machine "subsets=$ONLY" \
+  --machine "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (+ uncommitted changes in src)')"
 if want nbd; then
   echo "fuse nbd: nbdcopy of the 2 GiB base.hds to null: prlfuse serve $NBD_PRL MB/s, qemu-nbd $NBD_PEER MB/s, prlfuse/qemu-nbd $(awk -v a="$NBD_PRL" -v b="$NBD_PEER" 'BEGIN {printf "%.2f", a / b}') (target >= 1.5: $(awk -v a="$NBD_PRL" -v b="$NBD_PEER" 'BEGIN {print (a >= 1.5 * b) ? "MET" : "MISSED"}')); qemu-nbd of the raw bytes in tmpfs $NBD_LIMIT MB/s; medians of $RUNS runs; one copy from each server equal to the image"
 fi

@@ -3,7 +3,7 @@
 (if gnuplot is installed) fuse.png in the results folder.
 
 Row file: tab-separated NAME UNIT BETTER PRL PEER LIMIT TARGET NOTE. TARGET is one of
-  peer>=X | limit>=X | peer>=X&limit>=Y | value<X | row:NAME>=X | row:NAME<=X | cache | cache>=X | -
+  peer>=X | limit>=X | several of peer>=X, limit>=X, row:NAME>=X joined by & | value<X | row:NAME>=X | row:NAME<=X | cache | cache>=X | -
 "row:NAME<=X" bounds prlfuse's figure by X times prlfuse's figure in row NAME (a time against its yardstick).
 "limit>=X" on a lower-is-better row means prlfuse <= limit / X (the limit column holds the ceiling).
 Cache rows hold cache on in the prlfuse column and cache off in the peer column.
@@ -53,8 +53,13 @@ def main():
     by_name = {r["name"]: r for r in rows}
 
     def evaluate(r, t):
-        """(wanted text, met) of one peer>=X or limit>=X target of a higher-is-better row."""
+        """(wanted text, met) of one peer>=X, limit>=X or row:NAME>=X target of a higher-is-better row."""
         col, _, x = t.partition(">=")
+        if col.startswith("row:"):
+            other = col[4:]
+            have = r["ratio_row"] = ratio(r["prlfuse"], by_name.get(other, {}).get("prlfuse"))
+            shown = f" ({have:.2f}x)" if have is not None else ""
+            return f">= {float(x):g}x {other}{shown}", have is not None and have >= float(x)
         have = r["ratio_peer"] if col == "peer" else r["ratio_limit"]
         return f">= {float(x):g}x {col}", have is not None and have >= float(x)
 

@@ -49,12 +49,20 @@ public sealed class BlockAllocationTable
         UnitBytes = unitBytes;
         ClusterBytes = clusterBytes;
         _allocated = new ulong[(entries.Length + 63) / 64];
-        for (int i = 0; i < entries.Length; i++)
+
+        // Runs of zero entries (most of a large sparse disk) are skipped by a vectorised search.
+        int i = 0;
+        while (i < entries.Length)
         {
-            if (entries[i] != 0)
+            int next = entries.AsSpan(i).IndexOfAnyExcept(0u);
+            if (next < 0)
             {
-                _allocated[i >> 6] |= 1UL << (i & 63);
+                break;
             }
+
+            i += next;
+            _allocated[i >> 6] |= 1UL << (i & 63);
+            i++;
         }
     }
 
@@ -128,19 +136,7 @@ public sealed class BlockAllocationTable
 
     public uint EntryForHostOffset(long hostOffset) => checked((uint)(hostOffset / UnitBytes));
 
-    public int CountAllocated()
-    {
-        int n = 0;
-        foreach (uint e in _entries)
-        {
-            if (e != 0)
-            {
-                n++;
-            }
-        }
-
-        return n;
-    }
+    public int CountAllocated() => _entries.Length - _entries.AsSpan().Count(0u);
 
     /// <summary>Highest end offset of any allocated cluster (0 when none).</summary>
     public long UsedEnd()
@@ -209,11 +205,15 @@ public sealed class BlockAllocationTable
         var sorted = new ulong[CountAllocated()];
         for (int i = 0; i < _entries.Length; i++)
         {
-            uint e = _entries[i];
-            if (e == 0)
+            // Runs of zero entries are skipped by a vectorised search.
+            int next = _entries.AsSpan(i).IndexOfAnyExcept(0u);
+            if (next < 0)
             {
-                continue;
+                break;
             }
+
+            i += next;
+            uint e = _entries[i];
 
             if (Classify(e, dataOffsetBytes, fileLength) is { } kind)
             {

@@ -62,18 +62,26 @@ public sealed class ParallelsLayout
             return false;
         }
 
-        // Read in chunks for the progress bar of a large image's check.
+        // Read straight into the entries (little-endian on disk), in chunks for the progress bar of a large image's
+        // check: a 2 TiB disk of 1 MiB clusters has 8 MiB of BAT per image, and a second copy of it to parse from
+        // doubled what opening a deep chain of such images allocates and faults in.
         long batBytes = FieldLocations.BatEnd(header.BatEntries) - FieldLocations.HeaderSize;
-        var raw = GC.AllocateUninitializedArray<byte>(checked((int)batBytes));
+        var entries = GC.AllocateUninitializedArray<uint>(checked((int)header.BatEntries));
+        var raw = System.Runtime.InteropServices.MemoryMarshal.AsBytes(entries.AsSpan());
         const int Chunk = 1 << 20;
         for (long done = 0; done < batBytes; done += Chunk)
         {
             int len = (int)Math.Min(Chunk, batBytes - done);
-            file.ReadZeroFilled(raw.AsSpan((int)done, len), FieldLocations.HeaderSize + done);
+            file.ReadZeroFilled(raw.Slice((int)done, len), FieldLocations.HeaderSize + done);
             progress?.Invoke(done / FieldLocations.BatEntrySize, header.BatEntries);
         }
 
-        var bat = BlockAllocationTable.Parse(raw, (int)header.BatEntries, header.BatUnitBytes, header.ClusterBytes);
+        if (!BitConverter.IsLittleEndian)
+        {
+            System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(entries, entries);
+        }
+
+        var bat = new BlockAllocationTable(entries, header.BatUnitBytes, header.ClusterBytes);
         layout = new ParallelsLayout(header, bat, length, validation);
         where = string.Empty;
         error = string.Empty;

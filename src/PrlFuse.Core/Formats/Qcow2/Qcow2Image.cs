@@ -24,6 +24,9 @@ public sealed class Qcow2Image : ImageLayer
     /// <summary>Bytes of decompressed clusters kept per image, so small reads of one compressed cluster decompress it once.</summary>
     private const long DecompressedCacheBytes = 8L << 20;
 
+    /// <summary>Compressed clusters one <see cref="TryMap"/> answer covers at most (a large read's worth of small clusters).</summary>
+    private const int MaxCompressedRun = 32;
+
     /// <summary>What an L1 entry holds for an L2 table that must not be read (misaligned, outside the file, reserved bits set).</summary>
     private const long DamagedL2 = -1;
 
@@ -226,7 +229,16 @@ public sealed class Qcow2Image : ImageLayer
         ulong entry = table[index * _entryWords];
         if ((entry & FieldLocations.CompressedFlag) != 0)
         {
-            run = _clusterBytes - within;
+            // The compressed clusters that follow in this table answer in the same run, so that a large read hands
+            // them to ReadOwn together and they are decompressed side by side.
+            int last = index + 1;
+            int end = Math.Min(1 << _l2Bits, index + MaxCompressedRun);
+            while (last < end && (table[last * _entryWords] & FieldLocations.CompressedFlag) != 0)
+            {
+                last++;
+            }
+
+            run = Math.Min(((long)(last - index) << _clusterBits) - within, _size - offset);
             hostOffset = OwnReadHostOffset;
             return true;
         }
@@ -307,8 +319,51 @@ public sealed class Qcow2Image : ImageLayer
         return hit;
     }
 
-    /// <summary>Decompresses the cluster that guest <paramref name="offset"/> lies in (through a small cache) and copies from it.</summary>
-    public override void ReadOwn(Span<byte> destination, long offset)
+    /// <summary>
+    /// Decompresses the clusters that guest bytes [offset, + destination length) lie in (through a small cache) and
+    /// copies from them. A range of several clusters (a run of compressed clusters, see <see cref="TryMap"/>) is
+    /// decompressed on as many threads as there are CPUs: inflating is what a sequential read of a compressed image
+    /// waits for, and one request would otherwise keep one CPU busy.
+    /// </summary>
+    public override unsafe void ReadOwn(Span<byte> destination, long offset)
+    {
+        long first = offset >> _clusterBits;
+        long last = (offset + destination.Length - 1) >> _clusterBits;
+        if (last == first || Environment.ProcessorCount == 1)
+        {
+            for (long cluster = first; cluster <= last; cluster++)
+            {
+                long from = Math.Max(offset, cluster << _clusterBits);
+                long to = Math.Min(offset + destination.Length, (cluster + 1) << _clusterBits);
+                ReadOwnCluster(destination.Slice((int)(from - offset), (int)(to - from)), from);
+            }
+
+            return;
+        }
+
+        fixed (byte* start = destination)
+        {
+            nint address = (nint)start;
+            int length = destination.Length;
+            try
+            {
+                Parallel.For(first, last + 1, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, cluster =>
+                {
+                    long from = Math.Max(offset, cluster << _clusterBits);
+                    long to = Math.Min(offset + length, (cluster + 1) << _clusterBits);
+                    ReadOwnCluster(new Span<byte>((byte*)address + (from - offset), (int)(to - from)), from);
+                });
+            }
+            catch (AggregateException e) when (e.InnerExceptions.Count > 0)
+            {
+                // The caller expects what a one-thread read throws (a damaged cluster is an IOException).
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(e.InnerExceptions[0]);
+            }
+        }
+    }
+
+    /// <summary>Bytes [offset, + destination length) of the one compressed cluster they lie in.</summary>
+    private void ReadOwnCluster(Span<byte> destination, long offset)
     {
         long cluster = offset >> _clusterBits;
         int within = (int)(offset & (_clusterBytes - 1));

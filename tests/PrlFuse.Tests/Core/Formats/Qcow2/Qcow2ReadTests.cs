@@ -81,6 +81,31 @@ public sealed class Qcow2ReadTests
         Assert.Equal(File.ReadAllBytes(temp.Combine("src.raw")), QemuView(temp.Path, "c.qcow2"));
     }
 
+    [Fact]
+    public void ConsecutiveCompressedClustersAnswerOneRunReadTogether()
+    {
+        // A large read of compressed clusters is handed to ReadOwn as one run and decompressed side by side: the run
+        // must cover the compressed clusters that follow (up to 32) and every byte of an unaligned read across it be right.
+        using var temp = new TempFolder();
+        byte[] source = new byte[4 << 20];
+        for (int i = 0; i < source.Length; i++)
+        {
+            source[i] = (byte)"compressible text "[(i * 7 / 5) % 18];
+        }
+
+        File.WriteAllBytes(temp.Combine("src.raw"), source);
+        Img(temp.Path, "convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=65536", "src.raw", "c.qcow2");
+        using var file = PrlFuse.Core.IO.PositionalImageFile.Open(temp.Combine("c.qcow2"), writable: false);
+        using var image = PrlFuse.Core.Formats.Qcow2.Qcow2Image.Open(file);
+        Assert.True(image.TryMap(65536 + 100, out long host, out long run));
+        Assert.Equal(PrlFuse.Core.Images.ImageLayer.OwnReadHostOffset, host);
+        Assert.Equal((32 * 65536) - 100, run);
+        byte[] read = new byte[run - 5000];
+        image.ReadOwn(read, 65536 + 100);
+        Assert.True(source.AsSpan(65536 + 100, read.Length).SequenceEqual(read), "an unaligned read across a run of compressed clusters differs from the source");
+        Assert.Equal(source, QemuView(temp.Path, "c.qcow2"));
+    }
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
