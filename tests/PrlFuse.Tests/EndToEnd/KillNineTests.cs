@@ -73,7 +73,7 @@ public sealed class KillNineTests
         {
             // A deletion the repair did not finish is run again: it finds the snapshot there or gone.
             Operation.Delete => new KilledCommand(w => ["snapshot", "delete", w, middle], w => RepairThenDelete(w, guids[1]), MustFinish: true),
-            Operation.Merge => new KilledCommand(w => ["merge", w], w => [["merge", w]], MustFinish: true),
+            Operation.Merge => new KilledCommand(w => ["merge", w], w => [Repair(w), ["merge", w]], MustFinish: true),
             Operation.Switch => new KilledCommand(w => ["snapshot", "switch", w, middle], w => [Repair(w)], MustFinish: false),
             Operation.SwitchKeepingCurrent => new KilledCommand(w => ["snapshot", "switch", "--keep-current", w, middle], w => [Repair(w)], MustFinish: false),
             Operation.Create => new KilledCommand(w => ["snapshot", "create", w, "--name", "killed"], w => [Repair(w)], MustFinish: false),
