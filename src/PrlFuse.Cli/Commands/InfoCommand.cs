@@ -116,15 +116,7 @@ internal static class InfoCommand
     private static VirtualDisk Open(string diskPath, bool allowOutsideImages, bool forceShare, DiskFormat format, out List<string> users)
     {
         var options = new DiskOpenOptions { CacheBytes = 0, AllowImagesOutsideBundle = allowOutsideImages, ForceShare = forceShare, Format = format };
-        VirtualDisk disk;
-        try
-        {
-            disk = VirtualDisk.Open(diskPath, options);
-        }
-        catch (ImageInUseException e) when (!forceShare && e.HeldByWriter)
-        {
-            disk = VirtualDisk.Open(diskPath, options with { ForceShare = true });
-        }
+        var disk = Output.InUse.OpenToDescribe(diskPath, options);
 
         var files = disk.Storages.SelectMany(s => s.Images.Values).Select(l => l.Path).Append(disk.SourcePath).ToList();
         users = [.. Output.InUse.OurMounts(files)];

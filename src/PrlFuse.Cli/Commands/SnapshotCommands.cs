@@ -17,7 +17,9 @@ internal static class SnapshotCommands
 
     public static int List(SnapshotListOptions o, TextWriter output)
     {
-        using var disk = VirtualDisk.Open(o.Disk, new DiskOpenOptions { AllowImagesOutsideBundle = o.AllowOutsideImages, ForceShare = o.ForceShare, Format = o.DiskFormat });
+        // Only the descriptor and the images' headers and tables are read: a disk another process writes (a read-write
+        // mount) is listed as it is now, without -U.
+        using var disk = Output.InUse.OpenToDescribe(o.Disk, new DiskOpenOptions { CacheBytes = 0, AllowImagesOutsideBundle = o.AllowOutsideImages, ForceShare = o.ForceShare, Format = o.DiskFormat });
         var entries = SnapshotLister.List(disk);
         if (o.Json)
         {

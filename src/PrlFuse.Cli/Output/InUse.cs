@@ -1,4 +1,5 @@
 using PrlFuse.Core;
+using PrlFuse.Core.Engine;
 using PrlFuse.Fuse;
 
 namespace PrlFuse.Cli.Output;
@@ -9,6 +10,23 @@ internal static class InUse
     /// <summary>"mounted read-write at /mnt/x by prlfuse (daemon PID 123)" for each of our mounts serving these files.</summary>
     public static IReadOnlyList<string> OurMounts(IEnumerable<string> files) =>
         [.. MountRegistry.MountsUsing(files).Select(Describe)];
+
+    /// <summary>
+    /// Opens a disk read-only for a command that only reads what the descriptor and the image headers and tables say
+    /// (info, snapshot list): when another process writes it (a read-write mount, QEMU), it is opened again sharing the
+    /// images with that writer, as 'qemu-img info -U' does, instead of refusing.
+    /// </summary>
+    public static VirtualDisk OpenToDescribe(string path, DiskOpenOptions options)
+    {
+        try
+        {
+            return VirtualDisk.Open(path, options);
+        }
+        catch (ImageInUseException e) when (!options.ForceShare && e.HeldByWriter)
+        {
+            return VirtualDisk.Open(path, options with { ForceShare = true });
+        }
+    }
 
     public static string Describe(PrlFuseMountInfo m) =>
         $"mounted {(m.ReadOnly ? "read-only" : "read-write")} at {m.Mountpoint} by prlfuse" + (m.DaemonPid is { } pid ? $" (daemon PID {pid})" : "");

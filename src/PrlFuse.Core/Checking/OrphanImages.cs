@@ -31,7 +31,15 @@ public static class OrphanImages
         {
             try
             {
-                foreach (var image in DescriptorParser.ParseFile(xml).Storages.SelectMany(s => s.Images))
+                // A .Backup with an intent mark is the descriptor a deletion stored before its last step: the images it
+                // names and the descriptor does not are the ones that step unlinks, left by a crash before it did.
+                var d = DescriptorParser.ParseFile(xml);
+                if (xml != descriptorPath && IntentMark.Marked(d).Count > 0)
+                {
+                    continue;
+                }
+
+                foreach (var image in d.Storages.SelectMany(s => s.Images))
                 {
                     named.Add(Path.GetFullPath(image.File, folder));
                     namedFileNames.Add(Path.GetFileName(image.File.Replace('\\', '/')));
@@ -69,7 +77,8 @@ public static class OrphanImages
             using (var handle = File.OpenHandle(orphan.Path))
             {
                 int n = RandomAccess.Read(handle, head, 0);
-                kept = !ParallelsHeader.HasMagic(head[..n]) ? "not a Parallels image; left as it is"
+                // An empty file is what a crash leaves of an image being created: there is nothing in it to keep.
+                kept = n > 0 && !ParallelsHeader.HasMagic(head[..n]) ? "not a Parallels image; left as it is"
                     : ImageLock.FindConflict(handle, ImageLockMode.ReadWrite) is not null ? "in use by another process; left as it is"
                     : null;
             }

@@ -5,8 +5,8 @@ using PrlFuse.Core.IO;
 namespace PrlFuse.Core.Management;
 
 /// <summary>
-/// Every effect a snapshot operation has on a bundle's files, in one place: image files opened, images created,
-/// descriptors stored, images unlinked. The operations go through it only, so a test can record the effects in the
+/// Every effect a management operation (delete, merge, switch, resize, compact) has on a bundle's files, in one place:
+/// image files opened, images created, descriptors stored, images unlinked. The operations go through it only, so a test can record the effects in the
 /// order they happen and replay every prefix of them as a crash would leave the disk.
 /// </summary>
 public class BundleFiles

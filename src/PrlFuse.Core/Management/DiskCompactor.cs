@@ -18,7 +18,7 @@ public static class DiskCompactor
     public static DiskCompactResult Compact(string path, ManagementOptions? options = null, Action<string, string, long, long>? progress = null)
     {
         options ??= new ManagementOptions();
-        using var disk = LockedImageChain.Open(path, options.AllowImagesOutsideBundle, options.OpenFile);
+        using var disk = LockedImageChain.Open(path, options.AllowImagesOutsideBundle, options.Files.OpenImage);
         long storageBytes = disk.SizeBytes;
         var results = new List<CompactResult>();
         foreach (var image in disk.Images)

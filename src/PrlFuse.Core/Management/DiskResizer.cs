@@ -30,7 +30,7 @@ public static class DiskResizer
             throw new PrlFuseException(null, $"the new size must be a positive whole number of 512-byte sectors (got {newBytes} bytes)");
         }
 
-        using var disk = LockedImageChain.Open(path, options.AllowImagesOutsideBundle, options.OpenFile);
+        using var disk = LockedImageChain.Open(path, options.AllowImagesOutsideBundle, options.Files.OpenImage);
         long oldBytes = disk.SizeBytes;
         if (disk.Descriptor is { } d)
         {
@@ -64,7 +64,7 @@ public static class DiskResizer
 
         if (smaller)
         {
-            WriteDescriptor(disk, newBytes);
+            WriteDescriptor(disk, newBytes, options.Files);
         }
 
         foreach (var image in disk.Images)
@@ -77,7 +77,7 @@ public static class DiskResizer
 
         if (!smaller)
         {
-            WriteDescriptor(disk, newBytes);
+            WriteDescriptor(disk, newBytes, options.Files);
         }
 
         return new ResizeResult(oldBytes, newBytes, disk.Images.Count);
@@ -105,13 +105,13 @@ public static class DiskResizer
     private static (long Heads, long Sectors) TrackShape(DiskParameters p) =>
         p.Heads is > 0 and <= 255 && p.Sectors is > 0 and <= 255 ? (p.Heads, p.Sectors) : (DiskGeometry.DefaultHeads, DiskGeometry.DefaultSectors);
 
-    private static void WriteDescriptor(LockedImageChain disk, long newBytes)
+    private static void WriteDescriptor(LockedImageChain disk, long newBytes, BundleFiles files)
     {
         if (disk.Descriptor is not { } d || d.DiskSizeBytes == newBytes)
         {
             return;
         }
 
-        DescriptorStore.Write(disk.SourcePath, Resized(d, newBytes));
+        files.StoreDescriptor(disk.SourcePath, Resized(d, newBytes));
     }
 }

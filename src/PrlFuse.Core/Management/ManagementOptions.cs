@@ -1,5 +1,3 @@
-using PrlFuse.Core.IO;
-
 namespace PrlFuse.Core.Management;
 
 /// <summary>How a management command opens a disk.</summary>
@@ -8,6 +6,6 @@ public sealed record ManagementOptions
     /// <summary>Let relative image paths in the descriptor lead outside the bundle folder.</summary>
     public bool AllowImagesOutsideBundle { get; init; }
 
-    /// <summary>Opens image files; tests substitute one that records every write and flush.</summary>
-    public Func<string, bool, ImageFile> OpenFile { get; init; } = PositionalImageFile.Open;
+    /// <summary>The effects on the disk's files (images opened, the descriptor stored); tests substitute one that records them all.</summary>
+    public BundleFiles Files { get; init; } = BundleFiles.Real;
 }

@@ -9,8 +9,10 @@ public sealed record SwitchResult(Guid Top, Guid? Kept);
 /// <summary>
 /// Makes a snapshot's content the current state of an offline bundle: a new empty top image over it. The old top is
 /// dropped, or kept as a snapshot under a new GUID. Order: the new images are created and made durable (file and
-/// folder), then the descriptor that names them is stored (the one switch), then a dropped top's images are unlinked. A
-/// crash leaves the old disk (plus an unused new image file) or the new one (plus, at worst, the old top's file).
+/// folder), a dropped top is marked (<see cref="IntentMark"/>), then the descriptor that names the new images is stored
+/// (the one switch), then a dropped top's images are unlinked. A crash leaves the old disk (plus an unused new image
+/// file) or the new one (plus, at worst, the old top's file); 'check --repair' removes either file
+/// (<see cref="Checking.OrphanImages"/>).
 /// </summary>
 public static class SnapshotSwitcher
 {
@@ -76,6 +78,14 @@ public static class SnapshotSwitcher
             .Select(s => s.Guid == top ? s with { Guid = kept!.Value } : s)
             .Select(s => s.ParentGuid == top && kept is not null ? s with { ParentGuid = kept.Value } : s)
             .Append(new ShotDescriptor(top, guid, []));
+        if (kept is null)
+        {
+            // The top to drop is marked first: the descriptor this one replaces (its .Backup) then says which images the
+            // unlinks below remove, and 'check --repair' removes them when a crash stops the switch before it does. A
+            // crash before the switch leaves the mark on the current state, which the next operation drops.
+            files.StoreDescriptor(descriptorPath, IntentMark.Mark(d, [top]));
+        }
+
         files.StoreDescriptor(descriptorPath, d with { Storages = [.. storages], Snapshots = d.Snapshots with { Shots = [.. shots] } });
         if (kept is null)
         {

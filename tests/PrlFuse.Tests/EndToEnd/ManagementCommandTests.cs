@@ -1,3 +1,5 @@
+using System.Globalization;
+using System.Security.Cryptography;
 using System.Text.Json.Nodes;
 using PrlFuse.Core.Descriptor;
 using PrlFuse.Core.Management;
@@ -141,44 +143,32 @@ public sealed class ManagementCommandTests
     }
 }
 
-/// <summary>A guest ext4 on a created disk, a snapshot taken offline, files changed: the snapshot keeps the old files.</summary>
+/// <summary>
+/// The guest ext4 scenario of disk management, through the installed binary: a created disk, files written, snapshot,
+/// files changed, snapshot, changed again; the middle snapshot deleted, a switch, a merge, a resize that resize2fs grows
+/// into, and a compact after files are deleted and trimmed. After every step every snapshot's files have their
+/// checksums (loop mounted read-only), every image is clean for qemu-img check and every view is QEMU's.
+/// </summary>
 [Collection(FuseKernelCollection.Name)]
 [Trait("Needs", "Kernel")]
 [Trait("Needs", "Qemu")]
 [Trait("Needs", "Installed")]
 public sealed class ManagementGuestTests
 {
+    private static readonly Guid Top = DiskDescriptor.PredefinedTopGuid;
+
     [Fact]
-    public void AGuestExt4OnACreatedDiskKeepsItsFilesInTheSnapshotAfterChanges()
+    public void AGuestExt4KeepsEverySnapshotsFilesThroughEveryManagementCommand()
     {
         using var temp = new TempFolder();
         string bundle = temp.Combine("guest.hdd");
         Assert.Equal(0, PrlFuseCli.Run("create", bundle, "--size", "256M").ExitCode);
-        var tree = WriteTests.MakeTree(temp.Combine("tree"), seed: 17, count: 30);
+        var tree = GuestFilesystem.MakeTree(temp.Combine("tree"), seed: 17, count: 30);
         string mountpoint = temp.Combine("mnt");
         string guest = temp.Combine("guest");
         using (var mount = new PrlFuseMount(bundle, mountpoint))
         {
-            string device = ProcessRunner.Run("losetup", "--find", "--show", mount.Current).Stdout.Trim();
-            try
-            {
-                ProcessRunner.Run("mkfs.ext4", "-q", "-F", device);
-                Directory.CreateDirectory(guest);
-                ProcessRunner.Run("mount", device, guest);
-                try
-                {
-                    ProcessRunner.Run("cp", "-a", tree.Root + "/.", guest);
-                    ProcessRunner.Run("sync", "-f", guest);
-                }
-                finally
-                {
-                    ProcessRunner.Run("umount", guest);
-                }
-            }
-            finally
-            {
-                ProcessRunner.Run("losetup", "-d", device);
-            }
+            GuestFilesystem.Make(mount.Current, "ext4", guest, tree);
 
             Assert.Equal(0, mount.Unmount().ExitCode);
         }
@@ -191,54 +181,142 @@ public sealed class ManagementGuestTests
             Assert.Equal(1, busy.ExitCode);
             Assert.Contains($"snapshot create refused: the disk is mounted read-only at {mountpoint}", busy.Stderr, StringComparison.Ordinal);
             Assert.Single(busy.Stderr.TrimEnd().Split('\n'));
+            var list = PrlFuseCli.Run("snapshot", "list", bundle);
+            Assert.True(list.ExitCode == 0, list.Stderr);
+            Assert.Contains("(current state)", list.Stdout, StringComparison.Ordinal);
             Assert.Equal(0, mount.Unmount().ExitCode);
         }
 
-        Assert.Single(Directory.GetFiles(bundle, "*.hds"));
-        var made = PrlFuseCli.Run("snapshot", "create", bundle, "--name", "before changes");
-        Assert.True(made.ExitCode == 0, made.Stderr);
-        var snapshot = Guid.ParseExact(made.Stdout.Trim(), "B");
+        var v1 = tree.Files;
+        Verify(bundle, temp, new() { [Top] = v1 }, "created");
 
-        var changedFiles = tree.Files.Keys.Order(StringComparer.Ordinal).Where((_, i) => i % 3 == 0).ToList();
+        var s1 = SnapshotCreate(bundle, "one");
+        var v2 = Change(bundle, mountpoint, guest, v1, 1);
+        var s2 = SnapshotCreate(bundle, "two");
+        var v3 = Change(bundle, mountpoint, guest, v2, 2);
+        Verify(bundle, temp, new() { [s1] = v1, [s2] = v2, [Top] = v3 }, "two snapshots");
+
+        Run("snapshot", "delete", bundle, s2.ToString("B"));
+        Verify(bundle, temp, new() { [s1] = v1, [Top] = v3 }, "middle snapshot deleted");
+
+        string switched = Run("snapshot", "switch", "--keep-current", bundle, s1.ToString("B"));
+        var kept = Guid.Parse(switched.Trim().Split(' ')[^1]);
+        Verify(bundle, temp, new() { [s1] = v1, [kept] = v3, [Top] = v1 }, "switched to the first snapshot");
+
+        var v4 = Change(bundle, mountpoint, guest, v1, 4);
+        Run("merge", bundle);
+        Assert.Single(Directory.GetFiles(bundle, "*.hds"));
+        Verify(bundle, temp, new() { [Top] = v4 }, "merged");
+
+        Run("resize", bundle, "--size", "512M");
+        using (var mount = new PrlFuseMount(bundle, mountpoint))
+        {
+            GuestFilesystem.WithLoop(mount.Current, device =>
+            {
+                ProcessRunner.Run("e2fsck", "-f", "-y", device);
+                ProcessRunner.Run("resize2fs", device);
+                GuestFilesystem.WithMounted(device, guest, at =>
+                {
+                    var df = ProcessRunner.Run("df", "--output=size", "-B1", at).Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+                    long size = long.Parse(df[^1].Trim(), CultureInfo.InvariantCulture);
+                    Assert.True(size > 400L << 20, $"the filesystem is {size} bytes after resize2fs");
+                    // More than the disk held before the resize: the filesystem really uses the new space.
+                    ProcessRunner.Run("dd", "if=/dev/urandom", $"of={at}/grown.bin", "bs=4M", "count=75", "status=none");
+                    File.Delete(at + "/grown.bin");
+                });
+            });
+            Assert.Equal(0, mount.Unmount().ExitCode);
+        }
+
+        Verify(bundle, temp, new() { [Top] = v4 }, "resized and grown");
+
+        // Most files deleted and trimmed: compact gives the space back and every view stays.
+        var v5 = new Dictionary<string, string>(StringComparer.Ordinal);
+        using (var mount = new PrlFuseMount(bundle, mountpoint))
+        {
+            GuestFilesystem.WithLoop(mount.Current, device => GuestFilesystem.WithMounted(device, guest, at =>
+            {
+                foreach (var (path, sha) in v4.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select((kv, i) => (kv, i)).Where(p => p.i % 4 != 0).Select(p => p.kv))
+                {
+                    File.Delete(at + path);
+                }
+
+                foreach (var (path, sha) in v4.Where(kv => File.Exists(at + kv.Key)))
+                {
+                    v5[path] = sha;
+                }
+
+                ProcessRunner.Run("sync", "-f", at);
+                ProcessRunner.Run("fstrim", at);
+            }));
+            Assert.Equal(0, mount.Unmount().ExitCode);
+        }
+
+        string image = Assert.Single(Directory.GetFiles(bundle, "*.hds"));
+        long before = new FileInfo(image).Length;
+        Run("compact", bundle);
+        long after = new FileInfo(image).Length;
+        Assert.True(after < before - (64L << 20), $"compact left {after} bytes of {before}");
+        Verify(bundle, temp, new() { [Top] = v5 }, "compacted");
+    }
+
+    private static string Run(params string[] args)
+    {
+        var r = PrlFuseCli.Run(args);
+        Assert.True(r.ExitCode == 0, $"prlfuse {string.Join(' ', args)}: {r.Stderr}");
+        return r.Stdout;
+    }
+
+    private static Guid SnapshotCreate(string bundle, string name) => Guid.ParseExact(Run("snapshot", "create", bundle, "--name", name).Trim(), "B");
+
+    /// <summary>Mounts the disk and changes the guest's files: every third rewritten, one deleted, one added. Returns the files now.</summary>
+    private static Dictionary<string, string> Change(string bundle, string mountpoint, string guest, Dictionary<string, string> files, int seed)
+    {
+        var random = new Random(seed);
+        var changed = new Dictionary<string, string>(files, StringComparer.Ordinal);
+        var paths = files.Keys.Order(StringComparer.Ordinal).ToList();
         using (var mount = new PrlFuseMount(bundle, mountpoint))
         {
             using (var loop = mount.Loop(mount.Current, guest, readOnly: false))
             {
-                foreach (string path in changedFiles)
+                foreach (string path in paths.Where((_, i) => i % 3 == seed % 3).Append($"/added{seed}.bin"))
                 {
-                    File.WriteAllText(loop.At + path, "changed after the snapshot " + path);
+                    var bytes = new byte[random.Next(1, 3 << 20)];
+                    random.NextBytes(bytes);
+                    File.WriteAllBytes(loop.At + path, bytes);
+                    changed[path] = Convert.ToHexStringLower(SHA256.HashData(bytes));
                 }
 
-                File.Delete(loop.At + tree.Files.Keys.Order(StringComparer.Ordinal).Last());
-            }
-
-            using (var old = mount.Loop(mount.Snapshot(snapshot), temp.Combine("old"), readOnly: true))
-            {
-                foreach (var (path, sha) in tree.Files)
-                {
-                    Assert.Equal(sha, Hashing.Sha256File(old.At + path));
-                }
+                string gone = paths[(seed * 7) % paths.Count];
+                File.Delete(loop.At + gone);
+                changed.Remove(gone);
             }
 
             Assert.Equal(0, mount.Unmount().ExitCode);
         }
 
-        using (var mount = new PrlFuseMount(bundle, mountpoint, "--read-only"))
-        {
-            using var now = mount.Loop(mount.Current, guest, readOnly: true);
-            Assert.Equal("changed after the snapshot " + changedFiles[0], File.ReadAllText(now.At + changedFiles[0]));
-            Assert.False(File.Exists(now.At + tree.Files.Keys.Order(StringComparer.Ordinal).Last()));
-        }
-
-        var views = BundleOracle.AssertEveryViewMatchesQemu(bundle, temp.Path);
-        Assert.Equal(2, views.Count);
-        var fsck = ProcessRunner.Run("e2fsck", ["-n", "-f", WriteRaw(temp.Combine("snap.raw"), views[snapshot])], check: false);
-        Assert.True(fsck.ExitCode == 0, fsck.Stdout + fsck.Stderr);
+        return changed;
     }
 
-    private static string WriteRaw(string path, byte[] bytes)
+    /// <summary>
+    /// The disk has exactly the snapshots of <paramref name="expected"/>, each reading its files (loop mounted read-only
+    /// from a read-only mount), with a clean filesystem; every image is clean for qemu-img check; every view is QEMU's.
+    /// </summary>
+    private static void Verify(string bundle, TempFolder temp, Dictionary<Guid, Dictionary<string, string>> expected, string step)
     {
-        File.WriteAllBytes(path, bytes);
-        return path;
+        SnapshotTreeBundle.AssertQemuClean(bundle);
+        var views = KillNine.Hashes(bundle, temp.Path);
+        Assert.Equal(expected.Keys.Order(), views.Keys.Where(g => g != Guid.Empty).Order());
+        using var mount = new PrlFuseMount(bundle, temp.Combine("verify"), "--read-only");
+        foreach (var (guid, files) in expected)
+        {
+            string view = guid == Top ? mount.Current : mount.Snapshot(guid);
+            var fsck = ProcessRunner.Run("e2fsck", ["-f", "-n", view], check: false);
+            Assert.True(fsck.ExitCode == 0, $"{step}: snapshot {guid:B}: {fsck.Stdout}{fsck.Stderr}");
+            using var loop = mount.Loop(view, temp.Combine("look"), readOnly: true);
+            GuestFilesystem.AssertFiles(loop.At, files, $"{step}: snapshot {guid:B}");
+        }
+
+        Assert.Equal(0, mount.Unmount().ExitCode);
     }
 }

@@ -18,15 +18,11 @@ public sealed class ResizeKernelTests
     {
         using var temp = new TempFolder();
         var chain = QemuChain.Build(temp.Path, 2, [64 * 2048], 533);
-        var tree = WriteTests.MakeTree(temp.Combine("tree"), seed: 11, count: 30);
+        var tree = GuestFilesystem.MakeTree(temp.Combine("tree"), seed: 11, count: 30);
         string mountpoint = temp.Combine("mnt");
         using (var mount = new PrlFuseMount(chain.Bundle, mountpoint))
         {
-            WithLoop(mount.Current, device =>
-            {
-                ProcessRunner.Run("mkfs.ext4", "-q", "-F", device);
-                WithGuest(temp.Combine("guest"), device, guest => ProcessRunner.Run("cp", "-a", tree.Root + "/.", guest));
-            });
+            GuestFilesystem.Make(mount.Current, "ext4", temp.Combine("guest"), tree);
             Assert.Equal(0, mount.Unmount().ExitCode);
         }
 
@@ -36,11 +32,11 @@ public sealed class ResizeKernelTests
         using (var mount = new PrlFuseMount(chain.Bundle, mountpoint))
         {
             Assert.Equal(256L << 20, new FileInfo(mount.Current).Length);
-            WithLoop(mount.Current, device =>
+            GuestFilesystem.WithLoop(mount.Current, device =>
             {
                 ProcessRunner.Run("e2fsck", "-f", "-y", device);
                 ProcessRunner.Run("resize2fs", device);
-                WithGuest(temp.Combine("guest"), device, guest =>
+                GuestFilesystem.WithMounted(device, temp.Combine("guest"), guest =>
                 {
                     var df = ProcessRunner.Run("df", "--output=size", "-B1", guest).Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
                     long size = long.Parse(df[^1].Trim(), CultureInfo.InvariantCulture);
@@ -77,32 +73,5 @@ public sealed class ResizeKernelTests
         Assert.Equal(1, c.ExitCode);
         Assert.Contains(mountpoint, c.Stderr, StringComparison.Ordinal);
         Assert.Equal(0, mount.Unmount().ExitCode);
-    }
-    private static void WithLoop(string file, Action<string> use)
-    {
-        string device = ProcessRunner.Run("losetup", "--find", "--show", file).Stdout.Trim();
-        try
-        {
-            use(device);
-        }
-        finally
-        {
-            ProcessRunner.Run("losetup", "-d", device);
-        }
-    }
-
-    private static void WithGuest(string at, string device, Action<string> use)
-    {
-        Directory.CreateDirectory(at);
-        ProcessRunner.Run("mount", device, at);
-        try
-        {
-            use(at);
-            ProcessRunner.Run("sync", "-f", at);
-        }
-        finally
-        {
-            ProcessRunner.Run("umount", at);
-        }
     }
 }

@@ -1,5 +1,3 @@
-using System.Diagnostics;
-using System.Security.Cryptography;
 using PrlFuse.Core.Descriptor;
 using PrlFuse.Tests.Core.Management;
 using PrlFuse.Tests.Support;
@@ -9,8 +7,7 @@ namespace PrlFuse.Tests.EndToEnd;
 
 /// <summary>
 /// 'prlfuse snapshot delete', 'snapshot switch' and 'merge' through the installed binary: the views against QEMU's,
-/// the refusals with their one-line messages, and kill -9 of the command at random moments on a real bundle, finished
-/// by the next command or 'check --repair'.
+/// and the refusals with their one-line messages (kill -9 of each at random moments: <see cref="KillNineTests"/>).
 /// </summary>
 [Trait("Needs", "Qemu")]
 [Trait("Needs", "Installed")]
@@ -81,124 +78,12 @@ public sealed class SnapshotCommandTests
         AssertQemuClean(t.Bundle);
     }
 
-    [Theory]
-    [InlineData(false, 211)]
-    [InlineData(true, 212)]
-    public void KillNineAtRandomMomentsIsFinishedByTheNextCommand(bool merge, int seed)
-    {
-        using var temp = new TempFolder();
-        string original = Path.Combine(temp.Path, "original");
-        var (bundle, guids) = LargeChain(original);
-        var expected = Hashes(bundle, temp.Path);
-        var random = new Random(seed);
-
-        // How long an uninterrupted run takes, to kill within it.
-        string timing = Path.Combine(temp.Path, "timing");
-        CopyFolder(bundle, timing);
-        var clock = Stopwatch.StartNew();
-        Assert.Equal(0, PrlFuseCli.Run(Command(merge, timing, guids)).ExitCode);
-        long runMs = Math.Max(50, clock.ElapsedMilliseconds);
-
-        for (int round = 0; round < 4; round++)
-        {
-            string work = Path.Combine(temp.Path, $"round{round}");
-            CopyFolder(bundle, work);
-            using (var process = Process.Start(new ProcessStartInfo(PrlFuseCli.Binary, Command(merge, work, guids)) { RedirectStandardOutput = true, RedirectStandardError = true })!)
-            {
-                Thread.Sleep(random.Next(20, (int)runMs));
-                process.Kill();
-                process.WaitForExit();
-            }
-
-            // The next command: the same one for a merge, 'check --repair' for a delete (then the delete again, which
-            // finds nothing left to finish when the repair did it, or the snapshot gone).
-            var next = PrlFuseCli.Run(merge ? Command(true, work, guids) : ["check", "--repair", work]);
-            Assert.True(next.ExitCode == 0, $"round {round}: {next.Stdout}{next.Stderr}");
-            var tree = SnapshotTree.Build(DescriptorParser.ParseFile(Path.Combine(work, "DiskDescriptor.xml")), work);
-            if (!merge && tree.Contains(guids[1]))
-            {
-                Assert.Equal(0, PrlFuseCli.Run(Command(false, work, guids)).ExitCode);
-            }
-
-            var after = Hashes(work, temp.Path);
-            Assert.Equal(merge ? 1 : 2, after.Count);
-            foreach (var (guid, hash) in after)
-            {
-                Assert.True(hash == expected[guid], $"round {round}: snapshot {guid:B} reads differently");
-            }
-
-            AssertQemuClean(work);
-            Directory.Delete(work, recursive: true);
-        }
-    }
-
-    private static string[] Command(bool merge, string bundle, Guid[] guids) =>
-        merge ? ["merge", bundle] : ["snapshot", "delete", bundle, guids[1].ToString("B")];
-
-    /// <summary>A 256 MiB chain of three images with 1 MiB clusters and some hundred MiB of data to merge.</summary>
-    private static (string Bundle, Guid[] Guids) LargeChain(string folder)
-    {
-        string bundle = Path.Combine(folder, "big.hdd");
-        Directory.CreateDirectory(bundle);
-        Guid[] guids = [Guid.NewGuid(), Guid.NewGuid(), DescriptorBuilder.PredefinedTop];
-        string[][] writes =
-        [
-            ["write -P 1 0 160M"],
-            [.. Enumerable.Range(0, 24).Select(i => $"write -P {10 + i} {(i * 9) + 3}M 2M")],
-            ["write -P 3 40M 60M", "write -P 4 200M 5M"],
-        ];
-        long sectors = 256L * 2048;
-        var d = new DescriptorBuilder(sectors) { Cylinders = sectors / 32, Heads = 1, SectorsPerTrack = 32 };
-        var storage = d.Storage(0, sectors);
-        for (int i = 0; i < guids.Length; i++)
-        {
-            string file = $"big.hdd.0.{guids[i]:B}.hds";
-            Qemu.Create(Path.Combine(bundle, file), "256M");
-            Qemu.Write(Path.Combine(bundle, file), writes[i]);
-            storage.Image(guids[i], "Compressed", file);
-        }
-
-        d.Chain(guids).WriteTo(bundle);
-        return (bundle, guids);
-    }
-
-    /// <summary>The SHA-256 of QEMU's view of every snapshot.</summary>
-    private static Dictionary<Guid, string> Hashes(string bundle, string scratch)
-    {
-        string xml = Path.Combine(bundle, "DiskDescriptor.xml");
-        var d = DescriptorParser.ParseFile(xml);
-        var tree = SnapshotTree.Build(d, xml);
-        var hashes = new Dictionary<Guid, string>();
-        foreach (var guid in tree.Snapshots)
-        {
-            string raw = Path.Combine(scratch, "view.raw");
-            Qemu.ConvertChain([.. tree.ChainOf(guid).Select(g => Path.Combine(bundle, d.Storages[0].FindImage(g)!.File))], raw);
-            using (var stream = File.OpenRead(raw))
-            {
-                hashes[guid] = Convert.ToHexString(SHA256.HashData(stream));
-            }
-
-            File.Delete(raw);
-        }
-
-        return hashes;
-    }
-
     private static void AssertRefused(ProcessRunner.Result r, string message)
     {
         Assert.NotEqual(0, r.ExitCode);
         Assert.Contains(message, r.Stderr, StringComparison.Ordinal);
         Assert.Single(r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
         Assert.DoesNotContain("   at ", r.Stderr, StringComparison.Ordinal);
-    }
-
-    private static void CopyFolder(string from, string to)
-    {
-        Directory.CreateDirectory(to);
-        foreach (string file in Directory.GetFiles(from))
-        {
-            File.Copy(file, Path.Combine(to, Path.GetFileName(file)), overwrite: true);
-        }
     }
 }
 
@@ -231,5 +116,28 @@ public sealed class SnapshotCommandMountedTests
 
         Assert.Equal(xml, File.ReadAllText(t.Descriptor));
         Assert.Equal(5, Directory.GetFiles(t.Bundle, "*.hds").Length);
+    }
+
+    /// <summary>'snapshot list' reads only the descriptor and the image headers and tables: a mounted disk is listed without -U, as it is offline.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void SnapshotListOfAMountedDiskNeedsNoForceShare(bool readOnly)
+    {
+        using var temp = new TempFolder();
+        var t = SnapshotOperationTests.Tree(temp.Path, 222);
+        var offline = PrlFuseCli.Run("snapshot", "list", "--json", t.Bundle);
+        Assert.True(offline.ExitCode == 0, offline.Stderr);
+        string mountpoint = Path.Combine(temp.Path, "mnt");
+        using (var mount = readOnly ? new PrlFuseMount(t.Bundle, mountpoint, "--read-only") : new PrlFuseMount(t.Bundle, mountpoint))
+        {
+            var json = PrlFuseCli.Run("snapshot", "list", "--json", t.Bundle);
+            Assert.True(json.ExitCode == 0, json.Stderr);
+            Assert.Equal(offline.Stdout, json.Stdout);
+            var text = PrlFuseCli.Run("snapshot", "list", t.Bundle);
+            Assert.True(text.ExitCode == 0, text.Stderr);
+            Assert.Equal(5, text.Stdout.Split('\n').Count(l => l.TrimStart().StartsWith('{')));
+            Assert.Equal(0, mount.Unmount().ExitCode);
+        }
     }
 }

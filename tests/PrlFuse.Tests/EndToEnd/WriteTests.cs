@@ -1,4 +1,3 @@
-using System.Globalization;
 using PrlFuse.Tests.Support;
 
 namespace PrlFuse.Tests.EndToEnd;
@@ -21,32 +20,11 @@ public sealed class WriteTests
         string baseRaw = temp.Combine("base-before.raw");
         File.WriteAllBytes(baseRaw, chain.OracleView(0, temp.Path));
 
-        var tree = MakeTree(temp.Combine("tree"), seed: 9);
+        var tree = GuestFilesystem.MakeTree(temp.Combine("tree"), seed: 9);
         string mountpoint = temp.Combine("mnt");
         using (var mount = new PrlFuseMount(chain.Bundle, mountpoint))
         {
-            string device = ProcessRunner.Run("losetup", "--find", "--show", mount.Current).Stdout.Trim();
-            try
-            {
-                ProcessRunner.Run(fs == "xfs" ? "mkfs.xfs" : "mkfs.ext4", fs == "xfs" ? ["-q", "-f", device] : ["-q", "-F", device]);
-                string guest = temp.Combine("guest");
-                Directory.CreateDirectory(guest);
-                ProcessRunner.Run("mount", device, guest);
-                try
-                {
-                    ProcessRunner.Run("cp", "-a", tree.Root + "/.", guest);
-                    ProcessRunner.Run("sync", "-f", guest);
-                }
-                finally
-                {
-                    ProcessRunner.Run("umount", guest);
-                }
-            }
-            finally
-            {
-                ProcessRunner.Run("losetup", "-d", device);
-            }
-
+            GuestFilesystem.Make(mount.Current, fs, temp.Combine("guest"), tree);
             Assert.Equal(0, mount.Unmount().ExitCode);
         }
 
@@ -136,26 +114,5 @@ public sealed class WriteTests
         }
 
         return false;
-    }
-
-    public sealed record Tree(string Root, Dictionary<string, string> Files);
-
-    /// <summary>A folder of files of random sizes and content, with their checksums.</summary>
-    public static Tree MakeTree(string root, int seed, int count = 60)
-    {
-        var random = new Random(seed);
-        var files = new Dictionary<string, string>(StringComparer.Ordinal);
-        for (int i = 0; i < count; i++)
-        {
-            string dir = $"/d{i % 7}/e{i % 3}";
-            Directory.CreateDirectory(root + dir);
-            var bytes = new byte[random.Next(4) == 0 ? random.Next(1 << 20, 6 << 20) : random.Next(0, 70_000)];
-            random.NextBytes(bytes);
-            string path = string.Create(CultureInfo.InvariantCulture, $"{dir}/f{i}.bin");
-            File.WriteAllBytes(root + path, bytes);
-            files[path] = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(bytes));
-        }
-
-        return new Tree(root, files);
     }
 }

@@ -20,6 +20,16 @@ public sealed class TempFolder : IDisposable
     /// <summary>A subfolder (created).</summary>
     public string Folder(string name) => Directory.CreateDirectory(Combine(name)).FullName;
 
+    /// <summary>Copies the files of <paramref name="from"/> (not its subfolders) into <paramref name="to"/>, created when missing, replacing files there.</summary>
+    public static void CopyFiles(string from, string to)
+    {
+        Directory.CreateDirectory(to);
+        foreach (string file in Directory.GetFiles(from))
+        {
+            File.Copy(file, System.IO.Path.Combine(to, System.IO.Path.GetFileName(file)), overwrite: true);
+        }
+    }
+
     public void Dispose()
     {
         try

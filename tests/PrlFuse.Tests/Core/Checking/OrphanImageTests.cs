@@ -1,5 +1,7 @@
 using PrlFuse.Core.Checking;
+using PrlFuse.Core.Descriptor;
 using PrlFuse.Core.IO;
+using PrlFuse.Core.Management;
 using PrlFuse.Tests.Support;
 
 namespace PrlFuse.Tests.Core.Checking;
@@ -41,6 +43,33 @@ public sealed class OrphanImageTests
 
         Assert.False(File.Exists(orphan));
         Assert.True(File.Exists(held) && File.Exists(junk) && File.Exists(named) && File.Exists(backupNamed));
+    }
+
+    /// <summary>
+    /// What a crash leaves of an interrupted operation is an orphan: an empty image file (an image being created), and an
+    /// image only a .Backup with an intent mark names (the descriptor a deletion or switch replaced before unlinking it).
+    /// </summary>
+    [Fact]
+    public void AnEmptyImageAndAnImageOnlyAMarkedBackupNamesAreRemoved()
+    {
+        using var temp = new TempFolder();
+        string bundle = Samples.Extract("expanding", temp.Path);
+        string descriptor = Path.Combine(bundle, "DiskDescriptor.xml");
+        string empty = Path.Combine(bundle, "expanding.hdd.0.{88888888-2222-3333-4444-555555555555}.hds");
+        string dropped = Path.Combine(bundle, "expanding.hdd.0.{99999999-2222-3333-4444-555555555555}.hds");
+        File.WriteAllBytes(empty, []);
+        File.Copy(Path.Combine(bundle, NamedImage), dropped);
+        string backup = File.ReadAllText(descriptor).Replace("5fbaabe3-6958-40ff-92a7-860e329aab41}.hds", "99999999-2222-3333-4444-555555555555}.hds", StringComparison.Ordinal);
+        File.WriteAllText(descriptor + ".Backup", backup);
+        Assert.Equal([empty], OrphanImages.Find(descriptor).Select(o => o.Path));
+
+        var marked = IntentMark.Mark(DescriptorParser.ParseFile(descriptor + ".Backup"), [DiskDescriptor.PredefinedTopGuid]);
+        File.WriteAllText(descriptor + ".Backup", DescriptorWriter.Write(marked));
+        var found = OrphanImages.Find(descriptor);
+        Assert.Equal([empty, dropped], found.Select(o => o.Path));
+        Assert.All(OrphanImages.Remove(found), r => Assert.Null(r.Kept));
+        Assert.False(File.Exists(empty) || File.Exists(dropped));
+        Assert.True(File.Exists(Path.Combine(bundle, NamedImage)));
     }
 
     [Fact]

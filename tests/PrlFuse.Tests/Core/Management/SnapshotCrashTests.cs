@@ -49,7 +49,7 @@ public sealed class SnapshotCrashTests
 
         var before = OracleViews(t.Bundle, temp.Path);
         string work = Path.Combine(temp.Path, "work");
-        CopyFolder(t.Bundle, work);
+        TempFolder.CopyFiles(t.Bundle, work);
         var files = new RecordingBundleFiles();
         SwitchResult? switched = null;
         switch (operation)
@@ -85,7 +85,7 @@ public sealed class SnapshotCrashTests
                 Directory.Delete(crash, recursive: true);
             }
 
-            CopyFolder(t.Bundle, crash);
+            TempFolder.CopyFiles(t.Bundle, crash);
             bool all = i % 5 == 0;
             RecordingBundleFiles.Replay(ops, points[i], t.Bundle, crash, () => all || random.Next(2) == 0);
             string context = $"{operation}, crash at op {points[i]} of {points[^1]}";
@@ -135,14 +135,5 @@ public sealed class SnapshotCrashTests
         int gone = operation == Operation.Merge ? before.Count - 1 : 1;
         Assert.True(after.Count == before.Count || after.Count == before.Count - gone, $"{context}: {after.Count} snapshots");
         return after.Count != before.Count;
-    }
-
-    private static void CopyFolder(string from, string to)
-    {
-        Directory.CreateDirectory(to);
-        foreach (string file in Directory.GetFiles(from))
-        {
-            File.Copy(file, Path.Combine(to, Path.GetFileName(file)), overwrite: true);
-        }
     }
 }

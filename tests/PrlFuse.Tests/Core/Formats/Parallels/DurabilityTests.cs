@@ -178,7 +178,7 @@ public sealed class DurabilityTests
     /// </summary>
     internal static void AssertCrashesKeepWhatWasFlushed(QemuChain chain, string topPath, byte[] initial, List<FileOp> ops, int modelLength, Random random, string crashRoot)
     {
-        CopyFolder(chain.Bundle, crashRoot);
+        TempFolder.CopyFiles(chain.Bundle, crashRoot);
         string crashTop = Path.Combine(crashRoot, Path.GetFileName(topPath));
         int lastSeq = ops[^1].Seq;
         var points = Enumerable.Range(0, 14).Select(_ => random.Next(1, lastSeq + 1)).Append(lastSeq + 1).ToList();
@@ -309,15 +309,6 @@ public sealed class DurabilityTests
                     f.Write(new byte[Math.Min(p.Length, f.Length - p.Offset)]);
                     break;
             }
-        }
-    }
-
-    private static void CopyFolder(string from, string to)
-    {
-        Directory.CreateDirectory(to);
-        foreach (string file in Directory.GetFiles(from))
-        {
-            File.Copy(file, Path.Combine(to, Path.GetFileName(file)), overwrite: true);
         }
     }
 }
