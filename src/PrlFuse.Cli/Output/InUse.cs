@@ -38,9 +38,10 @@ internal static class InUse
         if (ours.Count > 0)
         {
             var m = ours[0];
+            // A read-write mount is shared with readers that accept its writes (-U); a read-only one with any reader.
             string advice = m.ReadOnly
-                ? $"unmount it first ('prlfuse unmount {m.Mountpoint}'), or open it read-only beside it"
-                : $"unmount it first ('prlfuse unmount {m.Mountpoint}'), or use --read-only --force-share to inspect it as it is now";
+                ? $"unmount it first ('prlfuse unmount {m.Mountpoint}') and run the command again; readers may open it read-only beside it"
+                : $"unmount it first ('prlfuse unmount {m.Mountpoint}') and run the command again; to only read it as it is now, use --read-only --force-share";
             return $"{e.ImagePath}: disk is in use: {Describe(m)}; {advice}";
         }
 
