@@ -164,68 +164,117 @@ public static class DiskConverter
     internal static void ForEachChangedRun(SnapshotView view, SnapshotView? parent, List<(long Start, long End)> ranges, long clusterBytes, Action<long> progress, Action<long, ReadOnlySpan<byte>> write, Action<long, long> zeros)
     {
         int chunk = (int)Math.Max(ChunkBytes, clusterBytes);
-        byte[] buffer = ArrayPool<byte>.Shared.Rent(chunk);
-        byte[]? parentBuffer = parent is null ? null : ArrayPool<byte>.Shared.Rent(chunk);
+        var chunks = new List<(long At, int Length)>();
+        foreach (var (start, end) in ranges)
+        {
+            for (long at = start; at < end; at += chunk)
+            {
+                chunks.Add((at, (int)Math.Min(chunk, end - at)));
+            }
+        }
+
+        // Two sets of buffers: the next chunk is read (from the source's page cache or disk) on another thread while this
+        // one is compared and written, so reading and writing overlap instead of taking turns.
+        var sets = new (byte[] Data, byte[]? Parent)[2];
+        for (int i = 0; i < sets.Length; i++)
+        {
+            sets[i] = (ArrayPool<byte>.Shared.Rent(chunk), parent is null ? null : ArrayPool<byte>.Shared.Rent(chunk));
+        }
+
+        Task? ahead = null;
         try
         {
-            foreach (var (start, end) in ranges)
+            ahead = chunks.Count > 0 ? Task.Run(() => ReadChunk(chunks[0], sets[0])) : null;
+            for (int k = 0; k < chunks.Count; k++)
             {
-                for (long at = start; at < end; at += chunk)
+                ahead!.GetAwaiter().GetResult();
+                var (at, n) = chunks[k];
+                var (buffer, parentBuffer) = sets[k & 1];
+                if (k + 1 < chunks.Count)
                 {
-                    int n = (int)Math.Min(chunk, end - at);
-                    var span = buffer.AsSpan(0, n);
-                    view.Read(span, at);
-                    var parentSpan = parentBuffer is null ? default : parentBuffer.AsSpan(0, n);
-                    if (parent is not null)
-                    {
-                        // A parent smaller than the view reads as zeros past its end.
-                        int got = parent.Read(parentSpan, at);
-                        parentSpan[got..].Clear();
-                    }
-
-                    // The run being gathered: its start in the chunk, and whether it is a run of zero clusters.
-                    int run = -1;
-                    bool runZeros = false;
-                    for (int p = 0; p < n; p += (int)clusterBytes)
-                    {
-                        int length = (int)Math.Min(clusterBytes, n - p);
-                        var piece = span.Slice(p, length);
-                        bool changed = parent is null ? piece.ContainsAnyExcept((byte)0) : !piece.SequenceEqual(parentSpan.Slice(p, length));
-                        bool isZeros = changed && parent is not null && !piece.ContainsAnyExcept((byte)0);
-                        if (run >= 0 && (!changed || isZeros != runZeros))
-                        {
-                            HandOn(at, run, p, runZeros);
-                            run = -1;
-                        }
-
-                        if (changed && run < 0)
-                        {
-                            run = p;
-                            runZeros = isZeros;
-                        }
-                    }
-
-                    if (run >= 0)
-                    {
-                        HandOn(at, run, n, runZeros);
-                    }
-
-                    progress(at + n);
+                    var next = chunks[k + 1];
+                    var nextSet = sets[(k + 1) & 1];
+                    ahead = Task.Run(() => ReadChunk(next, nextSet));
                 }
+                else
+                {
+                    ahead = null;
+                }
+
+                HandOnChanges(buffer, parentBuffer, at, n);
+                progress(at + n);
             }
 
             progress(view.Size);
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(buffer);
-            if (parentBuffer is not null)
+            // A read still running owns its buffers until it ends (a failure of the write side must not return them early).
+            try
             {
-                ArrayPool<byte>.Shared.Return(parentBuffer);
+                ahead?.Wait();
+            }
+            catch (AggregateException)
+            {
+                // The write side's failure is the one to report.
+            }
+
+            foreach (var (data, parentData) in sets)
+            {
+                ArrayPool<byte>.Shared.Return(data);
+                if (parentData is not null)
+                {
+                    ArrayPool<byte>.Shared.Return(parentData);
+                }
             }
         }
 
-        void HandOn(long at, int from, int to, bool isZeros)
+        void ReadChunk((long At, int Length) c, (byte[] Data, byte[]? Parent) set)
+        {
+            view.Read(set.Data.AsSpan(0, c.Length), c.At);
+            if (parent is not null)
+            {
+                // A parent smaller than the view reads as zeros past its end.
+                var parentSpan = set.Parent.AsSpan(0, c.Length);
+                int got = parent.Read(parentSpan, c.At);
+                parentSpan[got..].Clear();
+            }
+        }
+
+        void HandOnChanges(byte[] buffer, byte[]? parentBuffer, long at, int n)
+        {
+            var span = buffer.AsSpan(0, n);
+            var parentSpan = parentBuffer is null ? default : parentBuffer.AsSpan(0, n);
+
+            // The run being gathered: its start in the chunk, and whether it is a run of zero clusters.
+            int run = -1;
+            bool runZeros = false;
+            for (int p = 0; p < n; p += (int)clusterBytes)
+            {
+                int length = (int)Math.Min(clusterBytes, n - p);
+                var piece = span.Slice(p, length);
+                bool changed = parent is null ? piece.ContainsAnyExcept((byte)0) : !piece.SequenceEqual(parentSpan.Slice(p, length));
+                bool isZeros = changed && parent is not null && !piece.ContainsAnyExcept((byte)0);
+                if (run >= 0 && (!changed || isZeros != runZeros))
+                {
+                    HandOn(buffer, at, run, p, runZeros);
+                    run = -1;
+                }
+
+                if (changed && run < 0)
+                {
+                    run = p;
+                    runZeros = isZeros;
+                }
+            }
+
+            if (run >= 0)
+            {
+                HandOn(buffer, at, run, n, runZeros);
+            }
+        }
+
+        void HandOn(byte[] buffer, long at, int from, int to, bool isZeros)
         {
             if (isZeros)
             {

@@ -119,45 +119,90 @@ public static class DiskExporter
     /// </summary>
     private static void Copy(SnapshotView view, Action<long> progress, Action<ReadOnlySpan<byte>, long> write, byte[]? zeros)
     {
-        byte[] buffer = ArrayPool<byte>.Shared.Rent(ChunkBytes);
+        // The pieces in order, from the allocation tables (nothing read): holes, and data in chunks.
+        var pieces = new List<(long At, int Length, bool Data)>();
+        for (long offset = 0; offset < view.Size;)
+        {
+            long data = view.SeekData(offset);
+            long holeEnd = data < 0 ? view.Size : data;
+            for (long at = offset; at < holeEnd; at += ChunkBytes)
+            {
+                pieces.Add((at, (int)Math.Min(ChunkBytes, holeEnd - at), false));
+            }
+
+            if (data < 0)
+            {
+                break;
+            }
+
+            long dataEnd = view.SeekHole(data);
+            for (long at = data; at < dataEnd; at += ChunkBytes)
+            {
+                pieces.Add((at, (int)Math.Min(ChunkBytes, dataEnd - at), true));
+            }
+
+            offset = dataEnd;
+        }
+
+        // Two buffers: the next data chunk is read on another thread while this one is written, so reading and writing
+        // overlap instead of taking turns.
+        byte[][] buffers = [ArrayPool<byte>.Shared.Rent(ChunkBytes), ArrayPool<byte>.Shared.Rent(ChunkBytes)];
+        int turn = 0;
+        Task? ahead = null;
+        int aheadIndex = -1;
         try
         {
-            long offset = 0;
-            while (offset < view.Size)
+            for (int k = 0; k < pieces.Count; k++)
             {
-                long data = view.SeekData(offset);
-                long holeEnd = data < 0 ? view.Size : data;
-                if (zeros is not null)
+                var (at, length, isData) = pieces[k];
+                if (!isData)
                 {
-                    for (long at = offset; at < holeEnd; at += ChunkBytes)
+                    if (zeros is not null)
                     {
-                        int n = (int)Math.Min(ChunkBytes, holeEnd - at);
-                        write(zeros.AsSpan(0, n), at);
-                        progress(at + n);
+                        write(zeros.AsSpan(0, length), at);
                     }
+
+                    progress(at + length);
+                    continue;
                 }
 
-                progress(holeEnd);
-                if (data < 0)
+                byte[] buffer = buffers[turn];
+                if (aheadIndex == k)
                 {
-                    break;
+                    ahead!.GetAwaiter().GetResult();
                 }
-
-                long dataEnd = view.SeekHole(data);
-                for (long at = data; at < dataEnd; at += ChunkBytes)
+                else
                 {
-                    var span = buffer.AsSpan(0, (int)Math.Min(ChunkBytes, dataEnd - at));
-                    view.Read(span, at);
-                    write(span, at);
-                    progress(at + span.Length);
+                    view.Read(buffer.AsSpan(0, length), at);
                 }
 
-                offset = dataEnd;
+                ahead = null;
+                aheadIndex = pieces.FindIndex(k + 1, p => p.Data);
+                if (aheadIndex >= 0)
+                {
+                    var (nextAt, nextLength, _) = pieces[aheadIndex];
+                    byte[] nextBuffer = buffers[turn ^ 1];
+                    ahead = Task.Run(() => view.Read(nextBuffer.AsSpan(0, nextLength), nextAt));
+                }
+
+                write(buffer.AsSpan(0, length), at);
+                progress(at + length);
+                turn ^= 1;
             }
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(buffer);
+            // A read still running owns its buffer until it ends; the write side's failure is the one to report.
+            try
+            {
+                ahead?.Wait();
+            }
+            catch (AggregateException)
+            {
+            }
+
+            ArrayPool<byte>.Shared.Return(buffers[0]);
+            ArrayPool<byte>.Shared.Return(buffers[1]);
         }
     }
 
