@@ -253,7 +253,9 @@ public static class ImageResizer
             return;
         }
 
-        long used = Math.Max(Math.Max(bat.UsedEnd(), file.Length), to);
+        // Past the last cluster the BAT points at lies nothing of the disk: at most the copies of a run that was killed
+        // before its BAT pages were written, which this run makes again in the same places instead of after them.
+        long used = Math.Max(bat.UsedEnd(), to);
         long next = from + ((used - from + cluster - 1) / cluster * cluster);
         if ((next + (inTheWay.Count * cluster)) / bat.UnitBytes > uint.MaxValue)
         {

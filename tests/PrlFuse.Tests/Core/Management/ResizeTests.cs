@@ -38,6 +38,33 @@ public sealed class ResizeTests
     }
 
     [Fact]
+    public void ARunAgainAfterAKillReusesTheCopiesTheKilledRunLeftPastTheData()
+    {
+        // A resize killed while it copied clusters out of the BAT's way leaves copies no entry points at past the data;
+        // the next run puts its copies there again instead of after them, so the image ends where an uninterrupted run
+        // ends it (the kill -9 test found the leak).
+        using var temp = new TempFolder();
+        var clean = SmallClusterChain(temp.Folder("clean"), 8 << 20);
+        var killed = SmallClusterChain(temp.Folder("killed"), 8 << 20);
+        string cleanRoot = Path.Combine(clean.Bundle, clean.Levels[0].Files[0]);
+        string killedRoot = Path.Combine(killed.Bundle, killed.Levels[0].Files[0]);
+        Assert.Equal(File.ReadAllBytes(cleanRoot), File.ReadAllBytes(killedRoot));
+        var before = OracleViews(killed, temp.Path);
+        using (var stream = new FileStream(killedRoot, FileMode.Append))
+        {
+            stream.Write(new byte[8 * 4096].Select((_, i) => (byte)(i % 251)).ToArray());
+        }
+
+        long size = 256L << 20;
+        DiskResizer.Resize(clean.Bundle, size, shrink: false);
+        DiskResizer.Resize(killed.Bundle, size, shrink: false);
+
+        Assert.Equal(new FileInfo(cleanRoot).Length, new FileInfo(killedRoot).Length);
+        AssertQemuCleanAndSized(killed, size);
+        AssertViews(killed, before, size, temp.Path, "grown over a killed run's copies");
+    }
+
+    [Fact]
     public void GrowingMovesTheDataClustersThatLieWhereTheLargerBatGoes()
     {
         using var temp = new TempFolder();
