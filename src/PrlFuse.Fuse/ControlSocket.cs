@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Net.Sockets;
 using System.Text;
 using PrlFuse.Core;
+using PrlFuse.Core.IO;
 
 namespace PrlFuse.Fuse;
 
@@ -173,18 +174,7 @@ public sealed class ControlServer : IDisposable
 
         // A socket of a dead process that had our PID.
         File.Delete(path);
-        var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        try
-        {
-            socket.Bind(new UnixDomainSocketEndPoint(path));
-            File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-            socket.Listen(8);
-        }
-        catch (SocketException e)
-        {
-            socket.Dispose();
-            throw new PrlFuseException(path, $"cannot listen on the mount's control socket: {e.Message}", e);
-        }
+        var socket = OwnerOnlySocket.Listen(path, backlog: 8, "the mount's control socket");
 
         var server = new ControlServer(socket, path, handle, log);
         new Thread(server.AcceptLoop) { IsBackground = true, Name = "prlfuse-control" }.Start();

@@ -116,26 +116,7 @@ public sealed class NbdServer : IDisposable
             throw new PrlFuseException(full, $"folder {folder} does not exist; create it first or choose another --socket path");
         }
 
-        var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        try
-        {
-            socket.Bind(new UnixDomainSocketEndPoint(full));
-
-            // Connecting needs write permission on the socket: until listen() nobody can connect, so no client gets in
-            // between bind and this.
-            File.SetUnixFileMode(full, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-            socket.Listen(128);
-        }
-        catch (SocketException e)
-        {
-            socket.Dispose();
-            throw new PrlFuseException(full, $"cannot listen on this socket: {e.Message}", e);
-        }
-        catch
-        {
-            socket.Dispose();
-            throw;
-        }
+        var socket = OwnerOnlySocket.Listen(full, backlog: 128, "this socket");
 
         lock (_lock)
         {
